@@ -1,0 +1,111 @@
+// Configuration from environment variables: parsed once, at start, with a zod schema, into a
+// frozen typed object. An invalid value stops the process with a message naming the variable.
+import { z } from 'zod';
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+export type Env = Record<string, string | undefined>;
+
+/** Parses `env` with `schema` (whose keys are variable names) into a deeply frozen object. */
+export function loadConfig<S extends z.ZodObject>(
+  schema: S,
+  env: Env = process.env,
+): Readonly<z.infer<S>> {
+  const result = schema.safeParse(env);
+  if (!result.success) {
+    const lines = result.error.issues.map((issue) => {
+      const variable = issue.path.join('.') || '(environment)';
+      const raw = env[String(issue.path[0])];
+      const shown = raw === undefined ? 'unset' : JSON.stringify(raw);
+      return `  ${variable}: ${issue.message} (got ${shown})`;
+    });
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  return deepFreeze(result.data);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const inner of Object.values(value)) deepFreeze(inner);
+  }
+  return value;
+}
+
+// Field builders: every variable arrives as a string (or undefined); these coerce and bound it.
+
+/** An integer in [min, max], with a default. */
+export function intVar(defaultValue: number, { min = 0, max = Number.MAX_SAFE_INTEGER } = {}) {
+  return z
+    .string()
+    .trim()
+    .regex(/^-?\d+$/, 'must be an integer')
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max))
+    .optional()
+    .transform((v) => v ?? defaultValue);
+}
+
+/** A TCP port; 0 asks the OS for a free one. */
+export function portVar(defaultValue: number) {
+  return intVar(defaultValue, { min: 0, max: 65535 });
+}
+
+/** A boolean: true/false/1/0/yes/no/on/off. */
+export function boolVar(defaultValue: boolean) {
+  return z
+    .string()
+    .trim()
+    .toLowerCase()
+    .refine((v) => TRUE.has(v) || FALSE.has(v), 'must be true or false')
+    .transform((v) => TRUE.has(v))
+    .optional()
+    .transform((v) => v ?? defaultValue);
+}
+const TRUE = new Set(['1', 'true', 'yes', 'on']);
+const FALSE = new Set(['0', 'false', 'no', 'off']);
+
+/** A string, with a default. */
+export function stringVar(defaultValue: string) {
+  return z
+    .string()
+    .optional()
+    .transform((v) => (v === undefined || v === '' ? defaultValue : v));
+}
+
+/** One of a fixed set of strings. */
+export function enumVar<const T extends readonly [string, ...string[]]>(
+  values: T,
+  defaultValue: T[number],
+) {
+  return z
+    .enum(values)
+    .optional()
+    .transform((v) => v ?? defaultValue);
+}
+
+/** An optional string: undefined when unset or empty. */
+export function optionalStringVar() {
+  return z
+    .string()
+    .optional()
+    .transform((v) => (v === undefined || v === '' ? undefined : v));
+}
+
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+
+/** Variables every service shares. Spread into a service's own schema. */
+export const commonEnvSchema = {
+  /** pino level. */
+  LOUPE_LOG_LEVEL: enumVar(LOG_LEVELS, 'info'),
+  /** Largest gRPC message sent or received, bytes (the 4 MiB default is too small for images). */
+  LOUPE_GRPC_MAX_MESSAGE_BYTES: intVar(64 * 1024 * 1024, { min: 1024 * 1024, max: 2 ** 31 - 1 }),
+  /** Time allowed to drain in-flight calls after SIGTERM before they are cancelled, ms. */
+  LOUPE_SHUTDOWN_GRACE_MS: intVar(25_000, { min: 0, max: 600_000 }),
+  /** OTLP/HTTP traces endpoint base (e.g. http://otel-collector:4318); unset: spans are not exported. */
+  OTEL_EXPORTER_OTLP_ENDPOINT: optionalStringVar(),
+  /** Overrides the service name on spans. */
+  OTEL_SERVICE_NAME: optionalStringVar(),
+};

@@ -1,0 +1,41 @@
+// The errors a gRPC handler may throw. Anything else becomes INTERNAL with a generic message
+// (and is logged with its stack), so internals never leak to callers.
+import { status, type StatusObject, Metadata } from '@grpc/grpc-js';
+
+export { status as GrpcStatus };
+
+export class ServiceError extends Error {
+  override readonly name = 'ServiceError';
+  constructor(
+    readonly code: status,
+    message: string,
+    /** A stable machine-readable reason, sent as the `loupe-reason` trailer. */
+    readonly reason?: string,
+  ) {
+    super(message);
+  }
+}
+
+export const invalidArgument = (message: string, reason?: string) =>
+  new ServiceError(status.INVALID_ARGUMENT, message, reason);
+export const resourceExhausted = (message: string, reason?: string) =>
+  new ServiceError(status.RESOURCE_EXHAUSTED, message, reason);
+export const notFound = (message: string, reason?: string) =>
+  new ServiceError(status.NOT_FOUND, message, reason);
+export const unavailable = (message: string, reason?: string) =>
+  new ServiceError(status.UNAVAILABLE, message, reason);
+export const deadlineExceeded = (message: string) =>
+  new ServiceError(status.DEADLINE_EXCEEDED, message);
+export const cancelled = (message: string) => new ServiceError(status.CANCELLED, message);
+
+/** Maps anything thrown by a handler to the status sent to the caller. */
+export function toStatus(
+  error: unknown,
+): Partial<StatusObject> & { code: status; details: string } {
+  if (error instanceof ServiceError) {
+    const metadata = new Metadata();
+    if (error.reason) metadata.set('loupe-reason', error.reason);
+    return { code: error.code, details: error.message, metadata };
+  }
+  return { code: status.INTERNAL, details: 'internal error' };
+}

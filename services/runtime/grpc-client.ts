@@ -1,0 +1,33 @@
+// Client-side plumbing shared by every caller of an internal service: message size limits,
+// keepalive, and an interceptor that carries the trace context and request id.
+import { InterceptingCall, Metadata, type ChannelOptions, type Interceptor } from '@grpc/grpc-js';
+import { injectTraceContext } from './tracing.js';
+
+export function clientChannelOptions(maxMessageBytes: number): ChannelOptions {
+  return {
+    'grpc.max_receive_message_length': maxMessageBytes,
+    'grpc.max_send_message_length': maxMessageBytes,
+    'grpc.keepalive_time_ms': 30_000,
+    'grpc.keepalive_timeout_ms': 10_000,
+    'grpc.keepalive_permit_without_calls': 0,
+  };
+}
+
+/** Writes the active trace context (W3C traceparent/tracestate) into every outgoing call. */
+export const traceContextInterceptor: Interceptor = (options, nextCall) =>
+  new InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      injectTraceContext(metadata);
+      next(metadata, listener);
+    },
+  });
+
+/** Call metadata carrying a request id to the callee's logs. */
+export function requestMetadata(requestId: string): Metadata {
+  const metadata = new Metadata();
+  metadata.set('x-request-id', requestId);
+  return metadata;
+}
+
+/** A deadline `ms` from now, for CallOptions. */
+export const deadlineIn = (ms: number): Date => new Date(Date.now() + ms);

@@ -1,0 +1,282 @@
+// gRPC server bootstrap: message size limits, health, reflection, and the interceptors every
+// handler runs inside — request id, tracing, deadline, cancellation, error mapping, metrics and
+// in-flight tracking for a graceful drain.
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import {
+  Metadata,
+  Server,
+  ServerCredentials,
+  status,
+  type handleServerStreamingCall,
+  type handleUnaryCall,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type ServiceDefinition,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { context, SpanKind, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
+import { HealthService } from '../../proto/gen/grpc/health/v1/health.js';
+import type { CallContext } from './call-context.js';
+import { ServiceError, toStatus } from './errors.js';
+import { HealthRegistry, ServingStatus } from './health.js';
+import type { Logger } from './logger.js';
+import { createRpcMetrics, type Registry, type RpcMetrics } from './metrics.js';
+import { protoRoot } from './paths.js';
+import { extractTraceContext } from './tracing.js';
+
+export type UnaryHandler<Req, Res> = (request: Req, ctx: CallContext) => Promise<Res>;
+export type ServerStreamHandler<Req, Res> = (
+  request: Req,
+  ctx: CallContext,
+  /** Writes one message; resolves when the transport accepted it (backpressure). */
+  send: (message: Res) => Promise<void>,
+) => Promise<void>;
+
+export interface GrpcServerOptions {
+  logger: Logger;
+  tracer: Tracer;
+  registry: Registry;
+  /** Largest message received or sent, bytes. */
+  maxMessageBytes: number;
+  /** .proto files (relative to proto/) served by reflection. */
+  reflectionProtos: string[];
+  /** Applied when a caller sets no deadline, so no call runs forever; ms. */
+  defaultDeadlineMs?: number;
+}
+
+export class GrpcServer {
+  readonly health = new HealthRegistry();
+  private readonly server: Server;
+  private readonly metrics: RpcMetrics;
+  private readonly inFlight = new Set<AbortController>();
+  private drained: (() => void) | undefined;
+  private shuttingDown = false;
+
+  constructor(private readonly options: GrpcServerOptions) {
+    this.server = new Server({
+      'grpc.max_receive_message_length': options.maxMessageBytes,
+      'grpc.max_send_message_length': options.maxMessageBytes,
+      // Clients re-resolve when connections age out, so new pods get traffic.
+      'grpc.max_connection_age_ms': 5 * 60_000,
+      'grpc.max_connection_age_grace_ms': 60_000,
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+    });
+    this.metrics = createRpcMetrics(options.registry);
+    this.server.addService(HealthService, this.health.implementation);
+    const definitions = loadSync(
+      options.reflectionProtos.map((file) => join(protoRoot(), file)),
+      {
+        includeDirs: [protoRoot()],
+      },
+    );
+    new ReflectionService(definitions).addToServer(this.server);
+    this.health.set('', ServingStatus.NOT_SERVING);
+  }
+
+  /** Registers a service; it reports NOT_SERVING until `setServing()`. */
+  addService(
+    name: string,
+    definition: ServiceDefinition,
+    implementation: UntypedServiceImplementation,
+  ): void {
+    this.server.addService(definition, implementation);
+    this.health.set(name, ServingStatus.NOT_SERVING);
+  }
+
+  setServing(): void {
+    this.health.setAll(ServingStatus.SERVING);
+  }
+
+  async listen(host: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.bindAsync(
+        `${host.includes(':') ? `[${host}]` : host}:${port}`,
+        ServerCredentials.createInsecure(),
+        (error, bound) => (error ? reject(error) : resolve(bound)),
+      );
+    });
+  }
+
+  get inFlightCount(): number {
+    return this.inFlight.size;
+  }
+
+  /**
+   * Graceful shutdown: health NOT_SERVING, stop accepting calls, let in-flight calls finish
+   * within `graceMs`, then cancel what remains and close.
+   */
+  async shutdown(graceMs: number): Promise<{ drained: boolean }> {
+    this.shuttingDown = true;
+    this.health.setAll(ServingStatus.NOT_SERVING);
+    this.health.closeWatchers();
+    const tryShutdown = new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+    const drained =
+      this.inFlight.size === 0
+        ? Promise.resolve()
+        : new Promise<void>((resolve) => (this.drained = resolve));
+    const deadline = Date.now() + graceMs;
+    const outcome = await raceTimeout(
+      drained.then(() => 'drained' as const),
+      graceMs,
+    );
+    if (outcome === 'timeout') {
+      this.options.logger.warn(
+        { inFlight: this.inFlight.size, graceMs },
+        'grace period over, cancelling in-flight calls',
+      );
+      for (const controller of this.inFlight)
+        controller.abort(new ServiceError(status.UNAVAILABLE, 'server shutting down'));
+    }
+    // Responses may still be on their way out: let clients close their connections (they were
+    // sent GOAWAY) for what is left of the grace period, then close whatever remains.
+    if ((await raceTimeout(tryShutdown, Math.max(1_000, deadline - Date.now()))) === 'timeout')
+      this.server.forceShutdown();
+    await tryShutdown;
+    return { drained: outcome === 'drained' };
+  }
+
+  /** Wraps a unary handler in the interceptors. */
+  unary<Req, Res>(method: string, handler: UnaryHandler<Req, Res>): handleUnaryCall<Req, Res> {
+    return (call: ServerUnaryCall<Req, Res>, callback) => {
+      void this.run(method, call, (ctx) => handler(call.request, ctx)).then(
+        (response) => callback(null, response),
+        (error: unknown) => callback(toStatus(error)),
+      );
+    };
+  }
+
+  /** Wraps a server-streaming handler in the interceptors. */
+  serverStream<Req, Res>(
+    method: string,
+    handler: ServerStreamHandler<Req, Res>,
+  ): handleServerStreamingCall<Req, Res> {
+    return (call: ServerWritableStream<Req, Res>) => {
+      const send = (message: Res) =>
+        new Promise<void>((resolve, reject) => {
+          const ok = call.write(message, (error: Error | null | undefined) =>
+            error ? reject(error) : undefined,
+          );
+          if (ok) resolve();
+          else call.once('drain', () => resolve());
+        });
+      void this.run(method, call, (ctx) => handler(call.request, ctx, send)).then(
+        () => call.end(),
+        (error: unknown) => {
+          const { code, details, metadata } = toStatus(error);
+          call.emit('error', { code, details, metadata: metadata ?? new Metadata() });
+        },
+      );
+    };
+  }
+
+  private async run<T>(
+    method: string,
+    call: ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>,
+    body: (ctx: CallContext) => Promise<T>,
+  ): Promise<T> {
+    const started = process.hrtime.bigint();
+    const requestId = String(call.metadata.get('x-request-id')[0] ?? randomUUID());
+    const parent = extractTraceContext(call.metadata);
+    const span = this.options.tracer.startSpan(
+      method,
+      {
+        kind: SpanKind.SERVER,
+        attributes: { 'rpc.system': 'grpc', 'rpc.method': method, 'loupe.request_id': requestId },
+      },
+      parent,
+    );
+    const spanContext = trace.setSpan(parent, span);
+    const logger = this.options.logger.child({
+      method,
+      requestId,
+      traceId: span.spanContext().traceId,
+    });
+    const controller = new AbortController();
+    this.inFlight.add(controller);
+    logger.debug('call started');
+    this.metrics.inFlight.inc({ method });
+
+    const onCancelled = () =>
+      controller.abort(new ServiceError(status.CANCELLED, 'call cancelled by the caller'));
+    call.on('cancelled', onCancelled);
+    const callerDeadline = call.getDeadline();
+    let deadline =
+      callerDeadline instanceof Date
+        ? callerDeadline.getTime()
+        : Number.isFinite(callerDeadline)
+          ? Number(callerDeadline)
+          : undefined;
+    if (deadline === undefined && this.options.defaultDeadlineMs)
+      deadline = Date.now() + this.options.defaultDeadlineMs;
+    let deadlineTimer: NodeJS.Timeout | undefined;
+    if (deadline !== undefined) {
+      const abortAtDeadline = () =>
+        controller.abort(
+          new ServiceError(status.DEADLINE_EXCEEDED, 'deadline exceeded before the work finished'),
+        );
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) abortAtDeadline();
+      else deadlineTimer = setTimeout(abortAtDeadline, remaining);
+    }
+
+    let code: status = status.OK;
+    try {
+      if (this.shuttingDown) throw new ServiceError(status.UNAVAILABLE, 'server is shutting down');
+      controller.signal.throwIfAborted();
+      const ctx: CallContext = {
+        signal: controller.signal,
+        deadline,
+        logger,
+        requestId,
+        metadata: call.metadata,
+      };
+      const result = await context.with(spanContext, () => body(ctx));
+      controller.signal.throwIfAborted();
+      return result;
+    } catch (error) {
+      const mapped = toStatus(error);
+      code = mapped.code;
+      span.setStatus({ code: SpanStatusCode.ERROR, message: mapped.details });
+      if (error instanceof ServiceError) {
+        logger.info(
+          { code: status[code], reason: error.reason, err: error.message },
+          'call failed',
+        );
+      } else {
+        logger.error({ err: error }, 'unexpected error in handler');
+        span.recordException(error as Error);
+      }
+      throw error;
+    } finally {
+      clearTimeout(deadlineTimer);
+      call.removeListener('cancelled', onCancelled);
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      this.metrics.handled.inc({ method, code: status[code] });
+      this.metrics.duration.observe({ method }, seconds);
+      this.metrics.inFlight.dec({ method });
+      span.setAttribute('rpc.grpc.status_code', code);
+      span.end();
+      // After the response has been handed to the transport (the caller's .then runs first).
+      setImmediate(() => {
+        this.inFlight.delete(controller);
+        if (this.inFlight.size === 0) this.drained?.();
+      });
+    }
+  }
+}
+
+async function raceTimeout<T>(promise: Promise<T>, ms: number): Promise<T | 'timeout'> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<'timeout'>(
+    (resolve) => (timer = setTimeout(() => resolve('timeout'), ms)),
+  );
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

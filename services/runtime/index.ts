@@ -1,0 +1,12 @@
+// What services may import from the runtime.
+export * from './config.js';
+export * from './logger.js';
+export * from './errors.js';
+export * from './tracing.js';
+export * from './metrics.js';
+export * from './call-context.js';
+export * from './grpc-server.js';
+export * from './grpc-client.js';
+export * from './health.js';
+export * from './service.js';
+export * from './paths.js';

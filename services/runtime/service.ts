@@ -1,0 +1,82 @@
+// Starts a service the same way every time: gRPC server with health and reflection, metrics
+// HTTP server, a readiness log line, and graceful shutdown on SIGTERM/SIGINT.
+import type { Tracer } from '@opentelemetry/api';
+import { GrpcServer } from './grpc-server.js';
+import type { Logger } from './logger.js';
+import { startMetricsServer, type Registry } from './metrics.js';
+import { onShutdownSignal } from './shutdown.js';
+import type { Tracing } from './tracing.js';
+
+export interface ServiceOptions {
+  name: string;
+  logger: Logger;
+  tracing: Tracing;
+  registry: Registry;
+  grpc: {
+    host: string;
+    port: number;
+    maxMessageBytes: number;
+    reflectionProtos: string[];
+    defaultDeadlineMs?: number;
+  };
+  metrics: { host: string; port: number };
+  shutdownGraceMs: number;
+  /** Registers the service's handlers. */
+  register(server: GrpcServer, tracer: Tracer): void;
+  /** Releases the service's own resources after the gRPC server has drained. */
+  close?(): Promise<void>;
+  /** Install SIGTERM/SIGINT handlers (true for a process; tests that embed a service pass false). */
+  handleSignals?: boolean;
+}
+
+export interface RunningService {
+  grpcPort: number;
+  metricsPort: number;
+  server: GrpcServer;
+  stop(): Promise<void>;
+}
+
+export async function startService(options: ServiceOptions): Promise<RunningService> {
+  const { name, logger, tracing, registry } = options;
+  const server = new GrpcServer({
+    logger,
+    tracer: tracing.tracer,
+    registry,
+    maxMessageBytes: options.grpc.maxMessageBytes,
+    reflectionProtos: options.grpc.reflectionProtos,
+    defaultDeadlineMs: options.grpc.defaultDeadlineMs,
+  });
+  options.register(server, tracing.tracer);
+  let alive = true;
+  const metrics = await startMetricsServer({
+    registry,
+    host: options.metrics.host,
+    port: options.metrics.port,
+    isAlive: () => alive,
+  });
+  const grpcPort = await server.listen(options.grpc.host, options.grpc.port);
+  server.setServing();
+  logger.info(
+    {
+      event: 'ready',
+      grpcHost: options.grpc.host,
+      grpcPort,
+      metricsHost: options.metrics.host,
+      metricsPort: metrics.port,
+    },
+    `${name} ready: gRPC on ${options.grpc.host}:${grpcPort}, metrics on http://${options.metrics.host}:${metrics.port}/metrics`,
+  );
+
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      const { drained } = await server.shutdown(options.shutdownGraceMs);
+      logger.info({ event: 'stopped', drained }, `${name} stopped`);
+      await options.close?.();
+      alive = false;
+      await metrics.close();
+      await tracing.shutdown();
+    })());
+  if (options.handleSignals ?? true) onShutdownSignal(logger, stop);
+  return { grpcPort, metricsPort: metrics.port, server, stop };
+}
