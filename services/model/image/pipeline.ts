@@ -1,0 +1,78 @@
+import { type PassOrder, resizeBilinear } from './bilinear.js';
+import { type DecodeLimits, decodeImage } from './decode.js';
+import type { SubImage } from './pixel-values.js';
+import type { ImageProcessorConfig } from './processor-config.js';
+import { resizeOutputSize } from './resize-rule.js';
+import { type RgbImage, toChw } from './rgb-image.js';
+import type { ImageFormat } from './sniff-format.js';
+import { splitImage } from './split.js';
+
+type GeometrySettings = Pick<
+  ImageProcessorConfig,
+  'doImageSplitting' | 'doResize' | 'shortestEdge' | 'longestEdge'
+>;
+
+export interface PreprocessOptions {
+  config: ImageProcessorConfig;
+  /** Split into 4 crops + the original; defaults to `config.doImageSplitting`. */
+  split?: boolean;
+  limits: DecodeLimits;
+  /** Resampling pass order of the Pillow to match; default `pillow12`. */
+  passOrder?: PassOrder;
+}
+
+export interface PreprocessedImage {
+  /** In model order: with splitting TL, TR, BL, BR, then the whole image. */
+  subImages: SubImage[];
+  split: boolean;
+  /** The decoded image, upright (after EXIF orientation). */
+  source: { format: ImageFormat; height: number; width: number };
+  /** `<image>` tokens the prompt needs for this image: sub-images * imageSeqLen. */
+  imageTokens: number;
+}
+
+/**
+ * The geometric part of the image processor on a decoded image (IDEFICS2.md §7 steps 5-6):
+ * optional split of the original-resolution image, then each piece resized on its own by
+ * the Idefics2 size rule with PIL's bilinear filter. Returns uint8 HWC images.
+ */
+export function processGeometry(
+  img: RgbImage,
+  {
+    config,
+    split = config.doImageSplitting,
+    passOrder,
+  }: { config: GeometrySettings; split?: boolean; passOrder?: PassOrder },
+): RgbImage[] {
+  const pieces = split ? splitImage(img) : [img];
+  if (!config.doResize) return pieces;
+  return pieces.map((piece) => {
+    const size = resizeOutputSize(piece.height, piece.width, config);
+    return resizeBilinear(piece, size.height, size.width, { passOrder });
+  });
+}
+
+/**
+ * The preprocessor's work for one image: decode (with limits) -> split -> resize -> uint8
+ * CHW sub-images. Rescaling and normalization are left to the consumer (toPixelValues, or
+ * the encoder graph), so the sub-images travel as compact uint8.
+ *
+ * @throws ImageDecodeError when the bytes are refused or cannot be decoded.
+ */
+export async function preprocessImage(
+  bytes: Uint8Array,
+  { config, split = config.doImageSplitting, limits, passOrder }: PreprocessOptions,
+): Promise<PreprocessedImage> {
+  const { image, format } = await decodeImage(bytes, limits);
+  const subImages = processGeometry(image, { config, split, passOrder }).map((piece) => ({
+    height: piece.height,
+    width: piece.width,
+    pixels: toChw(piece),
+  }));
+  return {
+    subImages,
+    split,
+    source: { format, height: image.height, width: image.width },
+    imageTokens: subImages.length * config.imageSeqLen,
+  };
+}
