@@ -1,0 +1,45 @@
+// The `loupe` command.
+import { runPreprocess } from './preprocess-command.js';
+import { runStart } from './start-command.js';
+import { CliError } from './cli-error.js';
+
+const USAGE = `usage: loupe <command> [options]
+
+commands:
+  start                          start the local stack (the services that exist), one process each
+  preprocess --model DIR --image FILE [--split on|off] --out FILE.safetensors
+                                 run the image preprocessor in-process and write pixel_values
+                                 and pixel_attention_mask; prints a JSON summary
+  help                           this text
+`;
+
+const commands: Record<string, (args: string[]) => Promise<number>> = {
+  start: runStart,
+  preprocess: runPreprocess,
+  help: async () => {
+    process.stdout.write(USAGE);
+    return 0;
+  },
+};
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...args] = argv;
+  if (name === undefined || name === '--help' || name === '-h') {
+    process.stdout.write(USAGE);
+    return name === undefined ? 2 : 0;
+  }
+  const command = commands[name];
+  if (!command) {
+    process.stderr.write(`loupe: unknown command "${name}"\n\n${USAGE}`);
+    return 2;
+  }
+  try {
+    return await command(args);
+  } catch (error) {
+    if (error instanceof CliError) {
+      process.stderr.write(`loupe ${name}: ${error.message}\n`);
+      return error.exitCode;
+    }
+    throw error;
+  }
+}

@@ -1,0 +1,199 @@
+// `npm run bench:preprocess`: throughput and latency of the preprocessor service over gRPC at
+// concurrency 1 and 8 on a fixed image set, beside the reference Idefics2ImageProcessor
+// (transformers, PIL) on the same images in the same run when Python with transformers is
+// available (LOUPE_REFERENCE_PYTHON, else python3).
+import { execFileSync, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { availableParallelism, cpus } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { credentials } from '@grpc/grpc-js';
+import { PreprocessorClient } from '../../../proto/gen/loupe/v1/preprocessor.js';
+import { packageRoot } from '../../runtime/index.js';
+
+const IMAGES = [
+  'jpeg-2400x1600.jpg',
+  'jpeg-1600x1067.jpg',
+  'jpeg-exif6-1200x800.jpg',
+  'jpeg-odd-999x1001.jpg',
+  'jpeg-444-1000x700.jpg',
+  'png-rgba-400x300.png',
+  'png-tall-760x1960.png',
+  'webp-lossy-640x480.webp',
+];
+const SPLIT = process.env.BENCH_SPLIT !== 'off';
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 4); // passes over the image set per concurrency
+
+interface Result {
+  imagesPerS: number;
+  p50Ms: number;
+  p99Ms: number;
+  n: number;
+}
+
+const root = packageRoot();
+const imageDir = join(root, 'test', 'fixtures', 'images');
+const images = IMAGES.map((name) => ({ name, bytes: readFileSync(join(imageDir, name)) }));
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+async function startService(): Promise<{ address: string; stop: () => Promise<void> }> {
+  const child = spawn(
+    process.execPath,
+    [join(root, 'dist', 'services', 'preprocessor', 'main.js')],
+    {
+      env: {
+        ...process.env,
+        LOUPE_PREPROCESSOR_HOST: '127.0.0.1',
+        LOUPE_PREPROCESSOR_PORT: '0',
+        LOUPE_PREPROCESSOR_METRICS_PORT: '0',
+        LOUPE_LOG_LEVEL: 'info',
+      },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const port = await new Promise<number>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      try {
+        const event = JSON.parse(line) as { event?: string; grpcPort?: number };
+        if (event.event === 'ready') resolve(Number(event.grpcPort));
+      } catch {
+        // not JSON
+      }
+    });
+    void exited.then(() => reject(new Error('preprocessor exited before it was ready')));
+  });
+  return {
+    address: `127.0.0.1:${port}`,
+    stop: async () => {
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+async function runLoupe(
+  client: PreprocessorClient,
+  concurrency: number,
+  rounds: number,
+): Promise<Result> {
+  const jobs = Array.from({ length: rounds }, () => images).flat();
+  const latencies: number[] = [];
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < jobs.length) {
+        const job = jobs[next++]!;
+        const t0 = performance.now();
+        await new Promise<void>((resolve, reject) =>
+          client.preprocess({ image: job.bytes, split: SPLIT }, (error) =>
+            error ? reject(error) : resolve(),
+          ),
+        );
+        latencies.push(performance.now() - t0);
+      }
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  latencies.sort((a, b) => a - b);
+  return {
+    imagesPerS: jobs.length / seconds,
+    p50Ms: percentile(latencies, 50),
+    p99Ms: percentile(latencies, 99),
+    n: jobs.length,
+  };
+}
+
+function referencePython(): string | undefined {
+  const candidates = [process.env.LOUPE_REFERENCE_PYTHON, 'python3'].filter(
+    (c): c is string => !!c,
+  );
+  for (const python of candidates) {
+    try {
+      execFileSync(python, ['-c', 'import transformers, PIL'], { stdio: 'ignore' });
+      return python;
+    } catch {
+      // not this one
+    }
+  }
+  return undefined;
+}
+
+function runReference(python: string, concurrency: number, rounds: number): Result {
+  const out = execFileSync(
+    python,
+    [
+      join(root, 'test', 'fixtures', 'reference_preprocess_bench.py'),
+      '--split',
+      SPLIT ? 'on' : 'off',
+      '--concurrency',
+      String(concurrency),
+      '--iterations',
+      String(rounds),
+      '--images',
+      ...images.map((i) => join(imageDir, i.name)),
+    ],
+    {
+      encoding: 'utf8',
+      maxBuffer: 16 * 1024 * 1024,
+      env: { ...process.env, TRANSFORMERS_VERBOSITY: 'error' },
+    },
+  );
+  const line = out.trim().split('\n').pop()!;
+  const r = JSON.parse(line) as { images_per_s: number; p50_ms: number; p99_ms: number; n: number };
+  return { imagesPerS: r.images_per_s, p50Ms: r.p50_ms, p99Ms: r.p99_ms, n: r.n };
+}
+
+const fmt = (r: Result | undefined) =>
+  r
+    ? `${r.imagesPerS.toFixed(1).padStart(8)} img/s  p50 ${r.p50Ms.toFixed(1).padStart(7)} ms  p99 ${r.p99Ms.toFixed(1).padStart(7)} ms`
+    : '   (reference not available)';
+
+async function main(): Promise<void> {
+  console.log(
+    `preprocessor benchmark: ${images.length} images × ${ROUNDS} rounds, split=${SPLIT ? 'on' : 'off'}`,
+  );
+  console.log(
+    `machine: ${cpus()[0]?.model ?? 'unknown cpu'}, ${availableParallelism()} cores, node ${process.version}`,
+  );
+  const service = await startService();
+  const client = new PreprocessorClient(service.address, credentials.createInsecure(), {
+    'grpc.max_receive_message_length': 256 * 1024 * 1024,
+  });
+  const python = referencePython();
+  if (!python)
+    console.log(
+      'reference: Python with transformers not found (set LOUPE_REFERENCE_PYTHON); Loupe only',
+    );
+  try {
+    await runLoupe(client, 2, 1); // warm-up: JIT, worker start, libvips caches
+    const rows: Array<{ concurrency: number; loupe: Result; reference?: Result }> = [];
+    for (const concurrency of [1, 8]) {
+      const loupe = await runLoupe(client, concurrency, ROUNDS);
+      const reference = python ? runReference(python, concurrency, ROUNDS) : undefined;
+      rows.push({ concurrency, loupe, reference });
+    }
+    console.log('');
+    for (const { concurrency, loupe, reference } of rows) {
+      console.log(`concurrency ${concurrency}`);
+      console.log(`  loupe (gRPC)  ${fmt(loupe)}`);
+      console.log(`  reference     ${fmt(reference)}`);
+      if (reference)
+        console.log(
+          `  ratio         ${(loupe.imagesPerS / reference.imagesPerS).toFixed(2)}× throughput (goal ≥ 5×)`,
+        );
+    }
+  } finally {
+    client.close();
+    await service.stop();
+  }
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exit(1);
+});

@@ -1,0 +1,41 @@
+// The preprocessor's configuration: every variable, its default and its bounds, in one place.
+import { availableParallelism } from 'node:os';
+import { z } from 'zod';
+import {
+  commonEnvSchema,
+  intVar,
+  loadConfig,
+  optionalStringVar,
+  portVar,
+  stringVar,
+  type Env,
+} from '../runtime/index.js';
+
+export const preprocessorEnvSchema = z.object({
+  ...commonEnvSchema,
+  /** Checkpoint directory; only preprocessor_config.json / processor_config.json are read. Unset: idefics2-8b defaults. */
+  LOUPE_MODEL_DIR: optionalStringVar(),
+  /** Address the gRPC and metrics servers bind to. */
+  LOUPE_PREPROCESSOR_HOST: stringVar('127.0.0.1'),
+  LOUPE_PREPROCESSOR_PORT: portVar(50051),
+  LOUPE_PREPROCESSOR_METRICS_PORT: portVar(9101),
+  /** Worker threads that decode and resize. */
+  LOUPE_PREPROCESSOR_WORKERS: intVar(Math.max(1, availableParallelism()), { min: 1, max: 256 }),
+  /** Requests waiting for a worker beyond those running; over it: RESOURCE_EXHAUSTED. */
+  LOUPE_PREPROCESSOR_MAX_QUEUE: intVar(64, { min: 0, max: 100_000 }),
+  /** Largest encoded image accepted, bytes. */
+  LOUPE_PREPROCESSOR_MAX_IMAGE_BYTES: intVar(20 * 1024 * 1024, { min: 1, max: 1024 * 1024 * 1024 }),
+  /** Largest decoded image accepted, width × height, checked from the header before decoding. */
+  LOUPE_PREPROCESSOR_MAX_IMAGE_PIXELS: intVar(50_000_000, { min: 1, max: 1_000_000_000 }),
+  /** Files declaring more frames/pages than this are refused (only the first is ever decoded). */
+  LOUPE_PREPROCESSOR_MAX_FRAMES: intVar(1000, { min: 1, max: 100_000 }),
+  /** Decode time limit per image, seconds (libvips timeout). */
+  LOUPE_PREPROCESSOR_DECODE_TIMEOUT_S: intVar(30, { min: 1, max: 3600 }),
+  /** Deadline applied to calls that carry none, ms. */
+  LOUPE_PREPROCESSOR_DEFAULT_DEADLINE_MS: intVar(60_000, { min: 1, max: 3_600_000 }),
+});
+
+export type PreprocessorConfig = Readonly<z.infer<typeof preprocessorEnvSchema>>;
+
+export const loadPreprocessorConfig = (env: Env = process.env): PreprocessorConfig =>
+  loadConfig(preprocessorEnvSchema, env);

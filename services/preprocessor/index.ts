@@ -1,0 +1,6 @@
+export {
+  loadPreprocessorConfig,
+  preprocessorEnvSchema,
+  type PreprocessorConfig,
+} from './config.js';
+export { SUPPORTED_FORMATS } from './server.js';

@@ -1,0 +1,75 @@
+// Starts the preprocessor service: `node dist/services/preprocessor/main.js`.
+import { DEFAULT_IMAGE_PROCESSOR_CONFIG, loadImageProcessorConfig } from '../model/index.js';
+import {
+  ConfigError,
+  createLogger,
+  createRegistry,
+  initTracing,
+  startService,
+} from '../runtime/index.js';
+import { loadPreprocessorConfig } from './config.js';
+import { createPreprocessorMetrics } from './metrics.js';
+import { PreprocessPool } from './pool.js';
+import { registerPreprocessor } from './server.js';
+
+const NAME = 'preprocessor';
+
+async function main(): Promise<void> {
+  let config;
+  try {
+    config = loadPreprocessorConfig();
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`loupe ${NAME}: ${error.message}\n`);
+      process.exit(2);
+    }
+    throw error;
+  }
+  const logger = createLogger({ service: NAME, level: config.LOUPE_LOG_LEVEL });
+  const processorConfig = config.LOUPE_MODEL_DIR
+    ? loadImageProcessorConfig(config.LOUPE_MODEL_DIR)
+    : DEFAULT_IMAGE_PROCESSOR_CONFIG;
+  if (!config.LOUPE_MODEL_DIR)
+    logger.info('LOUPE_MODEL_DIR is unset: using the idefics2-8b image processor settings');
+  const limits = {
+    maxBytes: config.LOUPE_PREPROCESSOR_MAX_IMAGE_BYTES,
+    maxPixels: config.LOUPE_PREPROCESSOR_MAX_IMAGE_PIXELS,
+    maxFrames: config.LOUPE_PREPROCESSOR_MAX_FRAMES,
+    timeoutSeconds: config.LOUPE_PREPROCESSOR_DECODE_TIMEOUT_S,
+  };
+  const pool = new PreprocessPool({
+    workers: config.LOUPE_PREPROCESSOR_WORKERS,
+    maxQueue: config.LOUPE_PREPROCESSOR_MAX_QUEUE,
+    setup: { processorConfig, limits },
+  });
+  const registry = createRegistry(NAME);
+  const metrics = createPreprocessorMetrics(registry, () => pool.queueDepth);
+  const tracing = initTracing({
+    serviceName: config.OTEL_SERVICE_NAME ?? `loupe-${NAME}`,
+    otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
+  });
+  await startService({
+    name: NAME,
+    logger,
+    tracing,
+    registry,
+    grpc: {
+      host: config.LOUPE_PREPROCESSOR_HOST,
+      port: config.LOUPE_PREPROCESSOR_PORT,
+      maxMessageBytes: config.LOUPE_GRPC_MAX_MESSAGE_BYTES,
+      reflectionProtos: ['loupe/v1/preprocessor.proto'],
+      defaultDeadlineMs: config.LOUPE_PREPROCESSOR_DEFAULT_DEADLINE_MS,
+    },
+    metrics: { host: config.LOUPE_PREPROCESSOR_HOST, port: config.LOUPE_PREPROCESSOR_METRICS_PORT },
+    shutdownGraceMs: config.LOUPE_SHUTDOWN_GRACE_MS,
+    register: (server) => registerPreprocessor(server, { pool, metrics, processorConfig, limits }),
+    close: () => pool.close(),
+  });
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(
+    `loupe ${NAME}: failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
+  process.exit(1);
+});
