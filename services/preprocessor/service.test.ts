@@ -26,6 +26,7 @@ import {
   healthClient,
 } from '../../test/helpers/grpc.js';
 import { PDF, pngDeclaring, SVG } from '../../test/helpers/images.js';
+import { listServicesByReflection } from '../../test/helpers/reflection.js';
 import {
   builtService,
   ephemeralPorts,
@@ -77,6 +78,11 @@ describe('preprocessor service', () => {
       HealthCheckResponse_ServingStatus.SERVING,
     );
     health.close();
+  });
+
+  it('lists its services through gRPC server reflection', async () => {
+    const services = await listServicesByReflection(service.grpcAddress);
+    expect(services).toEqual(expect.arrayContaining(['loupe.v1.Preprocessor']));
   });
 
   it('answers Info with the checkpoint defaults and the limits', async () => {
