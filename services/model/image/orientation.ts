@@ -33,45 +33,53 @@ export function applyOrientation(img: RgbImage, orientation: number): RgbImage {
   const outH = swap ? w : h;
   const outW = swap ? h : w;
   const out = new Uint8Array(data.length);
-  // For output (y, x): input pixel index = sy * w + sx, walked as base + x * step.
-  for (let y = 0; y < outH; y++) {
-    let base: number;
-    let step: number;
-    switch (orientation) {
-      case 2: // (y, w-1-x)
-        base = y * w + w - 1;
-        step = -1;
-        break;
-      case 3: // (h-1-y, w-1-x)
-        base = (h - 1 - y) * w + w - 1;
-        step = -1;
-        break;
-      case 4: // (h-1-y, x)
-        base = (h - 1 - y) * w;
-        step = 1;
-        break;
-      case 5: // (x, y)
-        base = y;
-        step = w;
-        break;
-      case 6: // (h-1-x, y)
-        base = (h - 1) * w + y;
-        step = -w;
-        break;
-      case 7: // (h-1-x, w-1-y)
-        base = (h - 1) * w + (w - 1 - y);
-        step = -w;
-        break;
-      default: // 8: (x, w-1-y)
-        base = w - 1 - y;
-        step = w;
-    }
-    let o = y * outW * 3;
-    for (let x = 0, s = base; x < outW; x++, s += step) {
-      const i = s * 3;
-      out[o++] = data[i]!;
-      out[o++] = data[i + 1]!;
-      out[o++] = data[i + 2]!;
+  // For output (y, x): input pixel index = base(y) + x * step. The rotations (5..8) read the
+  // input down its columns, so the output is walked in square tiles to stay in cache.
+  const tile = swap ? 64 : outW;
+  for (let tileY = 0; tileY < outH; tileY += tile) {
+    const yEnd = Math.min(outH, tileY + tile);
+    for (let tileX = 0; tileX < outW; tileX += tile) {
+      const xEnd = Math.min(outW, tileX + tile);
+      for (let y = tileY; y < yEnd; y++) {
+        let base: number;
+        let step: number;
+        switch (orientation) {
+          case 2: // (y, w-1-x)
+            base = y * w + w - 1;
+            step = -1;
+            break;
+          case 3: // (h-1-y, w-1-x)
+            base = (h - 1 - y) * w + w - 1;
+            step = -1;
+            break;
+          case 4: // (h-1-y, x)
+            base = (h - 1 - y) * w;
+            step = 1;
+            break;
+          case 5: // (x, y)
+            base = y;
+            step = w;
+            break;
+          case 6: // (h-1-x, y)
+            base = (h - 1) * w + y;
+            step = -w;
+            break;
+          case 7: // (h-1-x, w-1-y)
+            base = (h - 1) * w + (w - 1 - y);
+            step = -w;
+            break;
+          default: // 8: (x, w-1-y)
+            base = w - 1 - y;
+            step = w;
+        }
+        let o = (y * outW + tileX) * 3;
+        for (let x = tileX, s = base + tileX * step; x < xEnd; x++, s += step) {
+          const i = s * 3;
+          out[o++] = data[i]!;
+          out[o++] = data[i + 1]!;
+          out[o++] = data[i + 2]!;
+        }
+      }
     }
   }
   return { height: outH, width: outW, data: out };
