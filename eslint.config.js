@@ -4,7 +4,17 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'dist/', 'proto/gen/', 'test/fixtures/', 'coverage/'] },
+  {
+    ignores: [
+      'node_modules/',
+      'dist/',
+      'proto/gen/',
+      'test/fixtures/',
+      'coverage/',
+      // AssemblyScript (compiled by asc, see asconfig.json), not Node TypeScript.
+      'services/model/image/wasm/',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

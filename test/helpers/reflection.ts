@@ -12,13 +12,12 @@ import { loadSync } from '@grpc/proto-loader';
 const require = createRequire(import.meta.url);
 const protoDir = join(dirname(require.resolve('@grpc/reflection/package.json')), 'build', 'proto');
 
-type ReflectionStream = ClientDuplexStream<
-  { list_services?: string },
-  {
-    list_services_response?: { service: Array<{ name: string }> };
-    error_response?: { error_message: string };
-  }
->;
+interface ReflectionResponse {
+  list_services_response?: { service: Array<{ name: string }> };
+  error_response?: { error_message: string };
+}
+
+type ReflectionStream = ClientDuplexStream<{ list_services?: string }, ReflectionResponse>;
 
 /** The service names a server lists through reflection. */
 export async function listServicesByReflection(address: string): Promise<string[]> {
@@ -41,7 +40,7 @@ export async function listServicesByReflection(address: string): Promise<string[
   try {
     return await new Promise<string[]>((resolve, reject) => {
       const stream = client.serverReflectionInfo();
-      stream.on('data', (response) => {
+      stream.on('data', (response: ReflectionResponse) => {
         if (response.error_response) reject(new Error(response.error_response.error_message));
         else resolve((response.list_services_response?.service ?? []).map((s) => s.name));
         stream.end();

@@ -1,7 +1,13 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { type PassOrder, resizeBilinear, verticalPassFirst } from './bilinear.js';
+import {
+  type PassOrder,
+  resizeBilinear,
+  resizeBilinearChw,
+  resizeBilinearJs,
+  verticalPassFirst,
+} from './bilinear.js';
 import { bilinearCoefficients } from './bilinear-coefficients.js';
 import { decodeImage } from './decode.js';
 import { type RgbImage, toChw } from './rgb-image.js';
@@ -140,10 +146,12 @@ describe('resizeBilinear', () => {
       const img = randomImage(h, w, rand);
       for (const passOrder of ['pillow13', 'pillow12'] as const) {
         const expected = naiveResize(img, oh, ow, passOrder);
-        const actual = resizeBilinear(img, oh, ow, { passOrder });
-        expect([actual.height, actual.width]).toEqual([oh, ow]);
-        const same = Buffer.from(actual.data).equals(Buffer.from(expected.data));
-        expect(same, `${w}x${h} -> ${ow}x${oh} ${passOrder}`).toBe(true);
+        for (const resize of [resizeBilinear, resizeBilinearJs]) {
+          const actual = resize(img, oh, ow, { passOrder });
+          expect([actual.height, actual.width]).toEqual([oh, ow]);
+          const same = Buffer.from(actual.data).equals(Buffer.from(expected.data));
+          expect(same, `${w}x${h} -> ${ow}x${oh} ${passOrder} ${resize.name}`).toBe(true);
+        }
       }
     }
   });
@@ -163,12 +171,20 @@ describe('resizeBilinear', () => {
     )('%s', (_, c) => {
       const img = inputs.get(c.input)!;
       expect([img.height, img.width]).toEqual([c.in_height, c.in_width]);
-      const sha = (order: PassOrder) =>
-        createHash('sha256')
-          .update(toChw(resizeBilinear(img, c.out_height, c.out_width, { passOrder: order })))
-          .digest('hex');
-      expect(sha(passOrder)).toBe(c.sha256);
-      if (c.sha256_pillow_le12 !== undefined) expect(sha('pillow12')).toBe(c.sha256_pillow_le12);
+      const hash = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
+      // The WebAssembly kernels (HWC and CHW) and the JS fallback.
+      const shas = (order: PassOrder) => {
+        const options = { passOrder: order };
+        return [
+          hash(toChw(resizeBilinear(img, c.out_height, c.out_width, options))),
+          hash(resizeBilinearChw(img, c.out_height, c.out_width, options)),
+          hash(toChw(resizeBilinearJs(img, c.out_height, c.out_width, options))),
+        ];
+      };
+      expect(shas(passOrder)).toEqual(Array(3).fill(c.sha256));
+      if (c.sha256_pillow_le12 !== undefined) {
+        expect(shas('pillow12')).toEqual(Array(3).fill(c.sha256_pillow_le12));
+      }
     });
   });
 });

@@ -1,5 +1,7 @@
 import { type AxisCoefficients, bilinearCoefficients } from './bilinear-coefficients.js';
-import type { RgbImage } from './rgb-image.js';
+import { type WasmResizeJob, resizeWasm, wasmKernelStatus } from './bilinear-wasm.js';
+import { type RgbImage, toChw } from './rgb-image.js';
+import { cropImage } from './split.js';
 
 // Fixed point as in bilinear-coefficients.ts (2^22 = 1.0). Declared here rather than imported:
 // V8 does not constant-fold imported bindings, which made the passes ~25% slower.
@@ -301,16 +303,17 @@ export function verticalPassFirst(
  * intermediate, in the order of `passOrder`. Horizontal first only computes the input rows
  * the vertical pass will read. The same size returns a copy, and an empty input (0 rows or
  * columns, from splitting a 1-pixel-wide image) gives a black image, as PIL does.
+ *
+ * This is the portable reference implementation; {@link resizeBilinear} runs the same
+ * arithmetic in WebAssembly SIMD (bilinear-wasm.ts) and falls back to this.
  */
-export function resizeBilinear(
+export function resizeBilinearJs(
   img: RgbImage,
   height: number,
   width: number,
   { passOrder = 'pillow12' }: ResizeOptions = {},
 ): RgbImage {
-  if (!Number.isInteger(height) || !Number.isInteger(width) || height < 1 || width < 1) {
-    throw new RangeError(`resize target must be positive integers, got ${width}x${height}`);
-  }
+  checkTarget(height, width);
   if (img.height === 0 || img.width === 0) {
     return { height, width, data: new Uint8Array(height * width * 3) };
   }
@@ -337,4 +340,135 @@ export function resizeBilinear(
   const rowLast = vert.start[height - 1]! + vert.count[height - 1]!;
   const temp = resampleHorizontal(img.data, img.width, rowFirst, rowLast - rowFirst, horiz);
   return { height, width, data: resampleVertical(temp, width, rowFirst, vert) };
+}
+
+function checkTarget(height: number, width: number): void {
+  if (!Number.isInteger(height) || !Number.isInteger(width) || height < 1 || width < 1) {
+    throw new RangeError(`resize target must be positive integers, got ${width}x${height}`);
+  }
+}
+
+/**
+ * `resizeBilinear` of the rectangle rows [y0, y1) x columns [x0, x1) of an image (as if it
+ * had been cropped first, e.g. by splitImage) to `height` x `width`.
+ */
+export interface CropResize {
+  y0: number;
+  y1: number;
+  x0: number;
+  x1: number;
+  height: number;
+  width: number;
+}
+
+function checkCrop(img: RgbImage, c: CropResize): void {
+  checkTarget(c.height, c.width);
+  const ok =
+    [c.y0, c.y1, c.x0, c.x1].every(Number.isInteger) &&
+    c.y0 >= 0 &&
+    c.y0 <= c.y1 &&
+    c.y1 <= img.height &&
+    c.x0 >= 0 &&
+    c.x0 <= c.x1 &&
+    c.x1 <= img.width;
+  if (!ok) {
+    throw new RangeError(
+      `crop rows [${c.y0}, ${c.y1}) columns [${c.x0}, ${c.x1}) is outside ${img.width}x${img.height}`,
+    );
+  }
+}
+
+function cropOf(img: RgbImage, c: CropResize): RgbImage {
+  return c.y0 === 0 && c.x0 === 0 && c.y1 === img.height && c.x1 === img.width
+    ? img
+    : cropImage(img, c.y0, c.y1, c.x0, c.x1);
+}
+
+/**
+ * Resizes crops of `img` (see CropResize), each exactly as `resizeBilinearJs` of the cropped
+ * image would, in HWC or CHW (`chw`) layout. The WebAssembly kernels take every crop they
+ * can (see resizeWasm: the image goes into wasm memory once for all, and the crops are read
+ * in place); the rest (empty crops, same-size HWC copies) and everything when wasm is
+ * unavailable go through the JS path.
+ */
+function resizeCrops(
+  img: RgbImage,
+  crops: CropResize[],
+  passOrder: PassOrder,
+  chw: boolean,
+): Uint8Array[] {
+  for (const c of crops) checkCrop(img, c);
+  const jobs: WasmResizeJob[] = [];
+  const jobOf: number[] = []; // crop index -> job index, or -1
+  for (const c of crops) {
+    const inHeight = c.y1 - c.y0;
+    const inWidth = c.x1 - c.x0;
+    const copy = c.height === inHeight && c.width === inWidth;
+    if (inHeight === 0 || inWidth === 0 || (copy && !chw)) {
+      jobOf.push(-1);
+      continue;
+    }
+    jobOf.push(jobs.length);
+    jobs.push({
+      ...c,
+      verticalFirst:
+        passOrder === 'pillow13' && verticalPassFirst(inHeight, inWidth, c.height, c.width),
+    });
+  }
+  const fromWasm = jobs.length > 0 ? resizeWasm(img, jobs, chw) : null;
+  return crops.map((c, i) => {
+    const done = fromWasm?.[jobOf[i]!];
+    if (done) return done;
+    const resized = resizeBilinearJs(cropOf(img, c), c.height, c.width, { passOrder });
+    return chw ? toChw(resized) : resized.data;
+  });
+}
+
+/**
+ * Pillow's `Image.resize((width, height), Image.BILINEAR)` on an 8-bit RGB image, bit for bit
+ * (IDEFICS2.md §7.3): the result of {@link resizeBilinearJs} (same size: a copy; empty input:
+ * black), computed by the WebAssembly SIMD kernels of bilinear-wasm.ts where they load, else
+ * by the JS passes.
+ */
+export function resizeBilinear(
+  img: RgbImage,
+  height: number,
+  width: number,
+  { passOrder = 'pillow12' }: ResizeOptions = {},
+): RgbImage {
+  checkTarget(height, width);
+  const crop = { y0: 0, y1: img.height, x0: 0, x1: img.width, height, width };
+  return { height, width, data: resizeCrops(img, [crop], passOrder, false)[0]! };
+}
+
+/**
+ * `toChw(resizeBilinear(img, height, width, options))` in one go: the last pass writes the
+ * planes [3, height, width] directly.
+ */
+export function resizeBilinearChw(
+  img: RgbImage,
+  height: number,
+  width: number,
+  { passOrder = 'pillow12' }: ResizeOptions = {},
+): Uint8Array {
+  checkTarget(height, width);
+  const crop = { y0: 0, y1: img.height, x0: 0, x1: img.width, height, width };
+  return resizeCrops(img, [crop], passOrder, true)[0]!;
+}
+
+/**
+ * For each crop, `toChw(resizeBilinear(cropImage(img, y0, y1, x0, x1), height, width))`,
+ * without making the crops: the image splitting of the pipeline in one call.
+ */
+export function resizeCropsChw(
+  img: RgbImage,
+  crops: CropResize[],
+  { passOrder = 'pillow12' }: ResizeOptions = {},
+): Uint8Array[] {
+  return resizeCrops(img, crops, passOrder, true);
+}
+
+/** Which implementation `resizeBilinear` and friends run in this thread. */
+export function bilinearBackend(): 'wasm' | 'js' {
+  return wasmKernelStatus().available ? 'wasm' : 'js';
 }

@@ -1,9 +1,14 @@
 // Idefics2 image processing: the reference's rules (transformers' Idefics2ImageProcessor
 // after load_image), as pure functions usable in-process and in worker threads.
 export {
+  type CropResize,
   type PassOrder,
   type ResizeOptions,
+  bilinearBackend,
   resizeBilinear,
+  resizeBilinearChw,
+  resizeBilinearJs,
+  resizeCropsChw,
   verticalPassFirst,
 } from './bilinear.js';
 export { type AxisCoefficients, bilinearCoefficients } from './bilinear-coefficients.js';

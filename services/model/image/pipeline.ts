@@ -1,4 +1,4 @@
-import { type PassOrder, resizeBilinear } from './bilinear.js';
+import { type CropResize, type PassOrder, resizeBilinear, resizeCropsChw } from './bilinear.js';
 import { type DecodeLimits, decodeImage } from './decode.js';
 import type { SubImage } from './pixel-values.js';
 import type { ImageProcessorConfig } from './processor-config.js';
@@ -53,6 +53,44 @@ export function processGeometry(
 }
 
 /**
+ * `processGeometry` (with resizing) + `toChw` in one step, without making the crops: the
+ * resize reads each piece of splitImage's layout in place and writes CHW directly. Same
+ * pixels as the two steps, which pipeline.test.ts checks.
+ */
+function resizeSubImages(
+  img: RgbImage,
+  config: GeometrySettings,
+  split: boolean,
+  passOrder: PassOrder | undefined,
+): SubImage[] {
+  const { height, width } = img;
+  const rects: [y0: number, y1: number, x0: number, x1: number][] = [[0, height, 0, width]];
+  if (split) {
+    // splitImage's pieces, in its order: TL, TR, BL, BR, then the whole image.
+    const midH = Math.floor(height / 2);
+    const midW = Math.floor(width / 2);
+    rects.unshift(
+      [0, midH, 0, midW],
+      [0, midH, midW, width],
+      [midH, height, 0, midW],
+      [midH, height, midW, width],
+    );
+  }
+  const crops: CropResize[] = rects.map(([y0, y1, x0, x1]) => ({
+    y0,
+    y1,
+    x0,
+    x1,
+    ...resizeOutputSize(y1 - y0, x1 - x0, config),
+  }));
+  return resizeCropsChw(img, crops, { passOrder }).map((pixels, i) => ({
+    height: crops[i]!.height,
+    width: crops[i]!.width,
+    pixels,
+  }));
+}
+
+/**
  * The preprocessor's work for one image: decode (with limits) -> split -> resize -> uint8
  * CHW sub-images. Rescaling and normalization are left to the consumer (toPixelValues, or
  * the encoder graph), so the sub-images travel as compact uint8.
@@ -64,11 +102,13 @@ export async function preprocessImage(
   { config, split = config.doImageSplitting, limits, passOrder }: PreprocessOptions,
 ): Promise<PreprocessedImage> {
   const { image, format } = await decodeImage(bytes, limits);
-  const subImages = processGeometry(image, { config, split, passOrder }).map((piece) => ({
-    height: piece.height,
-    width: piece.width,
-    pixels: toChw(piece),
-  }));
+  const subImages = config.doResize
+    ? resizeSubImages(image, config, split, passOrder)
+    : processGeometry(image, { config, split, passOrder }).map((piece) => ({
+        height: piece.height,
+        width: piece.width,
+        pixels: toChw(piece),
+      }));
   return {
     subImages,
     split,
