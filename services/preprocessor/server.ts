@@ -1,7 +1,6 @@
 // The Preprocessor gRPC service: validates the request, runs the image through the worker pool
 // and maps every failure to a status with a message naming its cause.
 import {
-  PreprocessorService,
   type PreprocessorInfo,
   type PreprocessRequest,
   type PreprocessResponse,
@@ -17,6 +16,7 @@ import {
   type GrpcServer,
 } from '../runtime/index.js';
 import type { PreprocessorMetrics } from './metrics.js';
+import { PreprocessorServiceDefinition } from './wire.js';
 import { QueueFullError, type PreprocessPool } from './pool.js';
 import type { DecodeLimits } from '../model/index.js';
 
@@ -103,7 +103,7 @@ export function registerPreprocessor(
     formats: SUPPORTED_FORMATS,
   });
 
-  server.addService('loupe.v1.Preprocessor', PreprocessorService, {
+  server.addService('loupe.v1.Preprocessor', PreprocessorServiceDefinition, {
     preprocess: server.unary('Preprocess', preprocess),
     info: server.unary('Info', info),
   });

@@ -10,3 +10,4 @@ export * from './grpc-client.js';
 export * from './health.js';
 export * from './service.js';
 export * from './paths.js';
+export * from './proto-writer.js';

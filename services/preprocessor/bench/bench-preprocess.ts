@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { credentials } from '@grpc/grpc-js';
 import { PreprocessorClient } from '../../../proto/gen/loupe/v1/preprocessor.js';
-import { packageRoot } from '../../runtime/index.js';
+import { DEFAULT_IMAGE_PROCESSOR_CONFIG, preprocessImage } from '../../model/index.js';
+import { clientChannelOptions, packageRoot } from '../../runtime/index.js';
+import { PreprocessPool } from '../pool.js';
 
 const IMAGES = [
   'jpeg-2400x1600.jpg',
@@ -108,6 +110,53 @@ async function runLoupe(
   };
 }
 
+const LIMITS = { maxBytes: 64 << 20, maxPixels: 100_000_000, maxFrames: 1000, timeoutSeconds: 60 };
+
+/** The same work without gRPC: in this thread at concurrency 1, in the service's worker pool at N. */
+async function runInProcess(concurrency: number, rounds: number): Promise<Result> {
+  const jobs = Array.from({ length: rounds }, () => images).flat();
+  const latencies: number[] = [];
+  const pool =
+    concurrency > 1
+      ? new PreprocessPool({
+          workers: availableParallelism(),
+          maxQueue: concurrency,
+          setup: { processorConfig: DEFAULT_IMAGE_PROCESSOR_CONFIG, limits: LIMITS },
+        })
+      : undefined;
+  const one = async (bytes: Buffer) => {
+    if (!pool)
+      return preprocessImage(bytes, {
+        config: DEFAULT_IMAGE_PROCESSOR_CONFIG,
+        split: SPLIT,
+        limits: LIMITS,
+      });
+    return pool.run({ image: new Uint8Array(bytes), split: SPLIT }, new AbortController().signal);
+  };
+  for (const job of images) await one(job.bytes); // warm-up
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < jobs.length) {
+        const job = jobs[next++]!;
+        const t0 = performance.now();
+        await one(job.bytes);
+        latencies.push(performance.now() - t0);
+      }
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  await pool?.close();
+  latencies.sort((a, b) => a - b);
+  return {
+    imagesPerS: jobs.length / seconds,
+    p50Ms: percentile(latencies, 50),
+    p99Ms: percentile(latencies, 99),
+    n: jobs.length,
+  };
+}
+
 function referencePython(): string | undefined {
   const candidates = [process.env.LOUPE_REFERENCE_PYTHON, 'python3'].filter(
     (c): c is string => !!c,
@@ -161,9 +210,11 @@ async function main(): Promise<void> {
     `machine: ${cpus()[0]?.model ?? 'unknown cpu'}, ${availableParallelism()} cores, node ${process.version}`,
   );
   const service = await startService();
-  const client = new PreprocessorClient(service.address, credentials.createInsecure(), {
-    'grpc.max_receive_message_length': 256 * 1024 * 1024,
-  });
+  const client = new PreprocessorClient(
+    service.address,
+    credentials.createInsecure(),
+    clientChannelOptions(256 << 20),
+  );
   const python = referencePython();
   if (!python)
     console.log(
@@ -171,22 +222,33 @@ async function main(): Promise<void> {
     );
   try {
     await runLoupe(client, 2, 1); // warm-up: JIT, worker start, libvips caches
-    const rows: Array<{ concurrency: number; loupe: Result; reference?: Result }> = [];
+    const rows: Array<{
+      concurrency: number;
+      loupe: Result;
+      inProcess: Result;
+      reference?: Result;
+    }> = [];
     for (const concurrency of [1, 8]) {
       const loupe = await runLoupe(client, concurrency, ROUNDS);
+      const inProcess = await runInProcess(concurrency, ROUNDS);
       const reference = python ? runReference(python, concurrency, ROUNDS) : undefined;
-      rows.push({ concurrency, loupe, reference });
+      rows.push({ concurrency, loupe, inProcess, reference });
     }
     console.log('');
-    for (const { concurrency, loupe, reference } of rows) {
+    const ratio = (a: Result, b: Result | undefined) =>
+      b ? `   ${(a.imagesPerS / b.imagesPerS).toFixed(2)}× the reference` : '';
+    for (const { concurrency, loupe, inProcess, reference } of rows) {
       console.log(`concurrency ${concurrency}`);
-      console.log(`  loupe (gRPC)  ${fmt(loupe)}`);
-      console.log(`  reference     ${fmt(reference)}`);
-      if (reference)
-        console.log(
-          `  ratio         ${(loupe.imagesPerS / reference.imagesPerS).toFixed(2)}× throughput (goal ≥ 5×)`,
-        );
+      console.log(`  loupe service (gRPC)  ${fmt(loupe)}${ratio(loupe, reference)}`);
+      console.log(`  loupe work, no gRPC   ${fmt(inProcess)}${ratio(inProcess, reference)}`);
+      console.log(`  reference (PIL)       ${fmt(reference)}`);
     }
+    console.log(
+      '\ngoal: the service at >= 5x the reference throughput. "no gRPC" is the same decode, split',
+    );
+    console.log(
+      'and resize (in this thread at concurrency 1, in the worker pool at 8) without the transport.',
+    );
   } finally {
     client.close();
     await service.stop();

@@ -1,0 +1,53 @@
+import { describe, expect, it } from 'vitest';
+import { PreprocessResponse } from '../../proto/gen/loupe/v1/preprocessor.js';
+import { encodePreprocessResponse } from './wire.js';
+
+const pixels = (n: number, seed: number) =>
+  Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + seed) & 255));
+
+describe('encodePreprocessResponse', () => {
+  const cases: Array<[string, PreprocessResponse]> = [
+    ['empty', PreprocessResponse.fromPartial({})],
+    [
+      'split, five sub-images, source, hash',
+      PreprocessResponse.fromPartial({
+        subImages: [
+          [378, 490],
+          [378, 490],
+          [653, 980],
+          [1, 1],
+          [980, 980],
+        ].map(([height, width], i) => ({
+          height,
+          width,
+          pixels: { dtype: 1, shape: [3, height!, width!], data: pixels(3 * height! * width!, i) },
+        })),
+        split: true,
+        imageTokens: 320,
+        tokensPerSubImage: 64,
+        source: { format: 'jpeg', height: 1067, width: 1600 },
+        contentHash: pixels(32, 9),
+      }),
+    ],
+    [
+      'zero fields left out, unicode format, large shape values',
+      PreprocessResponse.fromPartial({
+        subImages: [
+          {
+            height: 0,
+            width: 5,
+            pixels: { dtype: 0, shape: [0, 2 ** 40, 300], data: Buffer.alloc(0) },
+          },
+        ],
+        source: { format: 'jpég', height: 0, width: 1 },
+      }),
+    ],
+  ];
+
+  it.each(cases)('writes the same bytes as the generated encoder: %s', (_name, message) => {
+    const expected = Buffer.from(PreprocessResponse.encode(message).finish());
+    const actual = encodePreprocessResponse(message);
+    expect(actual.equals(expected)).toBe(true);
+    expect(PreprocessResponse.decode(actual)).toEqual(message);
+  });
+});
