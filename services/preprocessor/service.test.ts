@@ -271,6 +271,21 @@ describe('preprocessor admission, configuration and shutdown', () => {
     expect(await service.stop()).toBe(0);
   });
 
+  it('refuses an image over the byte limit, naming the size and the limit', async () => {
+    const service = await startServiceProcess(script, {
+      ...ephemeralPorts('PREPROCESSOR'),
+      LOUPE_PREPROCESSOR_MAX_IMAGE_BYTES: '50000',
+    });
+    const pre = client(service.grpcAddress);
+    const image = fixtureImage('jpeg-1600x1067.jpg');
+    const error = await preprocessError(pre, image);
+    expect(error.code).toBe(status.INVALID_ARGUMENT);
+    expect(reason(error)).toBe('too_large');
+    expect(error.details).toBe(`\`image\` is ${image.length} bytes, over the limit of 50000`);
+    pre.close();
+    expect(await service.stop()).toBe(0);
+  });
+
   it('reads the split default from the checkpoint directory', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'loupe-ckpt-'));
     dirs.push(dir);
