@@ -7,7 +7,7 @@ import {
   toPixelValues,
   writeSafetensors,
 } from '../model/index.js';
-import { loadPreprocessorConfig } from '../preprocessor/index.js';
+import { decodeLimits, loadPreprocessorConfig } from '../preprocessor/index.js';
 import { parseCommandArgs, parseSplit, required } from './args.js';
 import { CliError } from './cli-error.js';
 
@@ -31,12 +31,7 @@ export async function runPreprocess(args: string[]): Promise<number> {
   }
   // The same limits as the service, from the same variables.
   const service = loadPreprocessorConfig();
-  const limits = {
-    maxBytes: service.LOUPE_PREPROCESSOR_MAX_IMAGE_BYTES,
-    maxPixels: service.LOUPE_PREPROCESSOR_MAX_IMAGE_PIXELS,
-    maxFrames: service.LOUPE_PREPROCESSOR_MAX_FRAMES,
-    timeoutSeconds: service.LOUPE_PREPROCESSOR_DECODE_TIMEOUT_S,
-  };
+  const limits = decodeLimits(service);
   let size;
   try {
     size = statSync(imagePath).size;

@@ -39,3 +39,11 @@ export type PreprocessorConfig = Readonly<z.infer<typeof preprocessorEnvSchema>>
 
 export const loadPreprocessorConfig = (env: Env = process.env): PreprocessorConfig =>
   loadConfig(preprocessorEnvSchema, env);
+
+/** The image limits these variables set, as the decoder takes them. */
+export const decodeLimits = (config: PreprocessorConfig) => ({
+  maxBytes: config.LOUPE_PREPROCESSOR_MAX_IMAGE_BYTES,
+  maxPixels: config.LOUPE_PREPROCESSOR_MAX_IMAGE_PIXELS,
+  maxFrames: config.LOUPE_PREPROCESSOR_MAX_FRAMES,
+  timeoutSeconds: config.LOUPE_PREPROCESSOR_DECODE_TIMEOUT_S,
+});

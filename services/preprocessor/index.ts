@@ -1,6 +1,7 @@
+// What the CLI may use of the preprocessor (services never import each other).
 export {
+  decodeLimits,
   loadPreprocessorConfig,
   preprocessorEnvSchema,
   type PreprocessorConfig,
 } from './config.js';
-export { SUPPORTED_FORMATS } from './server.js';

@@ -7,7 +7,7 @@ import {
   initTracing,
   startService,
 } from '../runtime/index.js';
-import { loadPreprocessorConfig } from './config.js';
+import { decodeLimits, loadPreprocessorConfig } from './config.js';
 import { createPreprocessorMetrics } from './metrics.js';
 import { PreprocessPool } from './pool.js';
 import { registerPreprocessor } from './server.js';
@@ -31,12 +31,7 @@ async function main(): Promise<void> {
     : DEFAULT_IMAGE_PROCESSOR_CONFIG;
   if (!config.LOUPE_MODEL_DIR)
     logger.info('LOUPE_MODEL_DIR is unset: using the idefics2-8b image processor settings');
-  const limits = {
-    maxBytes: config.LOUPE_PREPROCESSOR_MAX_IMAGE_BYTES,
-    maxPixels: config.LOUPE_PREPROCESSOR_MAX_IMAGE_PIXELS,
-    maxFrames: config.LOUPE_PREPROCESSOR_MAX_FRAMES,
-    timeoutSeconds: config.LOUPE_PREPROCESSOR_DECODE_TIMEOUT_S,
-  };
+  const limits = decodeLimits(config);
   const pool = new PreprocessPool({
     workers: config.LOUPE_PREPROCESSOR_WORKERS,
     maxQueue: config.LOUPE_PREPROCESSOR_MAX_QUEUE,

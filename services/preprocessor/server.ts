@@ -6,7 +6,6 @@ import {
   type PreprocessResponse,
 } from '../../proto/gen/loupe/v1/preprocessor.js';
 import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
-import type { ImageProcessorConfig } from '../model/index.js';
 import {
   invalidArgument,
   resourceExhausted,
@@ -18,9 +17,7 @@ import {
 import type { PreprocessorMetrics } from './metrics.js';
 import { PreprocessorServiceDefinition } from './wire.js';
 import { QueueFullError, type PreprocessPool } from './pool.js';
-import type { DecodeLimits } from '../model/index.js';
-
-export const SUPPORTED_FORMATS = ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif'];
+import { ACCEPTED_FORMATS, type DecodeLimits, type ImageProcessorConfig } from '../model/index.js';
 
 export interface PreprocessorHandlersOptions {
   pool: PreprocessPool;
@@ -100,7 +97,7 @@ export function registerPreprocessor(
     maxImageBytes: limits.maxBytes,
     maxImagePixels: limits.maxPixels,
     maxFrames: limits.maxFrames,
-    formats: SUPPORTED_FORMATS,
+    formats: [...ACCEPTED_FORMATS],
   });
 
   server.addService('loupe.v1.Preprocessor', PreprocessorServiceDefinition, {

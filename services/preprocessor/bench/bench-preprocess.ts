@@ -77,10 +77,11 @@ async function startService(): Promise<{ address: string; stop: () => Promise<vo
   };
 }
 
-async function runLoupe(
-  client: PreprocessorClient,
+/** Runs every image `rounds` times through `process`, `concurrency` at a time. */
+async function measure(
   concurrency: number,
   rounds: number,
+  process: (bytes: Buffer) => Promise<unknown>,
 ): Promise<Result> {
   const jobs = Array.from({ length: rounds }, () => images).flat();
   const latencies: number[] = [];
@@ -91,11 +92,7 @@ async function runLoupe(
       while (next < jobs.length) {
         const job = jobs[next++]!;
         const t0 = performance.now();
-        await new Promise<void>((resolve, reject) =>
-          client.preprocess({ image: job.bytes, split: SPLIT }, (error) =>
-            error ? reject(error) : resolve(),
-          ),
-        );
+        await process(job.bytes);
         latencies.push(performance.now() - t0);
       }
     }),
@@ -110,12 +107,20 @@ async function runLoupe(
   };
 }
 
+const runLoupe = (client: PreprocessorClient, concurrency: number, rounds: number) =>
+  measure(
+    concurrency,
+    rounds,
+    (image) =>
+      new Promise<void>((resolve, reject) =>
+        client.preprocess({ image, split: SPLIT }, (error) => (error ? reject(error) : resolve())),
+      ),
+  );
+
 const LIMITS = { maxBytes: 64 << 20, maxPixels: 100_000_000, maxFrames: 1000, timeoutSeconds: 60 };
 
 /** The same work without gRPC: in this thread at concurrency 1, in the service's worker pool at N. */
 async function runInProcess(concurrency: number, rounds: number): Promise<Result> {
-  const jobs = Array.from({ length: rounds }, () => images).flat();
-  const latencies: number[] = [];
   const pool =
     concurrency > 1
       ? new PreprocessPool({
@@ -124,37 +129,20 @@ async function runInProcess(concurrency: number, rounds: number): Promise<Result
           setup: { processorConfig: DEFAULT_IMAGE_PROCESSOR_CONFIG, limits: LIMITS },
         })
       : undefined;
-  const one = async (bytes: Buffer) => {
-    if (!pool)
-      return preprocessImage(bytes, {
-        config: DEFAULT_IMAGE_PROCESSOR_CONFIG,
-        split: SPLIT,
-        limits: LIMITS,
-      });
-    return pool.run({ image: new Uint8Array(bytes), split: SPLIT }, new AbortController().signal);
-  };
-  for (const job of images) await one(job.bytes); // warm-up
-  let next = 0;
-  const started = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (next < jobs.length) {
-        const job = jobs[next++]!;
-        const t0 = performance.now();
-        await one(job.bytes);
-        latencies.push(performance.now() - t0);
-      }
-    }),
-  );
-  const seconds = (performance.now() - started) / 1000;
-  await pool?.close();
-  latencies.sort((a, b) => a - b);
-  return {
-    imagesPerS: jobs.length / seconds,
-    p50Ms: percentile(latencies, 50),
-    p99Ms: percentile(latencies, 99),
-    n: jobs.length,
-  };
+  const one = (bytes: Buffer) =>
+    pool
+      ? pool.run({ image: new Uint8Array(bytes), split: SPLIT }, new AbortController().signal)
+      : preprocessImage(bytes, {
+          config: DEFAULT_IMAGE_PROCESSOR_CONFIG,
+          split: SPLIT,
+          limits: LIMITS,
+        });
+  try {
+    for (const job of images) await one(job.bytes); // warm-up
+    return await measure(concurrency, rounds, one);
+  } finally {
+    await pool?.close();
+  }
 }
 
 function referencePython(): string | undefined {
