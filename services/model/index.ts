@@ -1,3 +1,5 @@
-// What Idefics2 is, with no networking: image processing and checkpoint tensors.
+// What Idefics2 is, with no networking: configuration, checkpoint tensors, image processing.
+export * from './checkpoint/index.js';
+export * from './config/index.js';
 export * from './image/index.js';
 export * from './safetensors/index.js';

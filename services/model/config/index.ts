@@ -1,0 +1,1 @@
+export * from './idefics2-config.js';
