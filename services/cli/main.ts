@@ -1,4 +1,5 @@
 // The `loupe` command.
+import { runConvert } from './convert-command.js';
 import { runPreprocess } from './preprocess-command.js';
 import { runStart } from './start-command.js';
 import { CliError } from './cli-error.js';
@@ -10,12 +11,16 @@ commands:
   preprocess --model DIR --image FILE [--split on|off] --out FILE.safetensors
                                  run the image preprocessor in-process and write pixel_values
                                  and pixel_attention_mask; prints a JSON summary
+  convert --model DIR --out DIR --dtype float32|float16
+                                 rewrite a checkpoint's weights in another dtype (e.g. bfloat16
+                                 checkpoints for the CPU provider), one tensor at a time
   help                           this text
 `;
 
 const commands: Record<string, (args: string[]) => Promise<number>> = {
   start: runStart,
   preprocess: runPreprocess,
+  convert: runConvert,
   help: async () => {
     process.stdout.write(USAGE);
     return 0;

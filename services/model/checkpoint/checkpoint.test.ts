@@ -1,9 +1,12 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseIdefics2Config } from '../config/index.js';
-import { elementCount, writeSafetensors, type TensorToWrite } from '../safetensors/index.js';
+import { elementCount } from '../safetensors/index.js';
+import {
+  writeTinyCheckpoint,
+  type TinyCheckpointOptions,
+} from '../../../test/helpers/tiny-checkpoint.js';
 import { CheckpointError, openCheckpoint } from './checkpoint.js';
 import { expectedTensors } from './expected-tensors.js';
 
@@ -15,45 +18,9 @@ const TESTER = fixtures.cases.tester!.config;
 const dirs: string[] = [];
 afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
 
-/** A checkpoint of zeros for `config`, in one file or split across `shards` files. */
-function writeCheckpoint(
-  config: Record<string, unknown>,
-  {
-    shards = 1,
-    dtype = 'F32',
-    edit,
-  }: {
-    shards?: number;
-    dtype?: 'F32' | 'F16' | 'BF16';
-    edit?: (t: Map<string, number[]>) => void;
-  } = {},
-): string {
-  const dir = mkdtempSync(join(tmpdir(), 'loupe-ckpt-'));
+function writeCheckpoint(config: Record<string, unknown>, options?: TinyCheckpointOptions): string {
+  const dir = writeTinyCheckpoint(config, options);
   dirs.push(dir);
-  writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
-  const shapes = expectedTensors(parseIdefics2Config(config));
-  edit?.(shapes);
-  const bytes = dtype === 'F32' ? 4 : 2;
-  const names = [...shapes.keys()];
-  const weightMap: Record<string, string> = {};
-  for (let s = 0; s < shards; s++) {
-    const file =
-      shards === 1 ? 'model.safetensors' : `model-0000${s + 1}-of-0000${shards}.safetensors`;
-    const tensors: Record<string, TensorToWrite> = {};
-    names
-      .filter((_, i) => i % shards === s)
-      .forEach((name) => {
-        const shape = shapes.get(name)!;
-        tensors[name] = { dtype, shape, data: new Uint8Array(elementCount(shape) * bytes) };
-        weightMap[name] = file;
-      });
-    writeSafetensors(join(dir, file), tensors);
-  }
-  if (shards > 1)
-    writeFileSync(
-      join(dir, 'model.safetensors.index.json'),
-      JSON.stringify({ metadata: {}, weight_map: weightMap }),
-    );
   return dir;
 }
 

@@ -18,5 +18,7 @@ export {
   type TensorToWrite,
   type WriteSafetensorsOptions,
   encodeSafetensorsHeader,
+  encodeSafetensorsLayout,
+  type TensorLayout,
   writeSafetensors,
 } from './write.js';

@@ -30,6 +30,32 @@ export interface WriteSafetensorsOptions {
  */
 export function encodeSafetensorsHeader(
   tensors: Readonly<Record<string, TensorToWrite>>,
+  options: WriteSafetensorsOptions = {},
+): { header: Buffer; order: string[]; dataLength: number } {
+  for (const [name, t] of Object.entries(tensors)) {
+    if (!isSafetensorsDtype(t.dtype) || !Array.isArray(t.shape)) continue; // reported below
+    const expected = elementCount(t.shape) * DTYPES[t.dtype].size;
+    if (t.data.byteLength !== expected) {
+      throw new RangeError(
+        `tensor \`${name}\`: ${t.dtype} ${JSON.stringify(t.shape)} needs ${expected} bytes, got ${t.data.byteLength}`,
+      );
+    }
+  }
+  return encodeSafetensorsLayout(tensors, options);
+}
+
+/** A tensor's name, dtype and shape: enough to lay out a file before any data exists. */
+export interface TensorLayout {
+  dtype: SafetensorsDtype;
+  shape: readonly number[];
+}
+
+/**
+ * The header for tensors of these dtypes and shapes, and the order their data follows it in
+ * (largest element size first, so every tensor is aligned).
+ */
+export function encodeSafetensorsLayout(
+  tensors: Readonly<Record<string, TensorLayout>>,
   { metadata }: WriteSafetensorsOptions = {},
 ): { header: Buffer; order: string[]; dataLength: number } {
   const names = Object.keys(tensors);
@@ -56,12 +82,6 @@ export function encodeSafetensorsHeader(
         `tensor \`${name}\`: shape must be non-negative integers, got ${JSON.stringify(t.shape)}`,
       );
     }
-    const expected = elementCount(t.shape) * DTYPES[t.dtype].size;
-    if (t.data.byteLength !== expected) {
-      throw new RangeError(
-        `tensor \`${name}\`: ${t.dtype} ${JSON.stringify(t.shape)} needs ${expected} bytes, got ${t.data.byteLength}`,
-      );
-    }
   }
   const order = names
     .map((name, i) => ({ name, i, size: DTYPES[tensors[name]!.dtype].size }))
@@ -70,7 +90,8 @@ export function encodeSafetensorsHeader(
   const offsets = new Map<string, [number, number]>();
   let offset = 0;
   for (const name of order) {
-    const end = offset + tensors[name]!.data.byteLength;
+    const t = tensors[name]!;
+    const end = offset + elementCount(t.shape) * DTYPES[t.dtype].size;
     offsets.set(name, [offset, end]);
     offset = end;
   }

@@ -1,0 +1,8 @@
+export {
+  convertCheckpoint,
+  ConvertError,
+  type ConvertOptions,
+  type ConvertSummary,
+  type TargetDtype,
+} from './convert-checkpoint.js';
+export { bfloat16ToFloat32, float16ToFloat32, float32ToFloat16 } from './half.js';
