@@ -2,6 +2,7 @@
 import { runConvert } from './convert-command.js';
 import { runPreprocess } from './preprocess-command.js';
 import { runStart } from './start-command.js';
+import { runTinyModel } from './tiny-model-command.js';
 import { CliError } from './cli-error.js';
 
 const USAGE = `usage: loupe <command> [options]
@@ -14,6 +15,9 @@ commands:
   convert --model DIR --out DIR --dtype float32|float16
                                  rewrite a checkpoint's weights in another dtype (e.g. bfloat16
                                  checkpoints for the CPU provider), one tensor at a time
+  tiny-model --out DIR [--seed N] [--size tiny|small]
+                                 write a complete Idefics2 checkpoint with seeded random weights
+                                 and a real tokenizer (tiny: tests; small: benchmarks)
   help                           this text
 `;
 
@@ -21,6 +25,7 @@ const commands: Record<string, (args: string[]) => Promise<number>> = {
   start: runStart,
   preprocess: runPreprocess,
   convert: runConvert,
+  'tiny-model': runTinyModel,
   help: async () => {
     process.stdout.write(USAGE);
     return 0;
