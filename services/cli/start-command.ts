@@ -1,16 +1,35 @@
 // `loupe start` (and `npm start`): the local stack, each service its own process on loopback.
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeTinyModel } from '../model/index.js';
 import { packageRoot } from '../runtime/index.js';
 import { Supervisor, type ChildSpec } from './supervisor.js';
 
+/**
+ * The checkpoint the stack serves: LOUPE_MODEL_DIR, or a tiny random one made on first use
+ * under .loupe/models/ (so the stack runs on a fresh clone with nothing downloaded).
+ */
+function modelDir(): string {
+  if (process.env.LOUPE_MODEL_DIR) return process.env.LOUPE_MODEL_DIR;
+  const dir = join(packageRoot(), '.loupe', 'models', 'tiny-seed0');
+  if (!existsSync(join(dir, 'config.json'))) {
+    process.stdout.write(
+      `loupe: LOUPE_MODEL_DIR is unset; writing a tiny random checkpoint to ${dir}\n`,
+    );
+    writeTinyModel({ out: dir, seed: 0, size: 'tiny' });
+  }
+  return dir;
+}
+
 /** The services that exist, in start order, with their default local ports. */
-function stackServices(): ChildSpec[] {
+function stackServices(model: string): ChildSpec[] {
   const dist = join(packageRoot(), 'dist', 'services');
   return [
     {
       name: 'preprocessor',
       script: join(dist, 'preprocessor', 'main.js'),
       env: {
+        LOUPE_MODEL_DIR: model,
         LOUPE_PREPROCESSOR_HOST: process.env.LOUPE_PREPROCESSOR_HOST ?? '127.0.0.1',
       },
     },
@@ -43,7 +62,9 @@ export async function runStart(_args: string[]): Promise<number> {
   const started: string[] = [];
   const ports: Record<string, number> = {};
   try {
-    for (const spec of stackServices()) {
+    const model = modelDir();
+    started.push(`  model         ${model}`);
+    for (const spec of stackServices(model)) {
       const ready = await supervisor.start(spec);
       ports[spec.name] = Number(ready.grpcPort);
       started.push(
