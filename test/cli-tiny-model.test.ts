@@ -1,5 +1,6 @@
 // `npx loupe tiny-model`: a checkpoint Loupe's own loaders accept, the same for the same seed.
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -55,14 +56,32 @@ describe('loupe tiny-model', () => {
       code: 2,
       stderr: expect.stringMatching(/--size must be "tiny" or "small", got "huge"/),
     });
-    await expect(
-      loupe('tiny-model', '--out', join(work, 'x'), '--seed=-1'),
-    ).rejects.toMatchObject({
+    await expect(loupe('tiny-model', '--out', join(work, 'x'), '--seed=-1')).rejects.toMatchObject({
       stderr: expect.stringMatching(/--seed must be an integer/),
     });
     await loupe('tiny-model', '--out', join(work, 'd'));
     await expect(loupe('tiny-model', '--out', join(work, 'd'))).rejects.toMatchObject({
       stderr: expect.stringMatching(/exists and is not empty/),
     });
+  });
+});
+
+describe('the tiny checkpoint behind the model fixtures', () => {
+  it('is still what `loupe tiny-model --seed 0` writes (else regenerate test/fixtures/model)', async () => {
+    const work = mkdtempSync(join(tmpdir(), 'loupe-tiny-'));
+    try {
+      await loupe('tiny-model', '--out', join(work, 'm'), '--seed', '0');
+      const expected = JSON.parse(
+        readFileSync(join(repoRoot, 'test', 'fixtures', 'model', 'expected.json'), 'utf8'),
+      ) as {
+        tiny_model_sha256: string;
+      };
+      const actual = createHash('sha256')
+        .update(readFileSync(join(work, 'm', 'model.safetensors')))
+        .digest('hex');
+      expect(actual).toBe(expected.tiny_model_sha256);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
   });
 });

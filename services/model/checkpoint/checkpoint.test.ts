@@ -138,3 +138,14 @@ describe('openCheckpoint', () => {
     );
   });
 });
+
+describe('checkpoints made elsewhere', () => {
+  it('opens a checkpoint saved by the reference (save_pretrained)', () => {
+    const dir = new URL('../../../test/fixtures/model/tester', import.meta.url).pathname;
+    const checkpoint = openCheckpoint(dir);
+    expect(checkpoint.dtype).toBe('F32');
+    expect(checkpoint.config.imageTokenId).toBe(99);
+    expect(checkpoint.config.perceiver.hiddenSize).toBe(64);
+    expect(checkpoint.tensors.size).toBe(expectedTensors(checkpoint.config).size);
+  });
+});
