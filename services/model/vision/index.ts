@@ -1,0 +1,1 @@
+export { positionBuckets, visionPositionIds } from './position-ids.js';
