@@ -4,6 +4,7 @@ export * from './checkpoint/index.js';
 export * from './config/index.js';
 export * from './convert/index.js';
 export * from './image/index.js';
+export * from './onnx/index.js';
 export * from './safetensors/index.js';
 export * from './tiny/index.js';
-export * from './onnx/index.js';
+export * from './vision/index.js';
