@@ -85,3 +85,13 @@ describe('the tiny checkpoint behind the model fixtures', () => {
     }
   });
 });
+
+describe('the tiny tokenizer', () => {
+  it('is the one the text goldens were made with', () => {
+    for (const name of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
+      const asset = readFileSync(join(repoRoot, 'services', 'model', 'tiny', 'tokenizer', name));
+      const fixture = readFileSync(join(repoRoot, 'test', 'fixtures', 'text', 'tokenizer', name));
+      expect(asset.equals(fixture), name).toBe(true);
+    }
+  });
+});

@@ -6,5 +6,6 @@ export * from './convert/index.js';
 export * from './image/index.js';
 export * from './onnx/index.js';
 export * from './safetensors/index.js';
+export * from './text/index.js';
 export * from './tiny/index.js';
 export * from './vision/index.js';

@@ -1,0 +1,183 @@
+// Parity with transformers 4.54.1's LlamaTokenizerFast on the tiny Idefics2-style
+// tokenizer: test/fixtures/text/expected.json, made by test/fixtures/text/make_text_fixtures.py
+// from the tokenizers that make_tokenizer.py writes (see test/fixtures/README.md).
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { afterAll, describe, expect, it } from 'vitest';
+
+import { TextFileError } from './text-error.js';
+import { loadTokenizer } from './tokenizer.js';
+
+const FIXTURES = fileURLToPath(new URL('../../../test/fixtures/text/', import.meta.url));
+const TOKENIZER_DIR = join(FIXTURES, 'tokenizer');
+
+interface EncodeCase {
+  name: string;
+  text: string;
+  ids: number[];
+  tokens?: string[];
+  idsNoSpecial?: number[];
+}
+interface DecodeCase {
+  name: string;
+  ids: number[];
+  skipSpecialTokens: string;
+  withSpecialTokens: string;
+}
+interface PromptCase {
+  name: string;
+  expanded: string;
+  inputIds: number[];
+  imageSeqLen: number;
+  split: boolean;
+}
+const expected = JSON.parse(readFileSync(join(FIXTURES, 'expected.json'), 'utf8')) as {
+  tokenizer: Record<string, number>;
+  encode: EncodeCase[];
+  processor: PromptCase[];
+  chat: PromptCase[];
+  decode: DecodeCase[];
+  metaspace: { encode: EncodeCase[]; decode: DecodeCase[] };
+  postProcessor: { addBosToken: boolean; addEosToken: boolean; text: string; ids: number[] }[];
+};
+
+const tokenizer = loadTokenizer(TOKENIZER_DIR);
+
+const temps: string[] = [];
+afterAll(() => {
+  for (const dir of temps) rmSync(dir, { recursive: true, force: true });
+});
+
+/** A copy of the fixture tokenizer with edited JSON files. */
+function tokenizerDir(edit: {
+  tokenizerJson?: (json: Record<string, unknown>) => unknown;
+  config?: (json: Record<string, unknown>) => unknown;
+}): string {
+  const dir = mkdtempSync(join(tmpdir(), 'loupe-tokenizer-'));
+  temps.push(dir);
+  for (const [file, change] of [
+    ['tokenizer.json', edit.tokenizerJson],
+    ['tokenizer_config.json', edit.config],
+  ] as const) {
+    const json = JSON.parse(readFileSync(join(TOKENIZER_DIR, file), 'utf8')) as Record<
+      string,
+      unknown
+    >;
+    writeFileSync(join(dir, file), JSON.stringify(change ? change(json) : json));
+  }
+  return dir;
+}
+
+describe('loadTokenizer', () => {
+  it('knows the special tokens of the fixture', () => {
+    expect(tokenizer.vocabSize).toBe(expected.tokenizer.vocabSize);
+    expect(tokenizer.bosTokenId).toBe(expected.tokenizer.bos);
+    expect(tokenizer.eosTokenId).toBe(expected.tokenizer.eos);
+    expect(tokenizer.padTokenId).toBe(expected.tokenizer.pad);
+    expect(tokenizer.unkTokenId).toBe(expected.tokenizer.unk);
+    expect(tokenizer.tokenToId('<fake_token_around_image>')).toBe(
+      expected.tokenizer.fakeTokenAroundImage,
+    );
+    expect(tokenizer.tokenToId('<image>')).toBe(expected.tokenizer.image);
+    expect(tokenizer.tokenToId('<end_of_utterance>')).toBe(expected.tokenizer.endOfUtterance);
+    expect(tokenizer.idToToken(expected.tokenizer.image!)).toBe('<image>');
+  });
+
+  it('names a missing file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loupe-tokenizer-'));
+    temps.push(dir);
+    expect(() => loadTokenizer(dir)).toThrow(TextFileError);
+    expect(() => loadTokenizer(dir)).toThrow(`${join(dir, 'tokenizer.json')} is missing`);
+    copyFileSync(join(TOKENIZER_DIR, 'tokenizer.json'), join(dir, 'tokenizer.json'));
+    expect(() => loadTokenizer(dir)).toThrow(`${join(dir, 'tokenizer_config.json')} is missing`);
+  });
+
+  it('names a file that is not JSON or has no model', () => {
+    const dir = tokenizerDir({});
+    writeFileSync(join(dir, 'tokenizer_config.json'), '{ not json');
+    expect(() => loadTokenizer(dir)).toThrow(
+      new RegExp(`^${join(dir, 'tokenizer_config.json')} is not valid JSON`),
+    );
+    const noModel = tokenizerDir({ tokenizerJson: (json) => ({ ...json, model: undefined }) });
+    expect(() => loadTokenizer(noModel)).toThrow('tokenizer.json: `model` must be an object');
+  });
+
+  it('refuses add_bos_token without a BOS in the vocabulary', () => {
+    const dir = tokenizerDir({ config: (json) => ({ ...json, bos_token: '<nope>' }) });
+    expect(() => loadTokenizer(dir)).toThrow(/`add_bos_token` is true but `bos_token`/);
+  });
+});
+
+describe('encode matches the reference', () => {
+  it.each(expected.encode.map((c) => [c.name, c] as const))('%s', (_name, c) => {
+    expect(tokenizer.encode(c.text)).toEqual(c.ids);
+    expect(tokenizer.encode(c.text, { addSpecialTokens: false })).toEqual(c.idsNoSpecial);
+    expect(tokenizer.tokenize(c.text, { addSpecialTokens: true })).toEqual(c.tokens);
+  });
+
+  it.each(expected.processor.map((c) => [`${c.name} n=${c.imageSeqLen} split=${c.split}`, c]))(
+    'expanded prompt %s',
+    (_name, c) => {
+      expect(tokenizer.encode(c.expanded)).toEqual(c.inputIds);
+    },
+  );
+
+  it.each(expected.chat.map((c) => [c.name, c] as const))('chat prompt %s', (_name, c) => {
+    expect(tokenizer.encode(c.expanded)).toEqual(c.inputIds);
+  });
+
+  it.each(expected.postProcessor.map((c) => [`bos=${c.addBosToken} eos=${c.addEosToken}`, c]))(
+    'builds the Llama post-processor from the flags (%s)',
+    (_name, c) => {
+      // Drop tokenizer.json's post-processor: the flags alone decide, as in the reference.
+      const dir = tokenizerDir({
+        tokenizerJson: (json) => ({ ...json, post_processor: null }),
+        config: (json) => ({ ...json, add_bos_token: c.addBosToken, add_eos_token: c.addEosToken }),
+      });
+      expect(loadTokenizer(dir).encode(c.text)).toEqual(c.ids);
+    },
+  );
+});
+
+describe('decode matches the reference', () => {
+  it.each(expected.decode.map((c) => [c.name, c] as const))('%s', (_name, c) => {
+    expect(tokenizer.decode(c.ids, { skipSpecialTokens: true })).toBe(c.skipSpecialTokens);
+    expect(tokenizer.decode(c.ids, { skipSpecialTokens: false })).toBe(c.withSpecialTokens);
+    expect(tokenizer.decode(c.ids)).toBe(c.withSpecialTokens);
+  });
+
+  it('does not clean up spaces when tokenizer_config.json leaves it unsaid (the reference default)', () => {
+    const c = expected.decode.find((x) => x.name === 'encode-spaced-punctuation');
+    expect(c?.skipSpecialTokens).toContain(' .');
+    const dir = tokenizerDir({
+      config: ({ clean_up_tokenization_spaces: _dropped, ...json }) => json,
+    });
+    expect(loadTokenizer(dir).decode(c!.ids, { skipSpecialTokens: true })).toBe(
+      c!.skipSpecialTokens,
+    );
+  });
+
+  it('refuses ids outside the vocabulary', () => {
+    expect(() => tokenizer.decode([1, tokenizer.vocabSize])).toThrow(
+      `decode: ids[1] must be a token id in [0, ${tokenizer.vocabSize}), got ${tokenizer.vocabSize}`,
+    );
+    expect(() => tokenizer.decode([-1])).toThrow(RangeError);
+    expect(() => tokenizer.decode([1.5])).toThrow(RangeError);
+  });
+});
+
+describe('metaspace variant (LlamaConverter legacy=false) matches the reference', () => {
+  const metaspace = loadTokenizer(join(FIXTURES, 'tokenizer-metaspace'));
+
+  it.each(expected.metaspace.encode.map((c) => [c.name, c] as const))('encode %s', (_n, c) => {
+    expect(metaspace.encode(c.text)).toEqual(c.ids);
+  });
+
+  it.each(expected.metaspace.decode.map((c) => [c.name, c] as const))('decode %s', (_n, c) => {
+    expect(metaspace.decode(c.ids, { skipSpecialTokens: true })).toBe(c.skipSpecialTokens);
+    expect(metaspace.decode(c.ids, { skipSpecialTokens: false })).toBe(c.withSpecialTokens);
+  });
+});
