@@ -7,5 +7,6 @@ export * from './image/index.js';
 export * from './onnx/index.js';
 export * from './safetensors/index.js';
 export * from './text/index.js';
+export * from './text-model/index.js';
 export * from './tiny/index.js';
 export * from './vision/index.js';

@@ -1,0 +1,173 @@
+// A simple in-process greedy loop over the text graph, for one or several sequences decoded
+// together: one prefill step (right-padded, each sequence its own length), then one decode
+// step per token feeding present KV back as past. The decoder service's engine does the
+// scheduling for real; this is the plain reference loop (tests, in-process runs).
+//
+// KV buffer of one layer during decoding (batch 2, lengths 5 and 3 after prefill):
+//
+//   seq 0: k0 k1 k2 k3 k4 | k5 ...        seqlens_k[0] = 5 at the first decode step
+//   seq 1: k0 k1 k2 ·  ·  | k3 ...        seqlens_k[1] = 3: its new key lands at index 3
+//          (· = prefill padding, never attended; overwritten as seq 1 grows)
+import type * as ort from 'onnxruntime-node';
+import type { Checkpoint } from '../checkpoint/index.js';
+import { createSession, makeTensor, readOutput, type SessionOptions } from '../onnx/index.js';
+import { spliceImageRows, TokenEmbeddings } from './embeddings.js';
+import { buildTextGraph, cacheNames, type TextGraph, type TextGraphOptions } from './text-graph.js';
+
+export interface TextModel {
+  graph: TextGraph;
+  session: ort.InferenceSession;
+  embeddings: TokenEmbeddings;
+  imageTokenId: number;
+  release(): Promise<void>;
+}
+
+export interface LoadTextModelOptions extends TextGraphOptions {
+  session?: SessionOptions;
+}
+
+/** Builds the text graph beside the checkpoint, opens it, and loads the embedding table. */
+export async function loadTextModel(
+  checkpoint: Checkpoint,
+  { session: sessionOptions = {}, ...graphOptions }: LoadTextModelOptions = {},
+): Promise<TextModel> {
+  const graph = buildTextGraph(checkpoint, graphOptions);
+  const embeddings = TokenEmbeddings.load(checkpoint);
+  const session = await createSession(graph.path, sessionOptions);
+  return {
+    graph,
+    session,
+    embeddings,
+    imageTokenId: checkpoint.config.imageTokenId,
+    release: () => session.release(),
+  };
+}
+
+export interface Prompt {
+  /** Token ids, BOS included. */
+  ids: readonly number[];
+  /** Image embedding rows [image tokens, hidden], spliced into the `<image>` positions. */
+  imageRows?: Float32Array;
+}
+
+export interface GenerateOptions {
+  /** Tokens to generate at most per sequence. */
+  maxNewTokens: number;
+  /** Generation stops for a sequence after it emits one of these (the id is kept). */
+  eosTokenIds: readonly number[];
+}
+
+export interface GeneratedSequence {
+  promptIds: number[];
+  generatedIds: number[];
+  /** Logits [vocab] at the last prompt position. */
+  prefillLogits: Float32Array;
+}
+
+export interface GenerateResult {
+  sequences: GeneratedSequence[];
+  /** Wall time of the prefill step (ms) and of all decode steps together (ms). */
+  prefillMs: number;
+  decodeMs: number;
+  decodeSteps: number;
+}
+
+function argmax(x: Float32Array, from: number, length: number): number {
+  let best = 0;
+  for (let i = 1; i < length; i++) if (x[from + i]! > x[from + best]!) best = i;
+  return best;
+}
+
+/** Greedy decoding of `prompts` in one batch; each result equals decoding it alone. */
+export async function generateGreedy(
+  model: TextModel,
+  prompts: readonly Prompt[],
+  { maxNewTokens, eosTokenIds }: GenerateOptions,
+): Promise<GenerateResult> {
+  if (prompts.length === 0) throw new RangeError('`prompts` must not be empty');
+  if (!Number.isSafeInteger(maxNewTokens) || maxNewTokens < 1) {
+    throw new RangeError(`\`maxNewTokens\` must be an integer >= 1, got ${maxNewTokens}`);
+  }
+  const { embeddings, graph, session } = model;
+  const { hidden, vocab, layers, kvHeads, headDim } = graph;
+  const batch = prompts.length;
+  const lengths = prompts.map((p, b) => {
+    if (p.ids.length === 0) throw new RangeError(`prompt ${b} has no tokens`);
+    return p.ids.length;
+  });
+  const width = Math.max(...lengths);
+  const eos = new Set(eosTokenIds);
+
+  // Prefill: right-padded embeddings [batch, width, hidden].
+  const embeds = new Float32Array(batch * width * hidden);
+  prompts.forEach((p, b) => {
+    const rows = embeddings.embed(p.ids);
+    if (p.imageRows !== undefined) {
+      spliceImageRows(rows, p.ids, p.imageRows, { imageTokenId: model.imageTokenId, hidden });
+    }
+    embeds.set(rows, b * width * hidden);
+  });
+  const feeds: Record<string, ort.Tensor> = {};
+  const emptyCache = () => makeTensor('float32', new Float32Array(0), [batch, kvHeads, 0, headDim]);
+  for (let l = 0; l < layers; l++) {
+    feeds[cacheNames(l).pastKey] = emptyCache();
+    feeds[cacheNames(l).pastValue] = emptyCache();
+  }
+  const step = async (inputsEmbeds: ort.Tensor, seqlensK: Int32Array, total: number) => {
+    feeds['inputs_embeds'] = inputsEmbeds;
+    feeds['seqlens_k'] = makeTensor('int32', seqlensK, [batch]);
+    feeds['total_sequence_length'] = makeTensor('int32', Int32Array.from([total]), []);
+    const out = await session.run(feeds);
+    for (let l = 0; l < layers; l++) {
+      const n = cacheNames(l);
+      feeds[n.pastKey] = out[n.presentKey] as ort.Tensor;
+      feeds[n.pastValue] = out[n.presentValue] as ort.Tensor;
+    }
+    return readOutput(out, 'logits', 'float32').data;
+  };
+
+  let started = performance.now();
+  const prefill = await step(
+    makeTensor('float32', embeds, [batch, width, hidden]),
+    Int32Array.from(lengths, (n) => n - 1),
+    width,
+  );
+  const prefillMs = performance.now() - started;
+  const sequences: GeneratedSequence[] = prompts.map((p, b) => {
+    const at = (b * width + lengths[b]! - 1) * vocab;
+    return {
+      promptIds: [...p.ids],
+      generatedIds: [argmax(prefill, at, vocab)],
+      prefillLogits: prefill.slice(at, at + vocab),
+    };
+  });
+  const done = sequences.map(
+    (s) => eos.has(s.generatedIds[0]!) || s.generatedIds.length >= maxNewTokens,
+  );
+
+  // Decode: one token per sequence per step; finished ones keep feeding their last token
+  // (ignored) so the batch keeps its shape.
+  started = performance.now();
+  let decodeSteps = 0;
+  const cacheLengths = Int32Array.from(lengths);
+  let buffer = width;
+  while (done.some((d) => !d)) {
+    const tokens = sequences.map((s) => s.generatedIds[s.generatedIds.length - 1]!);
+    const logits = await step(
+      makeTensor('float32', embeddings.embed(tokens), [batch, 1, hidden]),
+      cacheLengths.slice(),
+      buffer + 1,
+    );
+    decodeSteps++;
+    buffer++;
+    for (let b = 0; b < batch; b++) {
+      cacheLengths[b] = cacheLengths[b]! + 1;
+      if (done[b]) continue;
+      const next = argmax(logits, b * vocab, vocab);
+      const ids = sequences[b]!.generatedIds;
+      ids.push(next);
+      done[b] = eos.has(next) || ids.length >= maxNewTokens;
+    }
+  }
+  return { sequences, prefillMs, decodeMs: performance.now() - started, decodeSteps };
+}

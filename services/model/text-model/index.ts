@@ -1,0 +1,20 @@
+// The Idefics2 text decoder on ONNX Runtime: the graph, host embeddings with the image
+// splice, and a greedy loop over batched sequences.
+export { spliceImageRows, TokenEmbeddings } from './embeddings.js';
+export {
+  type GeneratedSequence,
+  type GenerateOptions,
+  type GenerateResult,
+  generateGreedy,
+  loadTextModel,
+  type LoadTextModelOptions,
+  type Prompt,
+  type TextModel,
+} from './generate.js';
+export {
+  buildTextGraph,
+  cacheNames,
+  rotaryCaches,
+  type TextGraph,
+  type TextGraphOptions,
+} from './text-graph.js';

@@ -1,0 +1,204 @@
+// The Idefics2 text decoder (Mistral, IDEFICS2.md §6) as one ONNX graph over the checkpoint's
+// weights in place: token embeddings in (looked up on the host, so image rows can be spliced
+// in first), logits and the updated KV cache out.
+//
+//   inputs_embeds          float32 [batch, seq, hidden]
+//   seqlens_k              int32   [batch]  per sequence: tokens in the cache after this step - 1
+//   total_sequence_length  int32   []       past + seq (the buffer length after this step)
+//   past_key_L/past_value_L float32 [batch, kv_heads, past, head_dim]  (L = 0 .. layers-1)
+//   ->
+//   logits                 float32 [batch, seq, vocab]   (every position; the host picks)
+//   present_key_L/present_value_L float32 [batch, kv_heads, total, head_dim]
+//
+// Every sequence has its own length, given by seqlens_k; the cache is RIGHT padded: sequence
+// b's keys sit at positions 0 .. seqlens_k[b] of the buffer and what follows is garbage that
+// attention never reads. GroupQueryAttention (com.microsoft) derives each token's rotary
+// position from seqlens_k too (the token at cache index p has position p), so no
+// position_ids input is needed. What a step may be (checked by text-graph.test.ts):
+//   - a first prompt (past length 0): right-padded batch, seqlens_k[b] = length_b - 1,
+//     total_sequence_length = the longest length; rows past a sequence's length are garbage;
+//   - a decode step (seq = 1): seqlens_k[b] = cache length of b before the step, the new key
+//     is written at that index; total_sequence_length = past buffer length + 1.
+// A later chunk of several tokens (past > 0, seq > 1) is only right when every sequence in
+// the batch adds all `seq` tokens (ORT computes past_b = seqlens_k[b] + 1 - seq).
+// Left padding does not work: GQA would give the pad tokens positions 0.. and attend to them.
+import { relative, resolve, sep } from 'node:path';
+import type { Checkpoint } from '../checkpoint/index.js';
+import { GraphBuilder, attr } from '../onnx/index.js';
+
+export interface TextGraphOptions {
+  /**
+   * Directory to write the model in; default the checkpoint directory. ONNX Runtime only
+   * reads external data at paths relative to the model file and inside its directory, so
+   * every safetensors file must lie under it: in practice, the checkpoint directory.
+   */
+  outDir?: string;
+  /** File name of the model; default `text-model.onnx`. */
+  fileName?: string;
+}
+
+export interface TextGraph {
+  /** Absolute path of the written model. */
+  path: string;
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  hidden: number;
+  vocab: number;
+}
+
+/** Names of the cache inputs and outputs of layer `layer`. */
+export const cacheNames = (layer: number) => ({
+  pastKey: `past_key_${layer}`,
+  pastValue: `past_value_${layer}`,
+  presentKey: `present_key_${layer}`,
+  presentValue: `present_value_${layer}`,
+});
+
+/**
+ * Rotary tables [maxPositions, headDim / 2] as HF computes them in float32:
+ * inv_freq[t] = 1 / theta^(2t / headDim), angle = position * inv_freq[t].
+ */
+export function rotaryCaches(
+  headDim: number,
+  theta: number,
+  maxPositions: number,
+): { cos: Float32Array; sin: Float32Array } {
+  const half = headDim / 2;
+  const invFreq = Float32Array.from({ length: half }, (_, t) =>
+    Math.fround(1 / Math.fround(theta ** Math.fround((2 * t) / headDim))),
+  );
+  const cos = new Float32Array(maxPositions * half);
+  const sin = new Float32Array(maxPositions * half);
+  for (let p = 0; p < maxPositions; p++) {
+    for (let t = 0; t < half; t++) {
+      const angle = Math.fround(p * invFreq[t]!);
+      cos[p * half + t] = Math.cos(angle);
+      sin[p * half + t] = Math.sin(angle);
+    }
+  }
+  return { cos, sin };
+}
+
+/** Builds the text decoder graph of `checkpoint` and writes it (see TextGraphOptions). */
+export function buildTextGraph(
+  checkpoint: Checkpoint,
+  { outDir = checkpoint.dir, fileName = 'text-model.onnx' }: TextGraphOptions = {},
+): TextGraph {
+  const t = checkpoint.config.text;
+  const tied = checkpoint.config.tieWordEmbeddings || t.tieWordEmbeddings;
+  const headDim = t.headDim;
+  if (headDim % 16 !== 0) {
+    throw new Error(
+      `text head_dim must be a multiple of 16 for GroupQueryAttention with rotary on CPU, got ${headDim}`,
+    );
+  }
+  const dir = resolve(outDir);
+  const g = new GraphBuilder({ name: 'idefics2-text' });
+
+  /** An initializer read in place from the checkpoint (float32 only). */
+  const weight = (name: string): string => {
+    const location = checkpoint.tensors.get(name);
+    if (!location) throw new Error(`checkpoint ${checkpoint.dir} has no tensor ${name}`);
+    if (location.dtype !== 'F32') {
+      throw new Error(
+        `tensor ${name} is ${location.dtype}; the CPU text graph reads float32 weights in place only`,
+      );
+    }
+    const rel = relative(dir, location.file);
+    if (rel.startsWith('..') || resolve(dir, rel) !== resolve(location.file)) {
+      throw new Error(
+        `${location.file} is outside ${dir}: ONNX Runtime reads external data only inside the model's directory (write the graph in the checkpoint directory)`,
+      );
+    }
+    return g.externalInitializer(name, 'float32', location.shape, {
+      location: rel.split(sep).join('/'),
+      offset: location.offset,
+      length: location.byteLength,
+    });
+  };
+  const linear = (x: string, name: string) =>
+    g.node1({
+      opType: 'FusedMatMul',
+      domain: 'com.microsoft',
+      inputs: [x, weight(name)],
+      attributes: { transB: attr.int(1) },
+    });
+  const rmsNorm = (x: string, name: string) =>
+    g.node1({
+      opType: 'SimplifiedLayerNormalization',
+      inputs: [x, weight(name)],
+      attributes: { axis: attr.int(-1), epsilon: attr.float(t.rmsNormEps) },
+    });
+
+  let x = g.input('inputs_embeds', 'float32', ['batch', 'seq', t.hiddenSize]);
+  const seqlens = g.input('seqlens_k', 'int32', ['batch']);
+  const total = g.input('total_sequence_length', 'int32', []);
+  const { cos, sin } = rotaryCaches(headDim, t.ropeTheta, t.maxPositionEmbeddings);
+  const shape = [t.maxPositionEmbeddings, headDim / 2];
+  const cosCache = g.initializer('cos_cache', 'float32', shape, cos);
+  const sinCache = g.initializer('sin_cache', 'float32', shape, sin);
+  const gqaAttributes = {
+    num_heads: attr.int(t.numAttentionHeads),
+    kv_num_heads: attr.int(t.numKeyValueHeads),
+    do_rotary: attr.int(1),
+    rotary_interleaved: attr.int(0),
+    // HF and ORT alike: query i sees keys j with i - window < j <= i (text-graph.test.ts).
+    ...(t.slidingWindow === null ? {} : { local_window_size: attr.int(t.slidingWindow) }),
+  };
+
+  for (let layer = 0; layer < t.numHiddenLayers; layer++) {
+    const p = `model.text_model.layers.${layer}.`;
+    const names = cacheNames(layer);
+    const cacheDims = ['batch', t.numKeyValueHeads, 'past', headDim];
+    const pastKey = g.input(names.pastKey, 'float32', cacheDims);
+    const pastValue = g.input(names.pastValue, 'float32', cacheDims);
+    const n1 = rmsNorm(x, `${p}input_layernorm.weight`);
+    const q = linear(n1, `${p}self_attn.q_proj.weight`);
+    const k = linear(n1, `${p}self_attn.k_proj.weight`);
+    const v = linear(n1, `${p}self_attn.v_proj.weight`);
+    const [attention] = g.node({
+      opType: 'GroupQueryAttention',
+      domain: 'com.microsoft',
+      inputs: [q, k, v, pastKey, pastValue, seqlens, total, cosCache, sinCache],
+      outputs: [g.uniqueName(`attention_${layer}`), names.presentKey, names.presentValue],
+      attributes: gqaAttributes,
+    });
+    const presentDims = ['batch', t.numKeyValueHeads, 'total', headDim];
+    g.output(names.presentKey, 'float32', presentDims);
+    g.output(names.presentValue, 'float32', presentDims);
+    x = g.node1({ opType: 'Add', inputs: [x, linear(attention!, `${p}self_attn.o_proj.weight`)] });
+
+    const n2 = rmsNorm(x, `${p}post_attention_layernorm.weight`);
+    const gate = linear(n2, `${p}mlp.gate_proj.weight`);
+    const up = linear(n2, `${p}mlp.up_proj.weight`);
+    const silu = g.node1({
+      opType: 'Mul',
+      inputs: [gate, g.node1({ opType: 'Sigmoid', inputs: [gate] })],
+    });
+    const hiddenMlp = g.node1({ opType: 'Mul', inputs: [silu, up] });
+    x = g.node1({ opType: 'Add', inputs: [x, linear(hiddenMlp, `${p}mlp.down_proj.weight`)] });
+  }
+
+  const normed = rmsNorm(x, 'model.text_model.norm.weight');
+  const head = tied ? 'model.text_model.embed_tokens.weight' : 'lm_head.weight';
+  g.node({
+    opType: 'FusedMatMul',
+    domain: 'com.microsoft',
+    inputs: [normed, weight(head)],
+    outputs: ['logits'],
+    attributes: { transB: attr.int(1) },
+  });
+  g.output('logits', 'float32', ['batch', 'seq', t.vocabSize]);
+
+  const path = resolve(dir, fileName);
+  g.writeModel(path);
+  return {
+    path,
+    layers: t.numHiddenLayers,
+    kvHeads: t.numKeyValueHeads,
+    headDim,
+    hidden: t.hiddenSize,
+    vocab: t.vocabSize,
+  };
+}
