@@ -1,5 +1,7 @@
 // The `loupe` command.
 import { runConvert } from './convert-command.js';
+import { runEncode } from './encode-command.js';
+import { runGenerate } from './generate-command.js';
 import { runPreprocess } from './preprocess-command.js';
 import { runStart } from './start-command.js';
 import { runTinyModel } from './tiny-model-command.js';
@@ -12,6 +14,11 @@ commands:
   preprocess --model DIR --image FILE [--split on|off] --out FILE.safetensors
                                  run the image preprocessor in-process and write pixel_values
                                  and pixel_attention_mask; prints a JSON summary
+  generate --model DIR --prompt TEXT [--image FILE]... [--split on|off] --max-new-tokens N
+           [--json] [--logits-out FILE.safetensors]
+                                 greedy decoding in-process; TEXT has one <image> per --image
+  encode --model DIR --image FILE [--split on|off] --out FILE.safetensors
+                                 image_hidden_states of one image, in-process
   convert --model DIR --out DIR --dtype float32|float16
                                  rewrite a checkpoint's weights in another dtype (e.g. bfloat16
                                  checkpoints for the CPU provider), one tensor at a time
@@ -25,6 +32,8 @@ const commands: Record<string, (args: string[]) => Promise<number>> = {
   start: runStart,
   preprocess: runPreprocess,
   convert: runConvert,
+  generate: runGenerate,
+  encode: runEncode,
   'tiny-model': runTinyModel,
   help: async () => {
     process.stdout.write(USAGE);

@@ -1,0 +1,190 @@
+// Small graph-building blocks shared by the vision tower and the connector: linear layers over
+// weights read in place, norms, activations and (grouped-query) attention, all float32.
+import { realpathSync } from 'node:fs';
+import { isAbsolute, relative, sep } from 'node:path';
+import type { Checkpoint } from '../checkpoint/index.js';
+import { type AttributeValue, attr, type GraphBuilder } from '../onnx/index.js';
+
+/** The additive mask value for padding keys: finfo(float32).min, as the reference (never -inf). */
+export const MASK_MIN = -3.4028234663852886e38;
+
+/** A GraphBuilder plus the checkpoint its weights come from, and a cache of constants. */
+export class Ops {
+  readonly #consts = new Map<string, string>();
+
+  constructor(
+    readonly g: GraphBuilder,
+    private readonly checkpoint: Checkpoint,
+    /** Directory the model file is written to; weight locations are relative to it. */
+    private readonly modelDir: string,
+  ) {}
+
+  /**
+   * A checkpoint tensor as an external initializer (no copy). `dims` may reshape it (same
+   * element count), e.g. a conv weight seen as a matrix.
+   */
+  weight(name: string, dims?: readonly number[]): string {
+    const t = this.checkpoint.tensors.get(name);
+    if (!t) throw new Error(`checkpoint tensor ${name} is missing`);
+    if (t.dtype !== 'F32') {
+      throw new Error(
+        `the vision graph runs float32 weights only; ${name} in ${t.file} is ${t.dtype}`,
+      );
+    }
+    const location = relative(this.modelDir, realpathSync(t.file)).split(sep).join('/');
+    if (isAbsolute(location) || location.split('/').includes('..')) {
+      throw new Error(
+        `weights file ${t.file} is outside ${this.modelDir}; ONNX Runtime only reads external data inside the model's directory, so write the model next to the weights`,
+      );
+    }
+    return this.g.externalInitializer(name, 'float32', dims ?? t.shape, {
+      location,
+      offset: t.offset,
+      length: t.byteLength,
+    });
+  }
+
+  /** An int64 constant (shapes, axes), shared between uses. */
+  ints(values: readonly number[]): string {
+    const key = `i64:${values.join(',')}`;
+    let name = this.#consts.get(key);
+    if (name === undefined) {
+      name = this.g.uniqueName('const_i64');
+      this.g.initializer(name, 'int64', [values.length], BigInt64Array.from(values.map(BigInt)));
+      this.#consts.set(key, name);
+    }
+    return name;
+  }
+
+  /** A float32 scalar constant (rank 0), shared between uses. */
+  scalar(value: number): string {
+    const key = `f32:${value}`;
+    let name = this.#consts.get(key);
+    if (name === undefined) {
+      name = this.g.uniqueName('const_f32');
+      this.g.initializer(name, 'float32', [], Float32Array.of(value));
+      this.#consts.set(key, name);
+    }
+    return name;
+  }
+
+  op(opType: string, inputs: readonly string[], attributes: Record<string, AttributeValue> = {}) {
+    return this.g.node1({ opType, inputs, attributes });
+  }
+
+  reshape(x: string, shape: readonly number[]): string {
+    return this.op('Reshape', [x, this.ints(shape)]);
+  }
+
+  transpose(x: string, perm: readonly number[]): string {
+    return this.op('Transpose', [x], { perm: attr.ints(perm) });
+  }
+
+  /** y = x Wᵀ (+ b): FusedMatMul with transB reads the stored [out, in] weight as it is. */
+  linear(x: string, prefix: string, { bias = false } = {}): string {
+    const y = this.g.node1({
+      opType: 'FusedMatMul',
+      domain: 'com.microsoft',
+      inputs: [x, this.weight(`${prefix}.weight`)],
+      attributes: { transB: attr.int(1), alpha: attr.float(1) },
+    });
+    return bias ? this.op('Add', [y, this.weight(`${prefix}.bias`)]) : y;
+  }
+
+  layerNorm(x: string, prefix: string, eps: number): string {
+    return this.op(
+      'LayerNormalization',
+      [x, this.weight(`${prefix}.weight`), this.weight(`${prefix}.bias`)],
+      { axis: attr.int(-1), epsilon: attr.float(eps) },
+    );
+  }
+
+  /** w ⊙ x · rsqrt(mean(x², -1) + eps) (Llama style; statistics in float32). */
+  rmsNorm(x: string, prefix: string, eps: number): string {
+    const square = this.op('Mul', [x, x]);
+    const mean = this.op('ReduceMean', [square, this.ints([-1])], { keepdims: attr.int(1) });
+    const rms = this.op('Sqrt', [this.op('Add', [mean, this.scalar(eps)])]);
+    const normed = this.op('Div', [x, rms]);
+    return this.op('Mul', [normed, this.weight(`${prefix}.weight`)]);
+  }
+
+  silu(x: string): string {
+    return this.op('Mul', [x, this.op('Sigmoid', [x])]);
+  }
+
+  /** gelu_pytorch_tanh: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
+  geluTanh(x: string): string {
+    return this.op('Gelu', [x], { approximate: attr.str('tanh') });
+  }
+
+  /** down(silu(gate(x)) ⊙ up(x)), no biases (Idefics2MLP / the perceiver MLP). */
+  swiGlu(x: string, prefix: string): string {
+    const gate = this.silu(this.linear(x, `${prefix}.gate_proj`));
+    const up = this.linear(x, `${prefix}.up_proj`);
+    return this.linear(this.op('Mul', [gate, up]), `${prefix}.down_proj`);
+  }
+
+  /**
+   * Non-causal attention with grouped-query heads, from projected q [n, S, heads·d] and
+   * k, v [n, T, kvHeads·d] to [n, S, heads·d]. `mask` is additive, broadcastable to
+   * [n, 1, 1, T]. Query head h uses KV head ⌊h / group⌋, so the query heads are folded
+   * into the rows of their KV head instead of repeating K and V:
+   *
+   *   q [n, S, kv, group, d] -> [n, kv, group·S, d];  k, v [n, kv, T, d]
+   *   softmax(q kᵀ · scale + mask) v -> [n, kv, group·S, d] -> [n, S, heads·d]
+   */
+  attention(
+    q: string,
+    k: string,
+    v: string,
+    mask: string,
+    { heads, kvHeads, headDim }: { heads: number; kvHeads: number; headDim: number },
+  ): string {
+    const group = heads / kvHeads;
+    const q5 = this.transpose(this.reshape(q, [0, 0, kvHeads, group, headDim]), [0, 2, 3, 1, 4]);
+    const qh = this.reshape(q5, [0, 0, -1, headDim]);
+    const kh = this.transpose(this.reshape(k, [0, 0, kvHeads, headDim]), [0, 2, 1, 3]);
+    const vh = this.transpose(this.reshape(v, [0, 0, kvHeads, headDim]), [0, 2, 1, 3]);
+    const scores = this.g.node1({
+      opType: 'FusedMatMul',
+      domain: 'com.microsoft',
+      inputs: [qh, kh],
+      attributes: { transB: attr.int(1), alpha: attr.float(1 / Math.sqrt(headDim)) },
+    });
+    const probs = this.op('Softmax', [this.op('Add', [scores, mask])], { axis: attr.int(-1) });
+    const o = this.reshape(this.op('MatMul', [probs, vh]), [0, 0, group, -1, headDim]);
+    return this.reshape(this.transpose(o, [0, 3, 1, 2, 4]), [0, 0, -1]);
+  }
+
+  /**
+   * Non-causal multi-head attention over projected q, k, v [n, S, heads·d] with a key padding
+   * mask (int32 [n, S], 1 = valid), as ORT's com.microsoft MultiHeadAttention: it adds
+   * MASK_MIN to the scores of padding keys and, on CPU, keeps one [S, S] score matrix per
+   * (image, head) instead of the [n, heads, S, S] tensors plain ops materialize (a third of
+   * the memory for five 980×653 sub-images on the tiny model, and faster).
+   */
+  multiHeadAttention(
+    q: string,
+    k: string,
+    v: string,
+    keyPadding: string,
+    { heads, headDim }: { heads: number; headDim: number },
+  ): string {
+    return this.g.node1({
+      opType: 'MultiHeadAttention',
+      domain: 'com.microsoft',
+      inputs: [q, k, v, '', keyPadding],
+      attributes: {
+        num_heads: attr.int(heads),
+        scale: attr.float(1 / Math.sqrt(headDim)),
+        mask_filter_value: attr.float(MASK_MIN),
+      },
+    });
+  }
+
+  /** The additive attention mask [n, 1, 1, T] from a bool key mask [n, T]: 0 or MASK_MIN. */
+  additiveMask(keep: string): string {
+    const bias = this.op('Where', [keep, this.scalar(0), this.scalar(MASK_MIN)]);
+    return this.op('Unsqueeze', [bias, this.ints([1, 2])]);
+  }
+}
