@@ -67,3 +67,24 @@ export function elementTypeOfSafetensors(dtype: SafetensorsDtype): ElementType {
 export function onnxDataType(type: ElementType): TensorProto_DataType {
   return ELEMENT_TYPES[type].onnx;
 }
+
+/** Float element types the Loupe graphs compute in. */
+export type GraphFloatType = 'float32' | 'float16';
+
+/**
+ * The float type a graph built from weights of `dtype` computes in: float32 for F32 weights,
+ * float16 for F16 ones (the CUDA provider's type; make one with `loupe convert --dtype
+ * float16`). bfloat16 and the rest are refused: convert them first.
+ */
+export function graphFloatType(dtype: SafetensorsDtype): GraphFloatType {
+  if (dtype === 'F32') return 'float32';
+  if (dtype === 'F16') return 'float16';
+  throw new Error(
+    `the graphs run float32 or float16 weights, not ${dtype}; rewrite the checkpoint with \`loupe convert --dtype float32\` (CPU) or \`--dtype float16\` (CUDA)`,
+  );
+}
+
+/** The safetensors dtype of a graph float type. */
+export function safetensorsDtypeOf(type: GraphFloatType): SafetensorsDtype {
+  return type === 'float32' ? 'F32' : 'F16';
+}

@@ -6,7 +6,10 @@ export {
   type ElementType,
   ELEMENT_TYPES,
   elementTypeOfSafetensors,
+  type GraphFloatType,
+  graphFloatType,
   onnxDataType,
+  safetensorsDtypeOf,
 } from './element-type.js';
 export {
   DEFAULT_OPSETS,

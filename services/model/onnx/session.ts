@@ -2,7 +2,12 @@ import { existsSync } from 'node:fs';
 import * as ort from 'onnxruntime-node';
 import type { ElementType } from './element-type.js';
 
-/** Where a session runs. `cuda` needs the CUDA provider libraries (see createSession). */
+/**
+ * Where a session runs. `cpu` runs float32 graphs (float32 checkpoints). `cuda` needs the CUDA
+ * provider libraries (see createSession) and is meant for float16 graphs: build them from a
+ * float16 checkpoint (`loupe convert --dtype float16`; the graph builders follow
+ * `checkpoint.dtype`).
+ */
 export type ExecutionProvider = 'cpu' | 'cuda';
 
 export type GraphOptimizationLevel = 'disabled' | 'basic' | 'extended' | 'all';
@@ -28,6 +33,13 @@ export interface SessionOptions {
  * fetched at install time (`npm i` with `--onnxruntime-node-install=cuda12`, or
  * `ONNXRUNTIME_NODE_INSTALL=cuda12`), which this repository's `.npmrc` skips so installs
  * stay offline. Without those libraries, creating a `cuda` session fails.
+ *
+ * Float type: use float16 checkpoints with `cuda`. ONNX Runtime's CUDA GroupQueryAttention
+ * is registered for float16/bfloat16 (not verified on a GPU here), so a float32 text graph
+ * would run it on the CPU fallback, copying every layer. A float16 graph also runs on `cpu`,
+ * but the CPU provider casts most nodes (MatMul, Conv, attention, norms) to float32 and back
+ * around themselves, so there it exercises the float16 rounding of weights, inputs and
+ * outputs and a float16 GroupQueryAttention (and KV cache), not float16 matmul arithmetic.
  *
  * Blocking: onnxruntime-node 1.30 returns promises, but both `InferenceSession.create` and
  * `session.run` only defer to `setImmediate` and then call the native code synchronously,

@@ -2,10 +2,15 @@
 // rows of `<image>` tokens can be replaced by the vision tower's output before it runs.
 import { closeSync, openSync, readSync } from 'node:fs';
 import type { Checkpoint } from '../checkpoint/index.js';
+import { float16ToFloat32 } from '../convert/index.js';
 
 const EMBED_TOKENS = 'model.text_model.embed_tokens.weight';
 
-/** The `embed_tokens` table [vocab, hidden], read once into memory (float32 only). */
+/**
+ * The `embed_tokens` table [vocab, hidden], read once into memory as float32: an F16 table
+ * (a float16 checkpoint) is widened exactly, so embeddings and spliced image rows stay
+ * float32 for either graph type (the float16 text graph casts inputs_embeds itself).
+ */
 export class TokenEmbeddings {
   readonly vocab: number;
   readonly hidden: number;
@@ -30,12 +35,13 @@ export class TokenEmbeddings {
   static load(checkpoint: Checkpoint): TokenEmbeddings {
     const location = checkpoint.tensors.get(EMBED_TOKENS);
     if (!location) throw new Error(`checkpoint ${checkpoint.dir} has no tensor ${EMBED_TOKENS}`);
-    if (location.dtype !== 'F32') {
-      throw new Error(`${EMBED_TOKENS} is ${location.dtype}; host embeddings read float32 only`);
+    if (location.dtype !== 'F32' && location.dtype !== 'F16') {
+      throw new Error(
+        `${EMBED_TOKENS} is ${location.dtype}; host embeddings read float32 or float16 only`,
+      );
     }
     const [vocab, hidden] = location.shape as [number, number];
-    const table = new Float32Array(location.byteLength / 4);
-    const bytes = new Uint8Array(table.buffer);
+    const bytes = new Uint8Array(location.byteLength);
     const fd = openSync(location.file, 'r');
     try {
       let done = 0;
@@ -47,6 +53,10 @@ export class TokenEmbeddings {
     } finally {
       closeSync(fd);
     }
+    const table =
+      location.dtype === 'F32'
+        ? new Float32Array(bytes.buffer)
+        : Float32Array.from(new Uint16Array(bytes.buffer), (bits) => float16ToFloat32(bits));
     return new TokenEmbeddings(table, vocab, hidden);
   }
 

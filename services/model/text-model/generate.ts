@@ -108,7 +108,12 @@ export async function generateGreedy(
     embeds.set(rows, b * width * hidden);
   });
   const feeds: Record<string, ort.Tensor> = {};
-  const emptyCache = () => makeTensor('float32', new Float32Array(0), [batch, kvHeads, 0, headDim]);
+  // The cache is in the graph's float type (float16 for a float16 checkpoint); it only
+  // travels from present to past, so the host never reads it.
+  const emptyCache = () =>
+    graph.cacheType === 'float16'
+      ? makeTensor('float16', new Uint16Array(0), [batch, kvHeads, 0, headDim])
+      : makeTensor('float32', new Float32Array(0), [batch, kvHeads, 0, headDim]);
   for (let l = 0; l < layers; l++) {
     feeds[cacheNames(l).pastKey] = emptyCache();
     feeds[cacheNames(l).pastValue] = emptyCache();

@@ -22,9 +22,25 @@
 // A later chunk of several tokens (past > 0, seq > 1) is only right when every sequence in
 // the batch adds all `seq` tokens (ORT computes past_b = seqlens_k[b] + 1 - seq).
 // Left padding does not work: GQA would give the pad tokens positions 0.. and attend to them.
+//
+// Float type: the graph computes in the checkpoint's dtype (`checkpoint.dtype`, F32 or F16;
+// see TextGraph.type). A float16 checkpoint (`loupe convert --dtype float16`, the one to use
+// with the `cuda` execution provider) gives float16 weights, activations, rotary tables and
+// KV cache (past/present are float16: TextGraph.cacheType), while inputs_embeds stays float32
+// (cast inside; the host embeddings widen the float16 table exactly) and logits stay float32
+// (cast at the end). The RMS norms keep their statistics in float32 (stash_type) and GQA
+// its softmax (IDEFICS2.md §10 G1/G4).
 import { relative, resolve, sep } from 'node:path';
 import type { Checkpoint } from '../checkpoint/index.js';
-import { GraphBuilder, attr } from '../onnx/index.js';
+import { float32ToFloat16 } from '../convert/index.js';
+import {
+  GraphBuilder,
+  type GraphFloatType,
+  attr,
+  graphFloatType,
+  onnxDataType,
+  safetensorsDtypeOf,
+} from '../onnx/index.js';
 
 export interface TextGraphOptions {
   /**
@@ -45,6 +61,10 @@ export interface TextGraph {
   headDim: number;
   hidden: number;
   vocab: number;
+  /** The float type the graph computes in: the checkpoint's. */
+  type: GraphFloatType;
+  /** Element type of past_key_L/past_value_L and present_*: `type`. */
+  cacheType: GraphFloatType;
 }
 
 /** Names of the cache inputs and outputs of layer `layer`. */
@@ -94,15 +114,16 @@ export function buildTextGraph(
     );
   }
   const dir = resolve(outDir);
+  const type = graphFloatType(checkpoint.dtype);
   const g = new GraphBuilder({ name: 'idefics2-text' });
 
-  /** An initializer read in place from the checkpoint (float32 only). */
+  /** An initializer read in place from the checkpoint (all of the checkpoint's dtype). */
   const weight = (name: string): string => {
     const location = checkpoint.tensors.get(name);
     if (!location) throw new Error(`checkpoint ${checkpoint.dir} has no tensor ${name}`);
-    if (location.dtype !== 'F32') {
+    if (location.dtype !== safetensorsDtypeOf(type)) {
       throw new Error(
-        `tensor ${name} is ${location.dtype}; the CPU text graph reads float32 weights in place only`,
+        `tensor ${name} is ${location.dtype}; the text graph reads the checkpoint's ${type} weights in place only (mixed dtypes: rewrite the checkpoint with \`loupe convert\`)`,
       );
     }
     const rel = relative(dir, location.file);
@@ -111,7 +132,7 @@ export function buildTextGraph(
         `${location.file} is outside ${dir}: ONNX Runtime reads external data only inside the model's directory (write the graph in the checkpoint directory)`,
       );
     }
-    return g.externalInitializer(name, 'float32', location.shape, {
+    return g.externalInitializer(name, type, location.shape, {
       location: rel.split(sep).join('/'),
       offset: location.offset,
       length: location.byteLength,
@@ -128,16 +149,32 @@ export function buildTextGraph(
     g.node1({
       opType: 'SimplifiedLayerNormalization',
       inputs: [x, weight(name)],
-      attributes: { axis: attr.int(-1), epsilon: attr.float(t.rmsNormEps) },
+      // stash_type 1: the statistics in float32 also for float16 x (G4).
+      attributes: {
+        axis: attr.int(-1),
+        epsilon: attr.float(t.rmsNormEps),
+        stash_type: attr.int(1),
+      },
+    });
+  const cast = (x: string, to: GraphFloatType, output?: string) =>
+    g.node1({
+      opType: 'Cast',
+      inputs: [x],
+      attributes: { to: attr.int(onnxDataType(to)) },
+      ...(output === undefined ? {} : { output }),
     });
 
-  let x = g.input('inputs_embeds', 'float32', ['batch', 'seq', t.hiddenSize]);
+  const embeds = g.input('inputs_embeds', 'float32', ['batch', 'seq', t.hiddenSize]);
+  let x = type === 'float16' ? cast(embeds, 'float16') : embeds;
   const seqlens = g.input('seqlens_k', 'int32', ['batch']);
   const total = g.input('total_sequence_length', 'int32', []);
   const { cos, sin } = rotaryCaches(headDim, t.ropeTheta, t.maxPositionEmbeddings);
   const shape = [t.maxPositionEmbeddings, headDim / 2];
-  const cosCache = g.initializer('cos_cache', 'float32', shape, cos);
-  const sinCache = g.initializer('sin_cache', 'float32', shape, sin);
+  // GQA takes the tables in the activations' type; HF too casts its float32 cos/sin to it.
+  const table = (values: Float32Array) =>
+    type === 'float16' ? Uint16Array.from(values, (v) => float32ToFloat16(v)) : values;
+  const cosCache = g.initializer('cos_cache', type, shape, table(cos));
+  const sinCache = g.initializer('sin_cache', type, shape, table(sin));
   const gqaAttributes = {
     num_heads: attr.int(t.numAttentionHeads),
     kv_num_heads: attr.int(t.numKeyValueHeads),
@@ -151,8 +188,8 @@ export function buildTextGraph(
     const p = `model.text_model.layers.${layer}.`;
     const names = cacheNames(layer);
     const cacheDims = ['batch', t.numKeyValueHeads, 'past', headDim];
-    const pastKey = g.input(names.pastKey, 'float32', cacheDims);
-    const pastValue = g.input(names.pastValue, 'float32', cacheDims);
+    const pastKey = g.input(names.pastKey, type, cacheDims);
+    const pastValue = g.input(names.pastValue, type, cacheDims);
     const n1 = rmsNorm(x, `${p}input_layernorm.weight`);
     const q = linear(n1, `${p}self_attn.q_proj.weight`);
     const k = linear(n1, `${p}self_attn.k_proj.weight`);
@@ -165,8 +202,8 @@ export function buildTextGraph(
       attributes: gqaAttributes,
     });
     const presentDims = ['batch', t.numKeyValueHeads, 'total', headDim];
-    g.output(names.presentKey, 'float32', presentDims);
-    g.output(names.presentValue, 'float32', presentDims);
+    g.output(names.presentKey, type, presentDims);
+    g.output(names.presentValue, type, presentDims);
     x = g.node1({ opType: 'Add', inputs: [x, linear(attention!, `${p}self_attn.o_proj.weight`)] });
 
     const n2 = rmsNorm(x, `${p}post_attention_layernorm.weight`);
@@ -182,13 +219,14 @@ export function buildTextGraph(
 
   const normed = rmsNorm(x, 'model.text_model.norm.weight');
   const head = tied ? 'model.text_model.embed_tokens.weight' : 'lm_head.weight';
-  g.node({
+  const logits = g.node1({
     opType: 'FusedMatMul',
     domain: 'com.microsoft',
     inputs: [normed, weight(head)],
-    outputs: ['logits'],
     attributes: { transB: attr.int(1) },
+    ...(type === 'float32' ? { output: 'logits' } : {}),
   });
+  if (type === 'float16') cast(logits, 'float32', 'logits');
   g.output('logits', 'float32', ['batch', 'seq', t.vocabSize]);
 
   const path = resolve(dir, fileName);
@@ -200,5 +238,7 @@ export function buildTextGraph(
     headDim,
     hidden: t.hiddenSize,
     vocab: t.vocabSize,
+    type,
+    cacheType: type,
   };
 }

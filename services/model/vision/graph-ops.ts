@@ -1,23 +1,45 @@
 // Small graph-building blocks shared by the vision tower and the connector: linear layers over
-// weights read in place, norms, activations and (grouped-query) attention, all float32.
+// weights read in place, norms, activations and (grouped-query) attention, in the checkpoint's
+// float type (float32, or float16 for CUDA). In a float16 graph the statistics stay float32
+// (IDEFICS2.md §10 G1/G4/G5): LayerNormalization keeps them in its float32 stash, the RMS
+// norms and the perceiver's softmax run on float32 casts, and masks are finite.
 import { realpathSync } from 'node:fs';
 import { isAbsolute, relative, sep } from 'node:path';
 import type { Checkpoint } from '../checkpoint/index.js';
-import { type AttributeValue, attr, type GraphBuilder } from '../onnx/index.js';
+import {
+  type AttributeValue,
+  attr,
+  type GraphBuilder,
+  type GraphFloatType,
+  graphFloatType,
+  onnxDataType,
+  safetensorsDtypeOf,
+} from '../onnx/index.js';
 
 /** The additive mask value for padding keys: finfo(float32).min, as the reference (never -inf). */
 export const MASK_MIN = -3.4028234663852886e38;
+/** The same in a float16 graph: finfo(float16).min, as the reference in float16 (G5). */
+export const MASK_MIN_FLOAT16 = -65504;
 
 /** A GraphBuilder plus the checkpoint its weights come from, and a cache of constants. */
 export class Ops {
   readonly #consts = new Map<string, string>();
+  /** The float type of weights and activations: the checkpoint's (F32 or F16). */
+  readonly type: GraphFloatType;
 
   constructor(
     readonly g: GraphBuilder,
     private readonly checkpoint: Checkpoint,
     /** Directory the model file is written to; weight locations are relative to it. */
     private readonly modelDir: string,
-  ) {}
+  ) {
+    this.type = graphFloatType(checkpoint.dtype);
+  }
+
+  /** The additive mask value of this graph's float type (finite, G5). */
+  get maskMin(): number {
+    return this.type === 'float16' ? MASK_MIN_FLOAT16 : MASK_MIN;
+  }
 
   /**
    * A checkpoint tensor as an external initializer (no copy). `dims` may reshape it (same
@@ -26,9 +48,9 @@ export class Ops {
   weight(name: string, dims?: readonly number[]): string {
     const t = this.checkpoint.tensors.get(name);
     if (!t) throw new Error(`checkpoint tensor ${name} is missing`);
-    if (t.dtype !== 'F32') {
+    if (t.dtype !== safetensorsDtypeOf(this.type)) {
       throw new Error(
-        `the vision graph runs float32 weights only; ${name} in ${t.file} is ${t.dtype}`,
+        `the vision graph runs the checkpoint's ${this.type} weights; ${name} in ${t.file} is ${t.dtype} (mixed dtypes: rewrite the checkpoint with \`loupe convert\`)`,
       );
     }
     const location = relative(this.modelDir, realpathSync(t.file)).split(sep).join('/');
@@ -37,7 +59,7 @@ export class Ops {
         `weights file ${t.file} is outside ${this.modelDir}; ONNX Runtime only reads external data inside the model's directory, so write the model next to the weights`,
       );
     }
-    return this.g.externalInitializer(name, 'float32', dims ?? t.shape, {
+    return this.g.externalInitializer(name, this.type, dims ?? t.shape, {
       location,
       offset: t.offset,
       length: t.byteLength,
@@ -72,6 +94,11 @@ export class Ops {
     return this.g.node1({ opType, inputs, attributes });
   }
 
+  /** A Cast of `x` to `type`. */
+  cast(x: string, type: GraphFloatType): string {
+    return this.op('Cast', [x], { to: attr.int(onnxDataType(type)) });
+  }
+
   reshape(x: string, shape: readonly number[]): string {
     return this.op('Reshape', [x, this.ints(shape)]);
   }
@@ -95,17 +122,26 @@ export class Ops {
     return this.op(
       'LayerNormalization',
       [x, this.weight(`${prefix}.weight`), this.weight(`${prefix}.bias`)],
-      { axis: attr.int(-1), epsilon: attr.float(eps) },
+      // stash_type 1: mean and variance in float32 also when x is float16 (G4).
+      { axis: attr.int(-1), epsilon: attr.float(eps), stash_type: attr.int(1) },
     );
   }
 
-  /** w ⊙ x · rsqrt(mean(x², -1) + eps) (Llama style; statistics in float32). */
+  /**
+   * w ⊙ x · rsqrt(mean(x², -1) + eps) (Llama style; statistics in float32). A float16 x is
+   * normalized in float32 and cast back before the weight, as the reference does.
+   */
   rmsNorm(x: string, prefix: string, eps: number): string {
-    const square = this.op('Mul', [x, x]);
+    const half = this.type === 'float16';
+    const x32 = half ? this.cast(x, 'float32') : x;
+    const square = this.op('Mul', [x32, x32]);
     const mean = this.op('ReduceMean', [square, this.ints([-1])], { keepdims: attr.int(1) });
     const rms = this.op('Sqrt', [this.op('Add', [mean, this.scalar(eps)])]);
-    const normed = this.op('Div', [x, rms]);
-    return this.op('Mul', [normed, this.weight(`${prefix}.weight`)]);
+    const normed = this.op('Div', [x32, rms]);
+    return this.op('Mul', [
+      half ? this.cast(normed, 'float16') : normed,
+      this.weight(`${prefix}.weight`),
+    ]);
   }
 
   silu(x: string): string {
@@ -132,6 +168,9 @@ export class Ops {
    *
    *   q [n, S, kv, group, d] -> [n, kv, group·S, d];  k, v [n, kv, T, d]
    *   softmax(q kᵀ · scale + mask) v -> [n, kv, group·S, d] -> [n, S, heads·d]
+   *
+   * The mask is float32 (additiveMask); in a float16 graph the scores are cast to float32
+   * for the mask and the softmax, and the probabilities back to float16 (G1).
    */
   attention(
     q: string,
@@ -151,7 +190,10 @@ export class Ops {
       inputs: [qh, kh],
       attributes: { transB: attr.int(1), alpha: attr.float(1 / Math.sqrt(headDim)) },
     });
-    const probs = this.op('Softmax', [this.op('Add', [scores, mask])], { axis: attr.int(-1) });
+    const half = this.type === 'float16';
+    const scores32 = half ? this.cast(scores, 'float32') : scores;
+    const probs32 = this.op('Softmax', [this.op('Add', [scores32, mask])], { axis: attr.int(-1) });
+    const probs = half ? this.cast(probs32, 'float16') : probs32;
     const o = this.reshape(this.op('MatMul', [probs, vh]), [0, 0, group, -1, headDim]);
     return this.reshape(this.transpose(o, [0, 3, 1, 2, 4]), [0, 0, -1]);
   }
@@ -159,7 +201,7 @@ export class Ops {
   /**
    * Non-causal multi-head attention over projected q, k, v [n, S, heads·d] with a key padding
    * mask (int32 [n, S], 1 = valid), as ORT's com.microsoft MultiHeadAttention: it adds
-   * MASK_MIN to the scores of padding keys and, on CPU, keeps one [S, S] score matrix per
+   * MASK_MIN (MASK_MIN_FLOAT16 in a float16 graph) to the scores of padding keys and, on CPU, keeps one [S, S] score matrix per
    * (image, head) instead of the [n, heads, S, S] tensors plain ops materialize (a third of
    * the memory for five 980×653 sub-images on the tiny model, and faster).
    */
@@ -177,14 +219,17 @@ export class Ops {
       attributes: {
         num_heads: attr.int(heads),
         scale: attr.float(1 / Math.sqrt(headDim)),
-        mask_filter_value: attr.float(MASK_MIN),
+        mask_filter_value: attr.float(this.maskMin),
       },
     });
   }
 
-  /** The additive attention mask [n, 1, 1, T] from a bool key mask [n, T]: 0 or MASK_MIN. */
+  /**
+   * The additive attention mask [n, 1, 1, T] from a bool key mask [n, T], float32 (softmax
+   * inputs are float32 in either graph type): 0 or the graph type's mask minimum.
+   */
   additiveMask(keep: string): string {
-    const bias = this.op('Where', [keep, this.scalar(0), this.scalar(MASK_MIN)]);
+    const bias = this.op('Where', [keep, this.scalar(0), this.scalar(this.maskMin)]);
     return this.op('Unsqueeze', [bias, this.ints([1, 2])]);
   }
 }

@@ -1,6 +1,8 @@
 // The image encoder as one ONNX graph: uint8 sub-images -> rescale/normalize -> SigLIP vision
 // tower -> modality projection -> perceiver resampler -> image_hidden_states
-// (IDEFICS2.md §2-§4), over the checkpoint's float32 weights read in place.
+// (IDEFICS2.md §2-§4), over the checkpoint's weights read in place: float32 (CPU), or float16
+// (for CUDA: a float16 graph, statistics in float32, see graph-ops.ts) when the checkpoint
+// is float16 (`loupe convert --dtype float16`). Inputs and the output are the same either way.
 import { existsSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Checkpoint } from '../checkpoint/index.js';
@@ -10,7 +12,7 @@ import {
   loadImageProcessorConfig,
   pixelLookupTables,
 } from '../image/index.js';
-import { attr, GraphBuilder } from '../onnx/index.js';
+import { attr, GraphBuilder, onnxDataType } from '../onnx/index.js';
 import { Ops } from './graph-ops.js';
 
 /** Graph input and output names (see buildVisionGraph). */
@@ -41,7 +43,9 @@ export interface BuildVisionGraphOptions {
 }
 
 /**
- * Writes the image encoder of a float32 checkpoint as an ONNX model and returns its path.
+ * Writes the image encoder of a float32 or float16 checkpoint as an ONNX model and returns its
+ * path. The graph computes in the checkpoint's dtype (`checkpoint.dtype`); a float16 graph
+ * casts the normalized pixels to float16 and image_hidden_states back to float32.
  *
  * Inputs (n sub-images, each zero-padded bottom/right to the batch's H×W; P = ⌊H/p⌋·⌊W/p⌋):
  *   pixels        uint8 [n, 3, H, W]
@@ -81,7 +85,8 @@ export function buildVisionGraph(
   const patchMask = g.input(VISION_INPUTS.patchMask, 'bool', ['n', 'patch_rows', 'patch_cols']);
   const positionIds = g.input(VISION_INPUTS.positionIds, 'int64', ['n', 'patches']);
 
-  // Rescale + normalize as a table lookup: index = channel·256 + value.
+  // Rescale + normalize as a table lookup: index = channel·256 + value (float32, then the
+  // graph's float type).
   const tables = pixelLookupTables(normalize);
   const table = new Float32Array(3 * 256);
   tables.forEach((t, c) => table.set(t, c * 256));
@@ -93,7 +98,8 @@ export function buildVisionGraph(
     BigInt64Array.of(0n, 256n, 512n),
   );
   const index = ops.op('Add', [ops.op('Cast', [pixels], { to: attr.int(7) }), channelBase]);
-  const pixelValues = ops.op('Gather', [lut, index], { axis: attr.int(0) });
+  const pixels32 = ops.op('Gather', [lut, index], { axis: attr.int(0) });
+  const pixelValues = ops.type === 'float16' ? ops.cast(pixels32, 'float16') : pixels32;
 
   // Patch embedding: a valid, stride-p convolution drops the rows/cols past the last full
   // patch, then [n, hidden, rows, cols] -> [n, P, hidden] in row-major patch order.
@@ -175,11 +181,17 @@ export function buildVisionGraph(
     const post = ops.rmsNorm(latents, `${p}.post_attention_layernorm`, pc.rmsNormEps);
     latents = ops.op('Add', [latents, ops.swiGlu(post, `${p}.mlp`)]);
   }
-  g.node1({
-    opType: 'Identity',
-    inputs: [ops.rmsNorm(latents, `${pr}.norm`, pc.rmsNormEps)],
-    output: VISION_OUTPUT,
-  });
+  const out = ops.rmsNorm(latents, `${pr}.norm`, pc.rmsNormEps);
+  if (ops.type === 'float16') {
+    g.node1({
+      opType: 'Cast',
+      inputs: [out],
+      output: VISION_OUTPUT,
+      attributes: { to: attr.int(onnxDataType('float32')) },
+    });
+  } else {
+    g.node1({ opType: 'Identity', inputs: [out], output: VISION_OUTPUT });
+  }
   g.output(VISION_OUTPUT, 'float32', ['n', pc.nLatents, pc.hiddenSize]);
 
   const path = join(modelDir, fileName);
