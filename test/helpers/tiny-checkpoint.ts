@@ -7,6 +7,7 @@ import {
   elementCount,
   expectedTensors,
   parseIdefics2Config,
+  seededUniform,
   writeSafetensors,
   type TensorToWrite,
 } from '../../services/model/index.js';
@@ -19,18 +20,6 @@ export interface TinyCheckpointOptions {
   edit?: (shapes: Map<string, number[]>) => void;
 }
 
-/** A small deterministic generator (mulberry32). */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 export function writeTinyCheckpoint(
   config: Record<string, unknown>,
   { shards = 1, dtype = 'F32', seed = 1, edit }: TinyCheckpointOptions = {},
@@ -39,7 +28,7 @@ export function writeTinyCheckpoint(
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
   const shapes = expectedTensors(parseIdefics2Config(config));
   edit?.(shapes);
-  const next = random(seed);
+  const next = seededUniform(seed);
   const names = [...shapes.keys()];
   const weightMap: Record<string, string> = {};
   for (let s = 0; s < shards; s++) {

@@ -1,2 +1,7 @@
 export { tinyModelConfig, type TinySize } from './tiny-configs.js';
-export { tinyTokenizerDir, writeTinyModel, type TinyModelOptions } from './tiny-model.js';
+export {
+  seededUniform,
+  tinyTokenizerDir,
+  writeTinyModel,
+  type TinyModelOptions,
+} from './tiny-model.js';

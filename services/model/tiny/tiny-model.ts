@@ -28,16 +28,21 @@ export function tinyTokenizerDir(): string {
   return found;
 }
 
-/** A seeded generator of standard normal samples (mulberry32 + Box-Muller). */
-function normals(seed: number): () => number {
+/** A seeded generator of uniform samples in (0, 1) (mulberry32). */
+export function seededUniform(seed: number): () => number {
   let a = seed >>> 0;
-  const uniform = () => {
+  return () => {
     a = (a + 0x6d2b79f5) >>> 0;
     let t = a;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296;
   };
+}
+
+/** A seeded generator of standard normal samples (Box-Muller over seededUniform). */
+function normals(seed: number): () => number {
+  const uniform = seededUniform(seed);
   return () => Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform());
 }
 
