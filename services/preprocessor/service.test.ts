@@ -27,6 +27,7 @@ import {
 } from '../../test/helpers/grpc.js';
 import { PDF, pngDeclaring, SVG } from '../../test/helpers/images.js';
 import { listServicesByReflection } from '../../test/helpers/reflection.js';
+import { writeProcessorConfigs } from '../../test/helpers/checkpoint.js';
 import {
   builtService,
   ephemeralPorts,
@@ -287,26 +288,8 @@ describe('preprocessor admission, configuration and shutdown', () => {
   });
 
   it('reads the split default from the checkpoint directory', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'loupe-ckpt-'));
+    const dir = writeProcessorConfigs({ split: false });
     dirs.push(dir);
-    writeFileSync(
-      join(dir, 'preprocessor_config.json'),
-      JSON.stringify({
-        do_convert_rgb: true,
-        do_image_splitting: false,
-        do_normalize: true,
-        do_pad: true,
-        do_rescale: true,
-        do_resize: true,
-        image_mean: [0.5, 0.5, 0.5],
-        image_std: [0.5, 0.5, 0.5],
-        image_processor_type: 'Idefics2ImageProcessor',
-        resample: 2,
-        rescale_factor: 1 / 255,
-        size: { longest_edge: 980, shortest_edge: 378 },
-      }),
-    );
-    writeFileSync(join(dir, 'processor_config.json'), JSON.stringify({ image_seq_len: 64 }));
     const service = await startServiceProcess(script, {
       ...ephemeralPorts('PREPROCESSOR'),
       LOUPE_MODEL_DIR: dir,

@@ -2,33 +2,22 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import {
+  DEFAULT_IMAGE_PROCESSOR_CONFIG,
+  processorConfigFiles,
+} from '../../services/model/index.js';
 
 export function writeProcessorConfigs({
   split = true,
   imageSeqLen = 64,
 }: { split?: boolean; imageSeqLen?: number } = {}): string {
   const dir = mkdtempSync(join(tmpdir(), 'loupe-ckpt-'));
-  writeFileSync(
-    join(dir, 'preprocessor_config.json'),
-    JSON.stringify({
-      do_convert_rgb: true,
-      do_image_splitting: split,
-      do_normalize: true,
-      do_pad: true,
-      do_rescale: true,
-      do_resize: true,
-      image_mean: [0.5, 0.5, 0.5],
-      image_processor_type: 'Idefics2ImageProcessor',
-      image_std: [0.5, 0.5, 0.5],
-      processor_class: 'Idefics2Processor',
-      resample: 2,
-      rescale_factor: 0.00392156862745098,
-      size: { longest_edge: 980, shortest_edge: 378 },
-    }),
-  );
-  writeFileSync(
-    join(dir, 'processor_config.json'),
-    JSON.stringify({ image_seq_len: imageSeqLen, processor_class: 'Idefics2Processor' }),
-  );
+  const files = processorConfigFiles({
+    ...DEFAULT_IMAGE_PROCESSOR_CONFIG,
+    doImageSplitting: split,
+    imageSeqLen,
+  });
+  for (const [name, value] of Object.entries(files))
+    writeFileSync(join(dir, name), JSON.stringify(value));
   return dir;
 }

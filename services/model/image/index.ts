@@ -24,6 +24,7 @@ export {
 export {
   type PixelValues,
   type SubImage,
+  paddedSize,
   pixelLookupTables,
   toPixelValues,
 } from './pixel-values.js';
@@ -32,6 +33,7 @@ export {
   type ImageProcessorConfig,
   loadImageProcessorConfig,
   parsePreprocessorConfig,
+  processorConfigFiles,
 } from './processor-config.js';
 export { type ResizeBounds, type Size, resizeOutputSize } from './resize-rule.js';
 export { type RgbImage, createRgbImage, toChw } from './rgb-image.js';

@@ -60,18 +60,14 @@ export function pixelLookupTables(
 }
 
 /**
- * Rescales, normalizes and pads sub-images into the model's `pixel_values` and
- * `pixel_attention_mask` (IDEFICS2.md §7 steps 7-10), bit for bit as the reference's float32
- * output for one image. Padding is bottom/right to the largest height and width, with 0.0.
- *
- * With `doPad` off the reference returns a ragged list; that is only representable here when
- * every sub-image has the same size, so other inputs are refused.
+ * The batch canvas sub-images are padded to: the largest height and width. Checks that each
+ * sub-image holds 3·h·w bytes. `caller` names the function in errors.
  */
-export function toPixelValues(
+export function paddedSize(
   subImages: readonly SubImage[],
-  config: NormalizeSettings & Pick<ImageProcessorConfig, 'doPad'>,
-): PixelValues {
-  if (subImages.length === 0) throw new RangeError('toPixelValues needs at least one sub-image');
+  caller: string,
+): { height: number; width: number } {
+  if (subImages.length === 0) throw new RangeError(`${caller} needs at least one sub-image`);
   let height = 0;
   let width = 0;
   for (const [i, sub] of subImages.entries()) {
@@ -83,6 +79,22 @@ export function toPixelValues(
     height = Math.max(height, sub.height);
     width = Math.max(width, sub.width);
   }
+  return { height, width };
+}
+
+/**
+ * Rescales, normalizes and pads sub-images into the model's `pixel_values` and
+ * `pixel_attention_mask` (IDEFICS2.md §7 steps 7-10), bit for bit as the reference's float32
+ * output for one image. Padding is bottom/right to the largest height and width, with 0.0.
+ *
+ * With `doPad` off the reference returns a ragged list; that is only representable here when
+ * every sub-image has the same size, so other inputs are refused.
+ */
+export function toPixelValues(
+  subImages: readonly SubImage[],
+  config: NormalizeSettings & Pick<ImageProcessorConfig, 'doPad'>,
+): PixelValues {
+  const { height, width } = paddedSize(subImages, 'toPixelValues');
   if (!config.doPad) {
     const ragged = subImages.find((s) => s.height !== height || s.width !== width);
     if (ragged) {

@@ -2,7 +2,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DEFAULT_IMAGE_PROCESSOR_CONFIG, loadImageProcessorConfig } from './processor-config.js';
+import {
+  DEFAULT_IMAGE_PROCESSOR_CONFIG,
+  loadImageProcessorConfig,
+  processorConfigFiles,
+} from './processor-config.js';
 
 /** idefics2-8b's preprocessor_config.json (IDEFICS2.md §1.7). */
 const IDEFICS2_8B = {
@@ -145,5 +149,23 @@ describe('loadImageProcessorConfig', () => {
     expect(() => loadImageProcessorConfig(dir)).toThrow(
       /processor_config\.json: `image_seq_len` must be a positive integer, got "64"/,
     );
+  });
+});
+
+describe('processorConfigFiles', () => {
+  it('writes what loadImageProcessorConfig reads back', () => {
+    const config = {
+      ...DEFAULT_IMAGE_PROCESSOR_CONFIG,
+      doImageSplitting: false,
+      imageSeqLen: 16,
+      longestEdge: 700,
+    };
+    expect(loadImageProcessorConfig(modelDir(processorConfigFiles(config)))).toEqual(config);
+  });
+
+  it('writes idefics2-8b preprocessor_config.json for the default config', () => {
+    expect(
+      processorConfigFiles(DEFAULT_IMAGE_PROCESSOR_CONFIG)['preprocessor_config.json'],
+    ).toEqual(IDEFICS2_8B);
   });
 });

@@ -218,3 +218,35 @@ export function loadImageProcessorConfig(modelDir: string): ImageProcessorConfig
   const json = readJsonObject(path, false)!;
   return parsePreprocessorConfig(json, path, readImageSeqLen(modelDir));
 }
+
+/**
+ * The checkpoint files that hold `config`, in the reference's names, as `save_pretrained`
+ * writes them: `preprocessor_config.json` and `processor_config.json`. The inverse of
+ * loadImageProcessorConfig.
+ */
+export function processorConfigFiles(config: ImageProcessorConfig): {
+  'preprocessor_config.json': Record<string, unknown>;
+  'processor_config.json': Record<string, unknown>;
+} {
+  return {
+    'preprocessor_config.json': {
+      do_convert_rgb: config.doConvertRgb,
+      do_image_splitting: config.doImageSplitting,
+      do_normalize: config.doNormalize,
+      do_pad: config.doPad,
+      do_rescale: config.doRescale,
+      do_resize: config.doResize,
+      image_mean: [...config.imageMean],
+      image_processor_type: 'Idefics2ImageProcessor',
+      image_std: [...config.imageStd],
+      processor_class: 'Idefics2Processor',
+      resample: PIL_BILINEAR,
+      rescale_factor: config.rescaleFactor,
+      size: { longest_edge: config.longestEdge, shortest_edge: config.shortestEdge },
+    },
+    'processor_config.json': {
+      image_seq_len: config.imageSeqLen,
+      processor_class: 'Idefics2Processor',
+    },
+  };
+}

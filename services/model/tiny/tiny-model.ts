@@ -12,6 +12,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expectedTensors } from '../checkpoint/index.js';
 import { parseIdefics2Config } from '../config/index.js';
+import { DEFAULT_IMAGE_PROCESSOR_CONFIG, processorConfigFiles } from '../image/index.js';
 import { elementCount, writeSafetensors, type TensorToWrite } from '../safetensors/index.js';
 import { tinyModelConfig, type TinySize } from './tiny-configs.js';
 
@@ -101,22 +102,12 @@ export function writeTinyModel({ out, seed = 0, size = 'tiny' }: TinyModelOption
     pad_token_id: 0,
     bad_words_ids: [[fake.id], [imageToken.id]],
   });
-  json('preprocessor_config.json', {
-    do_convert_rgb: true,
-    do_image_splitting: false,
-    do_normalize: true,
-    do_pad: true,
-    do_rescale: true,
-    do_resize: true,
-    image_mean: [0.5, 0.5, 0.5],
-    image_processor_type: 'Idefics2ImageProcessor',
-    image_std: [0.5, 0.5, 0.5],
-    processor_class: 'Idefics2Processor',
-    resample: 2,
-    rescale_factor: 1 / 255,
-    size: { longest_edge: 980, shortest_edge: 378 },
+  // The idefics2-8b image processor with splitting off: five times fewer image tokens.
+  const processorFiles = processorConfigFiles({
+    ...DEFAULT_IMAGE_PROCESSOR_CONFIG,
+    doImageSplitting: false,
   });
-  json('processor_config.json', { image_seq_len: 64, processor_class: 'Idefics2Processor' });
+  for (const [name, value] of Object.entries(processorFiles)) json(name, value);
   for (const name of readdirSync(tokenizerDir)) {
     if (name.endsWith('.json')) copyFileSync(join(tokenizerDir, name), join(out, name));
   }

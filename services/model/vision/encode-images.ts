@@ -2,7 +2,7 @@
 // and the position ids (IDEFICS2.md §2.1, §2.4), runs the session.
 import type { InferenceSession } from 'onnxruntime-node';
 import type { VisionConfig } from '../config/index.js';
-import type { SubImage } from '../image/index.js';
+import { paddedSize, type SubImage } from '../image/index.js';
 import { makeTensor, readOutput } from '../onnx/index.js';
 import { visionPositionIds } from './position-ids.js';
 import { VISION_INPUTS, VISION_OUTPUT } from './vision-graph.js';
@@ -39,22 +39,13 @@ export function visionInputs(
   subImages: readonly SubImage[],
   { patchSize, numPatchesPerSide }: PatchGeometry,
 ): VisionInputs {
-  if (subImages.length === 0) throw new RangeError('encodeImages needs at least one sub-image');
-  let height = 0;
-  let width = 0;
+  const { height, width } = paddedSize(subImages, 'encodeImages');
   for (const [i, sub] of subImages.entries()) {
-    if (sub.pixels.length !== 3 * sub.height * sub.width) {
-      throw new RangeError(
-        `sub-image ${i} is ${sub.width}x${sub.height} but holds ${sub.pixels.length} bytes, expected ${3 * sub.height * sub.width}`,
-      );
-    }
     if (sub.height < patchSize || sub.width < patchSize) {
       throw new RangeError(
         `sub-image ${i} is ${sub.width}x${sub.height}, smaller than one ${patchSize}x${patchSize} patch`,
       );
     }
-    height = Math.max(height, sub.height);
-    width = Math.max(width, sub.width);
   }
   const count = subImages.length;
   const patchRows = Math.floor(height / patchSize);
