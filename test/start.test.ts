@@ -1,26 +1,38 @@
 // `npm start` / `loupe start`: the local stack comes up, serves, and Ctrl-C stops it cleanly.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { HealthCheckResponse_ServingStatus } from '../proto/gen/grpc/health/v1/health.js';
 import { checkHealth, healthClient } from './helpers/grpc.js';
 import { repoRoot } from './helpers/service-process.js';
 
 describe('loupe start', () => {
+  let child: ChildProcess | undefined;
+  // If the test fails midway, stop the stack the way a person would (Ctrl-C), so its
+  // services (in their own process group) do not outlive the test.
+  afterEach(async () => {
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const gone = new Promise((resolve) => child!.once('exit', resolve));
+      child.kill('SIGINT');
+      await gone;
+    }
+  });
+
   it('starts every existing service, prints where they are, and stops them all on SIGINT', async () => {
-    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'loupe.js'), 'start'], {
+    const stack = spawn(process.execPath, [join(repoRoot, 'bin', 'loupe.js'), 'start'], {
       cwd: repoRoot,
       env: { ...process.env, LOUPE_PREPROCESSOR_PORT: '0', LOUPE_PREPROCESSOR_METRICS_PORT: '0' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
+    child = stack;
     const output: string[] = [];
     const exited = new Promise<number | null>((resolve) =>
-      child.once('exit', (code) => resolve(code)),
+      stack.once('exit', (code) => resolve(code)),
     );
-    createInterface({ input: child.stderr }).on('line', (line) => output.push(line));
+    createInterface({ input: stack.stderr }).on('line', (line) => output.push(line));
     const address = await new Promise<string>((resolve, reject) => {
-      createInterface({ input: child.stdout }).on('line', (line) => {
+      createInterface({ input: stack.stdout }).on('line', (line) => {
         output.push(line);
         const match = /preprocessor\s+gRPC (127\.0\.0\.1:\d+)/.exec(line);
         if (match) resolve(match[1]!);
@@ -44,7 +56,7 @@ describe('loupe start', () => {
     expect((await checkHealth(health)).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
     health.close();
 
-    child.kill('SIGINT');
+    stack.kill('SIGINT');
     expect(await exited).toBe(0);
     expect(output.join('\n')).toMatch(/preprocessor stopped/);
     expect(output.join('\n')).toMatch(/loupe: stopped/);

@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HealthCheckResponse_ServingStatus } from '../../proto/gen/grpc/health/v1/health.js';
 import {
   PreprocessorClient,
@@ -32,6 +32,7 @@ import {
   builtService,
   ephemeralPorts,
   startServiceProcess,
+  stopServiceProcesses,
   type ServiceProcess,
 } from '../../test/helpers/service-process.js';
 
@@ -230,6 +231,8 @@ describe('preprocessor service', () => {
 describe('preprocessor admission, configuration and shutdown', () => {
   const dirs: string[] = [];
   afterAll(() => dirs.forEach((dir) => rmSync(dir, { recursive: true, force: true })));
+  // A test that fails before its own stop() must not leave its process running.
+  afterEach(stopServiceProcesses);
 
   it('answers RESOURCE_EXHAUSTED when the queue is full, and serves the rest', async () => {
     const service = await startServiceProcess(script, {

@@ -25,6 +25,14 @@ export interface ServiceProcess {
   ): Promise<Record<string, unknown>>;
 }
 
+/** Every process started here and not yet stopped, so a failing test cannot leak one. */
+const running = new Set<ServiceProcess>();
+
+/** Stops every process this file's tests started and did not stop (call in afterEach). */
+export async function stopServiceProcesses(): Promise<void> {
+  await Promise.all([...running].map((p) => p.stop(5_000)));
+}
+
 /** Path of a compiled service entry point, e.g. builtService('preprocessor'). */
 export function builtService(name: string): string {
   const script = join(repoRoot, 'dist', 'services', name, 'main.js');
@@ -60,6 +68,7 @@ export async function startServiceProcess(
   const exited = new Promise<number | null>((resolve) =>
     child.once('exit', (code) => resolve(code)),
   );
+  let started: ServiceProcess | undefined;
 
   const waitForLog = (match: (event: Record<string, unknown>) => boolean, waitMs = timeoutMs) =>
     new Promise<Record<string, unknown>>((resolve, reject) => {
@@ -91,6 +100,7 @@ export async function startServiceProcess(
     });
 
   const stop = async (graceMs = 30_000) => {
+    if (started) running.delete(started);
     if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
     child.kill('SIGTERM');
     const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
@@ -102,7 +112,7 @@ export async function startServiceProcess(
   try {
     const ready = await waitForLog((event) => event.event === 'ready');
     const grpcPort = Number(ready.grpcPort);
-    return {
+    const service: ServiceProcess = {
       child,
       grpcPort,
       metricsPort: Number(ready.metricsPort),
@@ -112,6 +122,9 @@ export async function startServiceProcess(
       stop,
       waitForLog,
     };
+    started = service;
+    running.add(service);
+    return service;
   } catch (error) {
     await stop(1000);
     throw error;
