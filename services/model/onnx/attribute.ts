@@ -1,5 +1,5 @@
 import { AttributeProto, AttributeProto_AttributeType } from '../../../proto/gen/onnx/onnx.js';
-import type { TensorProto } from '../../../proto/gen/onnx/onnx.js';
+import type { GraphProto, TensorProto } from '../../../proto/gen/onnx/onnx.js';
 
 /**
  * A node attribute with its ONNX type stated: JavaScript numbers cannot tell `1` (INT) from
@@ -12,7 +12,8 @@ export type AttributeValue =
   | { kind: 'ints'; value: readonly number[] }
   | { kind: 'floats'; value: readonly number[] }
   | { kind: 'string'; value: string }
-  | { kind: 'tensor'; value: TensorProto };
+  | { kind: 'tensor'; value: TensorProto }
+  | { kind: 'graph'; value: GraphProto };
 
 export const int = (value: number): AttributeValue => {
   if (!Number.isSafeInteger(value))
@@ -31,6 +32,8 @@ export const floats = (value: readonly number[]): AttributeValue => ({
 });
 export const str = (value: string): AttributeValue => ({ kind: 'string', value });
 export const tensor = (value: TensorProto): AttributeValue => ({ kind: 'tensor', value });
+/** A subgraph (GraphBuilder.subgraph(...).toGraph()), e.g. a branch of `If`. */
+export const graph = (value: GraphProto): AttributeValue => ({ kind: 'graph', value });
 
 /** The AttributeProto for `name` = `attr`, with its `type` discriminator set. */
 export function attributeProto(name: string, attr: AttributeValue): AttributeProto {
@@ -52,5 +55,7 @@ export function attributeProto(name: string, attr: AttributeValue): AttributePro
       });
     case 'tensor':
       return AttributeProto.fromPartial({ name, type: T.TENSOR, t: attr.value });
+    case 'graph':
+      return AttributeProto.fromPartial({ name, type: T.GRAPH, g: attr.value });
   }
 }

@@ -62,21 +62,41 @@ export class GraphBuilder {
   readonly #name: string;
   readonly #opsets: Record<string, number>;
   readonly #irVersion: number;
+  /** The graph whose values this subgraph may read (ONNX outer scope); none for a model. */
+  readonly #outer: GraphBuilder | undefined;
   readonly #inputs: ValueInfoProto[] = [];
   readonly #outputs: ValueInfoProto[] = [];
   readonly #initializers: TensorProto[] = [];
   readonly #nodes: NodeProto[] = [];
   /** value names defined so far (inputs, initializers, node outputs) */
   readonly #values = new Set<string>();
-  /** value names handed out by uniqueName, defined or not */
-  readonly #taken = new Set<string>();
-  /** node names */
-  readonly #nodeNames = new Set<string>();
+  /** value names handed out by uniqueName, defined or not (one set with all subgraphs) */
+  readonly #taken: Set<string>;
+  /** node names (one set with all subgraphs) */
+  readonly #nodeNames: Set<string>;
 
-  constructor({ name = 'loupe', opsets = {}, irVersion = 10 }: GraphBuilderOptions = {}) {
+  /** `outer` is for `subgraph`; make subgraphs with that method. */
+  constructor(
+    { name = 'loupe', opsets = {}, irVersion = 10 }: GraphBuilderOptions = {},
+    outer?: GraphBuilder,
+  ) {
     this.#name = name;
-    this.#opsets = { '': DEFAULT_OPSETS[''], ...opsets };
+    this.#outer = outer;
+    // A subgraph imports no opsets of its own: its nodes use (and register in) the model's.
+    this.#opsets = outer ? outer.#opsets : { '': DEFAULT_OPSETS[''], ...opsets };
     this.#irVersion = irVersion;
+    this.#taken = outer ? outer.#taken : new Set();
+    this.#nodeNames = outer ? outer.#nodeNames : new Set();
+  }
+
+  /**
+   * A subgraph for a control-flow attribute (the branches of `If`): its nodes may read the
+   * values this graph has defined so far (ONNX outer scope), and value and node names stay
+   * unique across both. Declare its results with `output` and pass
+   * `attr.graph(sub.toGraph())` to the node.
+   */
+  subgraph(name: string): GraphBuilder {
+    return new GraphBuilder({ name, irVersion: this.#irVersion }, this);
   }
 
   /**
@@ -135,7 +155,7 @@ export class GraphBuilder {
       else throw new Error(`node ${opType}: no opset imported for domain \`${domain}\``);
     }
     for (const input of inputs) {
-      if (input !== '' && !this.#values.has(input)) {
+      if (input !== '' && !this.#defines(input)) {
         throw new Error(`node ${opType}: input \`${input}\` is not a value of the graph yet`);
       }
     }
@@ -164,22 +184,28 @@ export class GraphBuilder {
     return this.node({ ...rest, outputs: output === undefined ? 1 : [output] })[0]!;
   }
 
+  /** The graph as a message (a snapshot; later additions do not change it). */
+  toGraph(): GraphProto {
+    if (this.#outputs.length === 0) throw new Error(`graph \`${this.#name}\` has no outputs`);
+    return GraphProto.fromPartial({
+      name: this.#name,
+      input: [...this.#inputs],
+      output: [...this.#outputs],
+      initializer: [...this.#initializers],
+      node: [...this.#nodes],
+    });
+  }
+
   /** The model as a message (a snapshot; later additions do not change it). */
   toModel(): ModelProto {
-    if (this.#outputs.length === 0) throw new Error(`graph \`${this.#name}\` has no outputs`);
+    if (this.#outer) throw new Error(`\`${this.#name}\` is a subgraph; use toGraph`);
     return ModelProto.fromPartial({
       irVersion: this.#irVersion,
       producerName: 'loupe',
       opsetImport: Object.entries(this.#opsets).map(([domain, version]) =>
         OperatorSetIdProto.fromPartial({ domain, version }),
       ),
-      graph: GraphProto.fromPartial({
-        name: this.#name,
-        input: [...this.#inputs],
-        output: [...this.#outputs],
-        initializer: [...this.#initializers],
-        node: [...this.#nodes],
-      }),
+      graph: this.toGraph(),
     });
   }
 
@@ -196,10 +222,14 @@ export class GraphBuilder {
     writeFileSync(path, this.toBytes());
   }
 
+  /** Whether `name` is a value here or in an enclosing graph. */
+  #defines(name: string): boolean {
+    return this.#values.has(name) || (this.#outer !== undefined && this.#outer.#defines(name));
+  }
+
   #claim(name: string): void {
     if (name === '') throw new Error('value names must not be empty');
-    if (this.#values.has(name))
-      throw new Error(`value \`${name}\` is already defined in the graph`);
+    if (this.#defines(name)) throw new Error(`value \`${name}\` is already defined in the graph`);
     this.#values.add(name);
     this.#taken.add(name);
   }

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readSafetensorsHeader, writeSafetensors } from '../safetensors/index.js';
+import * as attr from './attribute.js';
 import { float, int } from './attribute.js';
 import { elementTypeOfSafetensors } from './element-type.js';
 import { GraphBuilder } from './graph-builder.js';
@@ -187,6 +188,43 @@ describe('onnxruntime-node sessions over GraphBuilder models', () => {
       expect(maxAbsDiff(readOutput(out, 'LN', 'float32').data, ln)).toBeLessThanOrEqual(1e-5);
       expect(maxAbsDiff(readOutput(out, 'RMS', 'float32').data, rms)).toBeLessThanOrEqual(1e-5);
       expect(maxAbsDiff(readOutput(out, 'SM', 'float32').data, sm)).toBeLessThanOrEqual(1e-6);
+    } finally {
+      await session.release();
+    }
+  });
+
+  it('runs If branches that read values of the enclosing graph', async () => {
+    const g = new GraphBuilder({ name: 'if' });
+    const x = g.input('x', 'float32', [3]);
+    const flag = g.input('flag', 'bool', []);
+    const two = g.initializer('two', 'float32', [], Float32Array.of(2));
+    const branch = (name: string, opType: string) => {
+      const sub = g.subgraph(name);
+      sub.output(sub.node1({ opType, inputs: [x, two] }), 'float32', [3]);
+      return attr.graph(sub.toGraph());
+    };
+    g.node1({
+      opType: 'If',
+      inputs: [flag],
+      output: 'y',
+      attributes: { then_branch: branch('times', 'Mul'), else_branch: branch('plus', 'Add') },
+    });
+    g.output('y', 'float32', [3]);
+    expect(() => g.subgraph('s').toModel()).toThrow('is a subgraph');
+    const path = join(dir, 'if.onnx');
+    g.writeModel(path);
+    const session = await createSession(path, { intraOpThreads: 1 });
+    try {
+      for (const [on, expected] of [
+        [1, [2, 4, 6]],
+        [0, [3, 4, 5]],
+      ] as const) {
+        const out = await session.run({
+          x: makeTensor('float32', Float32Array.of(1, 2, 3), [3]),
+          flag: makeTensor('bool', Uint8Array.of(on), []),
+        });
+        expect([...readOutput(out, 'y', 'float32').data]).toEqual(expected);
+      }
     } finally {
       await session.release();
     }
