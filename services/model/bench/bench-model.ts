@@ -115,20 +115,31 @@ function visionFlops(checkpoint: Checkpoint, patches: number): number {
   );
 }
 
-function textLinear(checkpoint: Checkpoint): number {
-  return weightElements(
-    checkpoint,
-    (n) => n.startsWith('model.text_model.layers.') || n === 'lm_head.weight',
-  );
+/** Weight elements of the decoder layers (the matmuls every token goes through). */
+function layerElements(checkpoint: Checkpoint): number {
+  return weightElements(checkpoint, (n) => n.startsWith('model.text_model.layers.'));
 }
 
-/** FLOPs of prefilling prompts of `lengths` tokens (real tokens only, causal attention). */
+/** Elements of the LM head (tied or not), which a prefill runs on one position only. */
+function headElements(checkpoint: Checkpoint): number {
+  const t = checkpoint.config.text;
+  return t.vocabSize * t.hiddenSize;
+}
+
+/**
+ * FLOPs of prefilling prompts of `lengths` tokens (real tokens only, causal attention, the LM
+ * head on the last position: both sides ask for that one only).
+ */
 function prefillFlops(checkpoint: Checkpoint, lengths: readonly number[]): number {
   const t = checkpoint.config.text;
-  const linear = textLinear(checkpoint);
+  const layers = layerElements(checkpoint);
   const width = t.numAttentionHeads * t.headDim;
   return lengths.reduce(
-    (sum, n) => sum + 2 * n * linear + t.numHiddenLayers * 4 * width * ((n * (n + 1)) / 2),
+    (sum, n) =>
+      sum +
+      2 * n * layers +
+      2 * headElements(checkpoint) +
+      t.numHiddenLayers * 4 * width * ((n * (n + 1)) / 2),
     0,
   );
 }
@@ -136,7 +147,7 @@ function prefillFlops(checkpoint: Checkpoint, lengths: readonly number[]): numbe
 /** FLOPs of `steps` decode steps after prompts of `lengths` tokens. */
 function decodeFlops(checkpoint: Checkpoint, lengths: readonly number[], steps: number): number {
   const t = checkpoint.config.text;
-  const linear = textLinear(checkpoint);
+  const linear = layerElements(checkpoint) + headElements(checkpoint);
   const width = t.numAttentionHeads * t.headDim;
   let sum = 0;
   for (const n of lengths) {
@@ -466,7 +477,7 @@ async function main(): Promise<void> {
     console.log(
       'prefill/decode tokens: real prompt tokens (padding not counted); decode = batch × steps.',
     );
-    const weightBytes = 4 * textLinear(checkpoint);
+    const weightBytes = 4 * (layerElements(checkpoint) + headElements(checkpoint));
     const bandwidth = (figures: Figures, batch: number) => {
       const t = figures.text[batch]!;
       return `${((weightBytes * t.decodeSteps) / (t.decodeMs * 1e6)).toFixed(1)} GB/s`;

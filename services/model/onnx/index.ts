@@ -19,6 +19,7 @@ export {
   type GraphBuilderOptions,
   type NodeSpec,
 } from './graph-builder.js';
+export { CheckpointWeights, externalDataDir, type OnnxModel } from './checkpoint-weights.js';
 export {
   createSession,
   type ExecutionProvider,

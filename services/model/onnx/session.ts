@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import * as ort from 'onnxruntime-node';
+import type { OnnxModel } from './checkpoint-weights.js';
 import type { ElementType } from './element-type.js';
 
 /**
@@ -26,8 +27,10 @@ export interface SessionOptions {
 }
 
 /**
- * Opens a model file. ONNX Runtime resolves external data (`location`) relative to the
- * model file's directory, which is why sessions are made from a path, not from bytes.
+ * Opens a model: a file (external data `location`s resolve against the file's directory), or
+ * an in-memory OnnxModel from the graph builders (they resolve against its
+ * externalDataDir, given to ONNX Runtime as
+ * `session.model_external_initializers_file_folder_path`).
  *
  * `cuda` selects the CUDA execution provider, which onnxruntime-node does not bundle: it is
  * fetched at install time (`npm i` with `--onnxruntime-node-install=cuda12`, or
@@ -47,7 +50,7 @@ export interface SessionOptions {
  * the step up, they do not free the caller). Serve sessions from worker threads.
  */
 export async function createSession(
-  modelPath: string,
+  model: string | OnnxModel,
   {
     executionProvider = 'cpu',
     deviceId = 0,
@@ -59,19 +62,29 @@ export async function createSession(
   if (!Number.isSafeInteger(intraOpThreads) || intraOpThreads < 0) {
     throw new RangeError(`\`intraOpThreads\` must be an integer >= 0, got ${intraOpThreads}`);
   }
-  if (!existsSync(modelPath)) throw new Error(`ONNX model file not found: ${modelPath}`);
+  const inMemory = typeof model !== 'string';
+  if (!inMemory && !existsSync(model)) throw new Error(`ONNX model file not found: ${model}`);
+  if (inMemory && !existsSync(model.externalDataDir)) {
+    throw new Error(`${model.name}: weights directory ${model.externalDataDir} not found`);
+  }
   const providers: ort.InferenceSession.ExecutionProviderConfig[] =
     executionProvider === 'cuda' ? [{ name: 'cuda', deviceId }, 'cpu'] : ['cpu'];
+  const options: ort.InferenceSession.SessionOptions = {
+    executionProviders: providers,
+    intraOpNumThreads: intraOpThreads,
+    graphOptimizationLevel,
+    logSeverityLevel,
+  };
   try {
-    return await ort.InferenceSession.create(modelPath, {
-      executionProviders: providers,
-      intraOpNumThreads: intraOpThreads,
-      graphOptimizationLevel,
-      logSeverityLevel,
+    if (!inMemory) return await ort.InferenceSession.create(model, options);
+    return await ort.InferenceSession.create(model.bytes, {
+      ...options,
+      extra: { session: { model_external_initializers_file_folder_path: model.externalDataDir } },
     });
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
-    throw new Error(`cannot load ONNX model ${modelPath}: ${message}`, { cause: err });
+    const what = inMemory ? model.name : model;
+    throw new Error(`cannot load ONNX model ${what}: ${message}`, { cause: err });
   }
 }
 

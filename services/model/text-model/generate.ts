@@ -1,7 +1,14 @@
 // A simple in-process greedy loop over the text graph, for one or several sequences decoded
 // together: one prefill step (right-padded, each sequence its own length), then one decode
-// step per token feeding present KV back as past. The decoder service's engine does the
-// scheduling for real; this is the plain reference loop (tests, in-process runs).
+// step per token. The decoder service's engine does the scheduling for real; this is the
+// plain reference loop (tests, in-process runs).
+//
+// The KV cache is one buffer per layer and kind, [batch, kv heads, max length, head dim],
+// allocated once and passed both as past input and as preallocated present output, so GQA
+// writes each step's keys in place (text-graph.ts). onnxruntime-node 1.30 still hands back a
+// copy of every fetched output, which the loop ignores: at batch 8 on the small checkpoint
+// that copy is about a third of a decode step, and it goes once the binding returns
+// preallocated outputs as they are (done upstream, not yet released).
 //
 // KV buffer of one layer during decoding (batch 2, lengths 5 and 3 after prefill):
 //
@@ -12,7 +19,7 @@ import type * as ort from 'onnxruntime-node';
 import type { Checkpoint } from '../checkpoint/index.js';
 import { createSession, makeTensor, readOutput, type SessionOptions } from '../onnx/index.js';
 import { spliceImageRows, TokenEmbeddings } from './embeddings.js';
-import { buildTextGraph, cacheNames, type TextGraph, type TextGraphOptions } from './text-graph.js';
+import { buildTextGraph, cacheNames, type TextGraph } from './text-graph.js';
 
 export interface TextModel {
   graph: TextGraph;
@@ -22,18 +29,18 @@ export interface TextModel {
   release(): Promise<void>;
 }
 
-export interface LoadTextModelOptions extends TextGraphOptions {
+export interface LoadTextModelOptions {
   session?: SessionOptions;
 }
 
-/** Builds the text graph beside the checkpoint, opens it, and loads the embedding table. */
+/** Builds the text graph, opens it, and loads the embedding table. */
 export async function loadTextModel(
   checkpoint: Checkpoint,
-  { session: sessionOptions = {}, ...graphOptions }: LoadTextModelOptions = {},
+  { session: sessionOptions = {} }: LoadTextModelOptions = {},
 ): Promise<TextModel> {
-  const graph = buildTextGraph(checkpoint, graphOptions);
+  const graph = buildTextGraph(checkpoint);
   const embeddings = TokenEmbeddings.load(checkpoint);
-  const session = await createSession(graph.path, sessionOptions);
+  const session = await createSession(graph.model, sessionOptions);
   return {
     graph,
     session,
@@ -107,28 +114,39 @@ export async function generateGreedy(
     }
     embeds.set(rows, b * width * hidden);
   });
+  // The cache is in the graph's float type (float16 for a float16 checkpoint); the host
+  // never reads it. The last generated token is never fed back, hence the - 1.
+  const maxLength = width + maxNewTokens - 1;
+  const cacheDims = [batch, kvHeads, maxLength, headDim];
+  const cacheElements = batch * kvHeads * maxLength * headDim;
   const feeds: Record<string, ort.Tensor> = {};
-  // The cache is in the graph's float type (float16 for a float16 checkpoint); it only
-  // travels from present to past, so the host never reads it.
-  const emptyCache = () =>
-    graph.cacheType === 'float16'
-      ? makeTensor('float16', new Uint16Array(0), [batch, kvHeads, 0, headDim])
-      : makeTensor('float32', new Float32Array(0), [batch, kvHeads, 0, headDim]);
+  const fetches: Record<string, ort.Tensor | null> = { logits: null };
   for (let l = 0; l < layers; l++) {
-    feeds[cacheNames(l).pastKey] = emptyCache();
-    feeds[cacheNames(l).pastValue] = emptyCache();
+    const n = cacheNames(l);
+    for (const [past, present] of [
+      [n.pastKey, n.presentKey],
+      [n.pastValue, n.presentValue],
+    ] as const) {
+      const buffer =
+        graph.cacheType === 'float16'
+          ? makeTensor('float16', new Uint16Array(cacheElements), cacheDims)
+          : makeTensor('float32', new Float32Array(cacheElements), cacheDims);
+      feeds[past] = buffer;
+      fetches[present] = buffer;
+    }
   }
-  const step = async (inputsEmbeds: ort.Tensor, seqlensK: Int32Array, total: number) => {
+  const step = async (
+    inputsEmbeds: ort.Tensor,
+    seqlensK: Int32Array,
+    total: number,
+    logitPositions: BigInt64Array,
+  ) => {
     feeds['inputs_embeds'] = inputsEmbeds;
     feeds['seqlens_k'] = makeTensor('int32', seqlensK, [batch]);
     feeds['total_sequence_length'] = makeTensor('int32', Int32Array.from([total]), []);
-    const out = await session.run(feeds);
-    for (let l = 0; l < layers; l++) {
-      const n = cacheNames(l);
-      feeds[n.pastKey] = out[n.presentKey] as ort.Tensor;
-      feeds[n.pastValue] = out[n.presentValue] as ort.Tensor;
-    }
-    return readOutput(out, 'logits', 'float32').data;
+    feeds['logit_positions'] = makeTensor('int64', logitPositions, [batch, 1]);
+    const out = await session.run(feeds, fetches);
+    return readOutput(out, 'logits', 'float32').data; // [batch, 1, vocab]
   };
 
   let started = performance.now();
@@ -136,10 +154,12 @@ export async function generateGreedy(
     makeTensor('float32', embeds, [batch, width, hidden]),
     Int32Array.from(lengths, (n) => n - 1),
     width,
+    BigInt64Array.from(lengths, (n) => BigInt(n - 1)),
   );
   const prefillMs = performance.now() - started;
+  const lastToken = new BigInt64Array(batch); // a decode step's one position
   const sequences: GeneratedSequence[] = prompts.map((p, b) => {
-    const at = (b * width + lengths[b]! - 1) * vocab;
+    const at = b * vocab;
     return {
       promptIds: [...p.ids],
       generatedIds: [argmax(prefill, at, vocab)],
@@ -162,6 +182,7 @@ export async function generateGreedy(
       makeTensor('float32', embeddings.embed(tokens), [batch, 1, hidden]),
       cacheLengths.slice(),
       buffer + 1,
+      lastToken,
     );
     decodeSteps++;
     buffer++;

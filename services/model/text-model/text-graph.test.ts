@@ -109,6 +109,7 @@ describe('text graph padding in a batch (tiny checkpoint)', () => {
       inputs_embeds: makeTensor('float32', rows, [batch, width, hidden]),
       seqlens_k: makeTensor('int32', Int32Array.from(seqlensK), [batch]),
       total_sequence_length: makeTensor('int32', Int32Array.from([width]), []),
+      logit_positions: makeTensor('int64', BigInt64Array.from(lastIndex, BigInt), [batch, 1]),
     };
     for (let l = 0; l < layers; l++) {
       const empty = makeTensor('float32', new Float32Array(0), [batch, kvHeads, 0, headDim]);
@@ -116,9 +117,7 @@ describe('text graph padding in a batch (tiny checkpoint)', () => {
       feeds[cacheNames(l).pastValue] = empty;
     }
     const logits = readOutput(await model.session.run(feeds), 'logits', 'float32').data;
-    return lastIndex.map((t, b) =>
-      logits.slice((b * width + t) * vocab, (b * width + t + 1) * vocab),
-    );
+    return lastIndex.map((_, b) => logits.slice(b * vocab, (b + 1) * vocab));
   }
 
   it('right padding with per-sequence seqlens_k gives each sequence its own logits; left padding does not', async () => {

@@ -5,10 +5,21 @@
 //   inputs_embeds          float32 [batch, seq, hidden]
 //   seqlens_k              int32   [batch]  per sequence: tokens in the cache after this step - 1
 //   total_sequence_length  int32   []       past + seq (the buffer length after this step)
+//   logit_positions        int64   [batch, keep]  positions in this step whose logits to return
 //   past_key_L/past_value_L float32 [batch, kv_heads, past, head_dim]  (L = 0 .. layers-1)
 //   ->
-//   logits                 float32 [batch, seq, vocab]   (every position; the host picks)
-//   present_key_L/present_value_L float32 [batch, kv_heads, total, head_dim]
+//   logits                 float32 [batch, keep, vocab]
+//   present_key_L/present_value_L float32 [batch, kv_heads, max(total, past), head_dim]
+//
+// logit_positions picks the rows the LM head runs on (the last prompt position of each
+// sequence in a prefill, 0 in a decode step): for idefics2-8b's 32k vocabulary, logits of a
+// 2,000-token prompt would be 256 MB and a fifth of the prefill's FLOPs.
+//
+// The cache can live in one buffer per layer that is both past and present (the host passes
+// the same tensor as input and as preallocated output; see generate.ts): with past =
+// [batch, kv_heads, max length, head_dim] and total_sequence_length <= max length, GQA
+// notices the shared buffer and writes only the new keys and values in place instead of
+// copying the whole cache into a new present each step.
 //
 // Every sequence has its own length, given by seqlens_k; the cache is RIGHT padded: sequence
 // b's keys sit at positions 0 .. seqlens_k[b] of the buffer and what follows is garbage that
@@ -30,32 +41,21 @@
 // (cast inside; the host embeddings widen the float16 table exactly) and logits stay float32
 // (cast at the end). The RMS norms keep their statistics in float32 (stash_type) and GQA
 // its softmax (IDEFICS2.md §10 G1/G4).
-import { relative, resolve, sep } from 'node:path';
 import type { Checkpoint } from '../checkpoint/index.js';
 import { float32ToFloat16 } from '../convert/index.js';
 import {
   GraphBuilder,
   type GraphFloatType,
   attr,
+  CheckpointWeights,
   graphFloatType,
   onnxDataType,
-  safetensorsDtypeOf,
+  type OnnxModel,
 } from '../onnx/index.js';
 
-export interface TextGraphOptions {
-  /**
-   * Directory to write the model in; default the checkpoint directory. ONNX Runtime only
-   * reads external data at paths relative to the model file and inside its directory, so
-   * every safetensors file must lie under it: in practice, the checkpoint directory.
-   */
-  outDir?: string;
-  /** File name of the model; default `text-model.onnx`. */
-  fileName?: string;
-}
-
 export interface TextGraph {
-  /** Absolute path of the written model. */
-  path: string;
+  /** The model in memory, its weights read in place from the checkpoint's files. */
+  model: OnnxModel;
   layers: number;
   kvHeads: number;
   headDim: number;
@@ -100,11 +100,8 @@ export function rotaryCaches(
   return { cos, sin };
 }
 
-/** Builds the text decoder graph of `checkpoint` and writes it (see TextGraphOptions). */
-export function buildTextGraph(
-  checkpoint: Checkpoint,
-  { outDir = checkpoint.dir, fileName = 'text-model.onnx' }: TextGraphOptions = {},
-): TextGraph {
+/** Builds the text decoder graph of `checkpoint` (in memory; open it with createSession). */
+export function buildTextGraph(checkpoint: Checkpoint): TextGraph {
   const t = checkpoint.config.text;
   const tied = checkpoint.config.tieWordEmbeddings || t.tieWordEmbeddings;
   const headDim = t.headDim;
@@ -113,31 +110,12 @@ export function buildTextGraph(
       `text head_dim must be a multiple of 16 for GroupQueryAttention with rotary on CPU, got ${headDim}`,
     );
   }
-  const dir = resolve(outDir);
   const type = graphFloatType(checkpoint.dtype);
   const g = new GraphBuilder({ name: 'idefics2-text' });
 
+  const weights = new CheckpointWeights(checkpoint, type, 'the text graph');
   /** An initializer read in place from the checkpoint (all of the checkpoint's dtype). */
-  const weight = (name: string): string => {
-    const location = checkpoint.tensors.get(name);
-    if (!location) throw new Error(`checkpoint ${checkpoint.dir} has no tensor ${name}`);
-    if (location.dtype !== safetensorsDtypeOf(type)) {
-      throw new Error(
-        `tensor ${name} is ${location.dtype}; the text graph reads the checkpoint's ${type} weights in place only (mixed dtypes: rewrite the checkpoint with \`loupe convert\`)`,
-      );
-    }
-    const rel = relative(dir, location.file);
-    if (rel.startsWith('..') || resolve(dir, rel) !== resolve(location.file)) {
-      throw new Error(
-        `${location.file} is outside ${dir}: ONNX Runtime reads external data only inside the model's directory (write the graph in the checkpoint directory)`,
-      );
-    }
-    return g.externalInitializer(name, type, location.shape, {
-      location: rel.split(sep).join('/'),
-      offset: location.offset,
-      length: location.byteLength,
-    });
-  };
+  const weight = (name: string): string => weights.add(g, name);
   const linear = (x: string, name: string) =>
     g.node1({
       opType: 'FusedMatMul',
@@ -168,6 +146,7 @@ export function buildTextGraph(
   let x = type === 'float16' ? cast(embeds, 'float16') : embeds;
   const seqlens = g.input('seqlens_k', 'int32', ['batch']);
   const total = g.input('total_sequence_length', 'int32', []);
+  const logitPositions = g.input('logit_positions', 'int64', ['batch', 'keep']);
   const { cos, sin } = rotaryCaches(headDim, t.ropeTheta, t.maxPositionEmbeddings);
   const shape = [t.maxPositionEmbeddings, headDim / 2];
   // GQA takes the tables in the activations' type; HF too casts its float32 cos/sin to it.
@@ -201,7 +180,7 @@ export function buildTextGraph(
       outputs: [g.uniqueName(`attention_${layer}`), names.presentKey, names.presentValue],
       attributes: gqaAttributes,
     });
-    const presentDims = ['batch', t.numKeyValueHeads, 'total', headDim];
+    const presentDims = ['batch', t.numKeyValueHeads, 'present', headDim];
     g.output(names.presentKey, type, presentDims);
     g.output(names.presentValue, type, presentDims);
     x = g.node1({ opType: 'Add', inputs: [x, linear(attention!, `${p}self_attn.o_proj.weight`)] });
@@ -217,7 +196,20 @@ export function buildTextGraph(
     x = g.node1({ opType: 'Add', inputs: [x, linear(hiddenMlp, `${p}mlp.down_proj.weight`)] });
   }
 
-  const normed = rmsNorm(x, 'model.text_model.norm.weight');
+  // [batch, seq, hidden] -> the rows at logit_positions [batch, keep, hidden]; the norm and the
+  // head are per row, so gathering first changes nothing but the work.
+  const picked = g.node1({
+    opType: 'GatherND',
+    inputs: [
+      x,
+      g.node1({
+        opType: 'Unsqueeze',
+        inputs: [logitPositions, g.initializer('last_axis', 'int64', [1], BigInt64Array.of(-1n))],
+      }),
+    ],
+    attributes: { batch_dims: attr.int(1) },
+  });
+  const normed = rmsNorm(picked, 'model.text_model.norm.weight');
   const head = tied ? 'model.text_model.embed_tokens.weight' : 'lm_head.weight';
   const logits = g.node1({
     opType: 'FusedMatMul',
@@ -227,12 +219,10 @@ export function buildTextGraph(
     ...(type === 'float32' ? { output: 'logits' } : {}),
   });
   if (type === 'float16') cast(logits, 'float32', 'logits');
-  g.output('logits', 'float32', ['batch', 'seq', t.vocabSize]);
+  g.output('logits', 'float32', ['batch', 'keep', t.vocabSize]);
 
-  const path = resolve(dir, fileName);
-  g.writeModel(path);
   return {
-    path,
+    model: weights.model(g, `text graph of ${checkpoint.dir}`),
     layers: t.numHiddenLayers,
     kvHeads: t.numKeyValueHeads,
     headDim,

@@ -60,7 +60,7 @@ describe('text model on the float16 tiny checkpoint (seed 0)', () => {
   });
 
   it('reads every weight as float16 in place, float16 rotary tables, fp32 norm statistics', () => {
-    const graph = ModelProto.decode(readFileSync(model.graph.path)).graph!;
+    const graph = ModelProto.decode(model.graph.model.bytes).graph!;
     const external = graph.initializer.filter(
       (t) => t.dataLocation === TensorProto_DataLocation.EXTERNAL,
     );

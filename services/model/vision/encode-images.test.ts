@@ -62,7 +62,7 @@ describe('encodeImages on the tiny checkpoint', () => {
   beforeAll(async () => {
     writeTinyModel({ out: dir, seed: 0 });
     checkpoint = openCheckpoint(dir);
-    session = await createSession(buildVisionGraph(checkpoint, { outDir: dir }));
+    session = await createSession(buildVisionGraph(checkpoint));
   });
 
   it('gives each sub-image of a padded batch the result it gets alone', async () => {
@@ -84,15 +84,6 @@ describe('encodeImages on the tiny checkpoint', () => {
       for (let j = 0; j < block; j++) max = Math.max(max, Math.abs(part[j]! - alone.data[j]!));
       expect(max, `sub-image ${i} (${sub.width}x${sub.height})`).toBeLessThanOrEqual(1e-5);
       expect(part.every(Number.isFinite)).toBe(true);
-    }
-  });
-
-  it('refuses a model directory that does not hold the weights', () => {
-    const other = mkdtempSync(join(tmpdir(), 'loupe-encode-other-'));
-    try {
-      expect(() => buildVisionGraph(checkpoint, { outDir: other })).toThrow(/outside/);
-    } finally {
-      rmSync(other, { recursive: true, force: true });
     }
   });
 });

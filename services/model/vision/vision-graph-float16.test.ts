@@ -18,7 +18,7 @@ import {
 import { type Checkpoint, openCheckpoint } from '../checkpoint/index.js';
 import { convertCheckpoint } from '../convert/index.js';
 import { loadImageProcessorConfig, preprocessImage, type SubImage } from '../image/index.js';
-import { createSession } from '../onnx/index.js';
+import { createSession, type OnnxModel } from '../onnx/index.js';
 import { readSafetensors } from '../safetensors/index.js';
 import { writeTinyModel } from '../tiny/index.js';
 import { encodeImages } from './encode-images.js';
@@ -52,7 +52,7 @@ describe('vision graph on the float16 tiny checkpoint (seed 0)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'loupe-vision-f16-'));
   let session: InferenceSession;
   let checkpoint: Checkpoint;
-  let path = '';
+  let model: OnnxModel;
   afterAll(async () => {
     await session?.release();
     rmSync(dir, { recursive: true, force: true });
@@ -61,12 +61,12 @@ describe('vision graph on the float16 tiny checkpoint (seed 0)', () => {
     writeTinyModel({ out: join(dir, 'f32'), seed: 0 });
     convertCheckpoint({ from: join(dir, 'f32'), to: join(dir, 'f16'), dtype: 'float16' });
     checkpoint = openCheckpoint(join(dir, 'f16'));
-    path = buildVisionGraph(checkpoint);
-    session = await createSession(path);
+    model = buildVisionGraph(checkpoint);
+    session = await createSession(model);
   });
 
   it('reads every weight as float16 in place and masks with finite float16 minima', () => {
-    const graph = ModelProto.decode(readFileSync(path)).graph!;
+    const graph = ModelProto.decode(model.bytes).graph!;
     const external = graph.initializer.filter(
       (t) => t.dataLocation === TensorProto_DataLocation.EXTERNAL,
     );
@@ -76,8 +76,15 @@ describe('vision graph on the float16 tiny checkpoint (seed 0)', () => {
     expect(external.map((t) => t.name).sort()).toEqual(visionWeights.sort());
     for (const t of external)
       expect([t.name, t.dataType]).toEqual([t.name, TensorProto_DataType.FLOAT16]);
-    const mha = graph.node.filter((n) => n.opType === 'MultiHeadAttention');
-    expect(mha.length).toBe(checkpoint.config.vision.numHiddenLayers);
+    // Each layer's attention is an If: without the mask when nothing is padded, else with it.
+    const mha = graph.node
+      .filter((n) => n.opType === 'If')
+      .flatMap((n) => n.attribute.flatMap((a) => a.g?.node ?? []))
+      .filter((n) => n.opType === 'MultiHeadAttention');
+    expect(mha.length).toBe(2 * checkpoint.config.vision.numHiddenLayers);
+    expect(mha.filter((n) => n.input[4] !== undefined).length).toBe(
+      checkpoint.config.vision.numHiddenLayers,
+    );
     for (const n of mha) {
       expect(n.attribute.find((a) => a.name === 'mask_filter_value')!.f).toBe(MASK_MIN_FLOAT16);
     }

@@ -3,7 +3,7 @@
 // (IDEFICS2.md §2-§4), over the checkpoint's weights read in place: float32 (CPU), or float16
 // (for CUDA: a float16 graph, statistics in float32, see graph-ops.ts) when the checkpoint
 // is float16 (`loupe convert --dtype float16`). Inputs and the output are the same either way.
-import { existsSync, realpathSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Checkpoint } from '../checkpoint/index.js';
 import {
@@ -12,7 +12,7 @@ import {
   loadImageProcessorConfig,
   pixelLookupTables,
 } from '../image/index.js';
-import { attr, GraphBuilder, onnxDataType } from '../onnx/index.js';
+import { attr, GraphBuilder, onnxDataType, type OnnxModel } from '../onnx/index.js';
 import { Ops } from './graph-ops.js';
 
 /** Graph input and output names (see buildVisionGraph). */
@@ -25,14 +25,6 @@ export const VISION_OUTPUT = 'image_hidden_states';
 
 export interface BuildVisionGraphOptions {
   /**
-   * Directory to write the model into; default the checkpoint directory. It must hold the
-   * weight files (after resolving symlinks): ONNX Runtime reads external data only from
-   * relative paths inside the model's own directory, without `..`.
-   */
-  outDir?: string;
-  /** Model file name inside `outDir`. Default `vision.onnx`. */
-  fileName?: string;
-  /**
    * Rescale/normalize settings; default the checkpoint's preprocessor_config.json, or
    * idefics2-8b's when the checkpoint has none (the reference unit-test checkpoint).
    */
@@ -43,8 +35,9 @@ export interface BuildVisionGraphOptions {
 }
 
 /**
- * Writes the image encoder of a float32 or float16 checkpoint as an ONNX model and returns its
- * path. The graph computes in the checkpoint's dtype (`checkpoint.dtype`); a float16 graph
+ * The image encoder of a float32 or float16 checkpoint as an in-memory ONNX model whose
+ * weights stay in the checkpoint's files (open it with createSession; nothing is written, so
+ * the checkpoint may be read-only). The graph computes in the checkpoint's dtype (`checkpoint.dtype`); a float16 graph
  * casts the normalized pixels to float16 and image_hidden_states back to float32.
  *
  * Inputs (n sub-images, each zero-padded bottom/right to the batch's H×W; P = ⌊H/p⌋·⌊W/p⌋):
@@ -63,12 +56,8 @@ export interface BuildVisionGraphOptions {
  */
 export function buildVisionGraph(
   checkpoint: Checkpoint,
-  {
-    outDir = checkpoint.dir,
-    fileName = 'vision.onnx',
-    imageProcessor,
-  }: BuildVisionGraphOptions = {},
-): string {
+  { imageProcessor }: BuildVisionGraphOptions = {},
+): OnnxModel {
   const { vision: vc, perceiver: pc } = checkpoint.config;
   const normalize =
     imageProcessor ??
@@ -76,10 +65,8 @@ export function buildVisionGraph(
       ? loadImageProcessorConfig(checkpoint.dir)
       : DEFAULT_IMAGE_PROCESSOR_CONFIG);
   if (vc.numChannels !== 3) throw new Error(`vision num_channels must be 3, got ${vc.numChannels}`);
-  if (!existsSync(outDir)) throw new Error(`model directory ${outDir} does not exist`);
-  const modelDir = realpathSync(outDir); // external data paths are checked after symlinks
   const g = new GraphBuilder({ name: 'idefics2_vision' });
-  const ops = new Ops(g, checkpoint, modelDir);
+  const ops = new Ops(g, checkpoint);
 
   const pixels = g.input(VISION_INPUTS.pixels, 'uint8', ['n', 3, 'height', 'width']);
   const patchMask = g.input(VISION_INPUTS.patchMask, 'bool', ['n', 'patch_rows', 'patch_cols']);
@@ -126,6 +113,10 @@ export function buildVisionGraph(
   // Keys of padded patches are masked in the encoder and in the perceiver's context part.
   const keep = ops.reshape(patchMask, [0, -1]); // [n, P]
   const keyPadding = ops.op('Cast', [keep], { to: attr.int(6) }); // int32 [n, P], 1 = valid
+  // No padding at all (one sub-image, or all of one size): attention can skip the mask.
+  const allValid = ops.op('Cast', [ops.op('ReduceMin', [keyPadding], { keepdims: attr.int(0) })], {
+    to: attr.int(9),
+  });
 
   const visionHeads = { heads: vc.numAttentionHeads, headDim: vc.headDim };
   for (let l = 0; l < vc.numHiddenLayers; l++) {
@@ -134,7 +125,11 @@ export function buildVisionGraph(
     const q = ops.linear(h, `${p}.self_attn.q_proj`, { bias: true });
     const k = ops.linear(h, `${p}.self_attn.k_proj`, { bias: true });
     const v = ops.linear(h, `${p}.self_attn.v_proj`, { bias: true });
-    const a = ops.multiHeadAttention(q, k, v, keyPadding, visionHeads);
+    const a = ops.multiHeadAttention(q, k, v, keyPadding, allValid, visionHeads, [
+      'n',
+      'patches',
+      vc.hiddenSize,
+    ]);
     x = ops.op('Add', [x, ops.linear(a, `${p}.self_attn.out_proj`, { bias: true })]);
     const h2 = ops.layerNorm(x, `${p}.layer_norm2`, vc.layerNormEps);
     const m = ops.linear(
@@ -194,7 +189,5 @@ export function buildVisionGraph(
   }
   g.output(VISION_OUTPUT, 'float32', ['n', pc.nLatents, pc.hiddenSize]);
 
-  const path = join(modelDir, fileName);
-  g.writeModel(path);
-  return path;
+  return ops.weights.model(g, `vision graph of ${checkpoint.dir}`);
 }
