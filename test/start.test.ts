@@ -22,7 +22,13 @@ describe('loupe start', () => {
   it('starts every existing service, prints where they are, and stops them all on SIGINT', async () => {
     const stack = spawn(process.execPath, [join(repoRoot, 'bin', 'loupe.js'), 'start'], {
       cwd: repoRoot,
-      env: { ...process.env, LOUPE_PREPROCESSOR_PORT: '0', LOUPE_PREPROCESSOR_METRICS_PORT: '0' },
+      env: {
+        ...process.env,
+        LOUPE_PREPROCESSOR_PORT: '0',
+        LOUPE_PREPROCESSOR_METRICS_PORT: '0',
+        LOUPE_ENCODER_PORT: '0',
+        LOUPE_ENCODER_METRICS_PORT: '0',
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     child = stack;
@@ -31,34 +37,41 @@ describe('loupe start', () => {
       stack.once('exit', (code) => resolve(code)),
     );
     createInterface({ input: stack.stderr }).on('line', (line) => output.push(line));
-    const address = await new Promise<string>((resolve, reject) => {
+    const addresses: Record<string, string> = {};
+    await new Promise<void>((resolve, reject) => {
       createInterface({ input: stack.stdout }).on('line', (line) => {
         output.push(line);
-        const match = /preprocessor\s+gRPC (127\.0\.0\.1:\d+)/.exec(line);
-        if (match) resolve(match[1]!);
+        const match = /^\s+(preprocessor|encoder)\s+gRPC (127\.0\.0\.1:\d+)/.exec(line);
+        if (match) addresses[match[1]!] = match[2]!;
+        if (line.includes('Ctrl-C stops everything')) resolve();
       });
       void exited.then((code) =>
         reject(new Error(`loupe start exited (${code}):\n${output.join('\n')}`)),
       );
     });
+    // The summary comes after every service's lines.
     await new Promise<void>((resolve) => {
-      const check = () =>
-        output.some((l) => l.includes('Ctrl-C stops everything'))
-          ? resolve()
-          : setTimeout(check, 10);
+      const check = () => (Object.keys(addresses).length === 2 ? resolve() : setTimeout(check, 10));
       check();
     });
-    expect(
-      output.some((line) => line.startsWith('preprocessor') && line.includes('"event":"ready"')),
-    ).toBe(true);
-
-    const health = healthClient(address);
-    expect((await checkHealth(health)).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
-    health.close();
+    for (const [name, service] of [
+      ['preprocessor', 'loupe.v1.Preprocessor'],
+      ['encoder', 'loupe.v1.Encoder'],
+    ] as const) {
+      expect(output.some((line) => line.startsWith(name) && line.includes('"event":"ready"'))).toBe(
+        true,
+      );
+      const health = healthClient(addresses[name]!);
+      expect((await checkHealth(health, service)).status).toBe(
+        HealthCheckResponse_ServingStatus.SERVING,
+      );
+      health.close();
+    }
 
     stack.kill('SIGINT');
     expect(await exited).toBe(0);
     expect(output.join('\n')).toMatch(/preprocessor stopped/);
+    expect(output.join('\n')).toMatch(/encoder stopped/);
     expect(output.join('\n')).toMatch(/loupe: stopped/);
   });
 });

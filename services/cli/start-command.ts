@@ -33,6 +33,14 @@ function stackServices(model: string): ChildSpec[] {
         LOUPE_PREPROCESSOR_HOST: process.env.LOUPE_PREPROCESSOR_HOST ?? '127.0.0.1',
       },
     },
+    {
+      name: 'encoder',
+      script: join(dist, 'encoder', 'main.js'),
+      env: {
+        LOUPE_MODEL_DIR: model,
+        LOUPE_ENCODER_HOST: process.env.LOUPE_ENCODER_HOST ?? '127.0.0.1',
+      },
+    },
   ];
 }
 

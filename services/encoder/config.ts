@@ -1,0 +1,47 @@
+// The encoder's configuration: every variable, its default and its bounds, in one place.
+import { z } from 'zod';
+import {
+  commonEnvSchema,
+  enumVar,
+  intVar,
+  loadConfig,
+  optionalStringVar,
+  portVar,
+  stringVar,
+  type Env,
+} from '../runtime/index.js';
+
+export const encoderEnvSchema = z.object({
+  ...commonEnvSchema,
+  /** Checkpoint directory (Hugging Face Idefics2 layout; float16 for cuda). Required. */
+  LOUPE_MODEL_DIR: z.string({ error: 'LOUPE_MODEL_DIR must name the checkpoint directory' }).min(1),
+  /** Reported by Info and part of every cache key; default the checkpoint directory's name. */
+  LOUPE_MODEL_ID: optionalStringVar(),
+  /** Address the gRPC and metrics servers bind to. */
+  LOUPE_ENCODER_HOST: stringVar('127.0.0.1'),
+  LOUPE_ENCODER_PORT: portVar(50052),
+  LOUPE_ENCODER_METRICS_PORT: portVar(9102),
+  /** ONNX Runtime execution provider: cpu, or cuda (float16 checkpoint, CUDA libraries). */
+  LOUPE_ENCODER_EXECUTION_PROVIDER: enumVar(['cpu', 'cuda'], 'cpu'),
+  /** Intra-op threads of the vision session; 0 = one per physical core. */
+  LOUPE_ENCODER_THREADS: intVar(0, { min: 0, max: 1024 }),
+  /** Most sub-images in one model run; 1 turns batching off. */
+  LOUPE_ENCODER_MAX_BATCH: intVar(8, { min: 1, max: 256 }),
+  /** Longest a sub-image waits for others before a partial batch runs, ms. */
+  LOUPE_ENCODER_MAX_WAIT_MS: intVar(5, { min: 0, max: 10_000 }),
+  /** Largest share of a batch's pixels that may be padding, percent (0: equal sizes only). */
+  LOUPE_ENCODER_MAX_PADDING_PERCENT: intVar(10, { min: 0, max: 100 }),
+  /** Sub-images waiting beyond the running batch; over it: RESOURCE_EXHAUSTED. */
+  LOUPE_ENCODER_MAX_QUEUE: intVar(64, { min: 1, max: 100_000 }),
+  /** Most sub-images in one request (Idefics2 splitting gives 5 per image). */
+  LOUPE_ENCODER_MAX_SUB_IMAGES: intVar(16, { min: 1, max: 1024 }),
+  /** Embedding cache size, bytes; 0 turns the cache off. */
+  LOUPE_ENCODER_CACHE_BYTES: intVar(512 * 1024 * 1024, { min: 0, max: 2 ** 40 }),
+  /** Deadline applied to calls that carry none, ms. */
+  LOUPE_ENCODER_DEFAULT_DEADLINE_MS: intVar(60_000, { min: 1, max: 3_600_000 }),
+});
+
+export type EncoderConfig = Readonly<z.infer<typeof encoderEnvSchema>>;
+
+export const loadEncoderConfig = (env: Env = process.env): EncoderConfig =>
+  loadConfig(encoderEnvSchema, env);

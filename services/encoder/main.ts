@@ -1,0 +1,119 @@
+// Starts the encoder service: `node dist/services/encoder/main.js`.
+import { basename, resolve } from 'node:path';
+import {
+  ConfigError,
+  createLogger,
+  createRegistry,
+  initTracing,
+  startService,
+} from '../runtime/index.js';
+import { Batcher } from './batcher.js';
+import { EmbeddingCache } from './cache.js';
+import { loadEncoderConfig } from './config.js';
+import { createEncoderMetrics } from './metrics.js';
+import { VisionRunner } from './runner.js';
+import { registerEncoder } from './server.js';
+
+const NAME = 'encoder';
+
+async function main(): Promise<void> {
+  let config;
+  try {
+    config = loadEncoderConfig();
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`loupe ${NAME}: ${error.message}\n`);
+      process.exit(2);
+    }
+    throw error;
+  }
+  const logger = createLogger({ service: NAME, level: config.LOUPE_LOG_LEVEL });
+  const modelDir = resolve(config.LOUPE_MODEL_DIR);
+  const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
+  const loadStarted = performance.now();
+  const runner = await VisionRunner.start({
+    modelDir,
+    executionProvider: config.LOUPE_ENCODER_EXECUTION_PROVIDER,
+    intraOpThreads: config.LOUPE_ENCODER_THREADS,
+  });
+  logger.info(
+    {
+      event: 'model_loaded',
+      modelDir,
+      modelId,
+      executionProvider: config.LOUPE_ENCODER_EXECUTION_PROVIDER,
+      ms: Math.round(performance.now() - loadStarted),
+      ...runner.info,
+    },
+    `vision model ${modelId} loaded`,
+  );
+
+  const registry = createRegistry(NAME);
+  // The cache and the batcher report into the metrics, and the metrics read them back; every
+  // reference sits in a callback, so the order of construction does not matter.
+  const cache =
+    config.LOUPE_ENCODER_CACHE_BYTES > 0
+      ? new EmbeddingCache(config.LOUPE_ENCODER_CACHE_BYTES, () => metrics.cacheEvictions.inc())
+      : undefined;
+  const batcher = new Batcher({
+    maxBatch: config.LOUPE_ENCODER_MAX_BATCH,
+    maxWaitMs: config.LOUPE_ENCODER_MAX_WAIT_MS,
+    maxQueue: config.LOUPE_ENCODER_MAX_QUEUE,
+    maxPadding: config.LOUPE_ENCODER_MAX_PADDING_PERCENT / 100,
+    run: (subImages, dtypes) => runner.run(subImages, dtypes),
+    onBatch: ({ size, waitsMs, computeMs }) => {
+      metrics.batchSize.observe(size);
+      metrics.compute.observe(computeMs / 1000);
+      for (const wait of waitsMs) metrics.queueWait.observe(wait / 1000);
+    },
+  });
+  const metrics = createEncoderMetrics(registry, {
+    queueDepth: () => batcher.queueDepth,
+    cacheBytes: () => cache?.bytes ?? 0,
+    cacheEntries: () => cache?.size ?? 0,
+  });
+  const limits = {
+    maxSubImages: config.LOUPE_ENCODER_MAX_SUB_IMAGES,
+    maxBatch: config.LOUPE_ENCODER_MAX_BATCH,
+    maxQueue: config.LOUPE_ENCODER_MAX_QUEUE,
+  };
+  const tracing = initTracing({
+    serviceName: config.OTEL_SERVICE_NAME ?? `loupe-${NAME}`,
+    otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
+  });
+  await startService({
+    name: NAME,
+    logger,
+    tracing,
+    registry,
+    grpc: {
+      host: config.LOUPE_ENCODER_HOST,
+      port: config.LOUPE_ENCODER_PORT,
+      maxMessageBytes: config.LOUPE_GRPC_MAX_MESSAGE_BYTES,
+      reflectionProtos: ['loupe/v1/encoder.proto'],
+      defaultDeadlineMs: config.LOUPE_ENCODER_DEFAULT_DEADLINE_MS,
+    },
+    metrics: { host: config.LOUPE_ENCODER_HOST, port: config.LOUPE_ENCODER_METRICS_PORT },
+    shutdownGraceMs: config.LOUPE_SHUTDOWN_GRACE_MS,
+    register: (server) =>
+      registerEncoder(server, {
+        modelId,
+        model: runner.info,
+        limits,
+        batcher,
+        cache,
+        metrics,
+      }),
+    close: async () => {
+      batcher.close();
+      await runner.close();
+    },
+  });
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(
+    `loupe ${NAME}: failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
+  process.exit(1);
+});

@@ -1,0 +1,117 @@
+// The vision session's own thread. ONNX Runtime blocks the thread that calls it for the whole
+// run, so the session lives here and the gRPC thread only posts batches and reads results.
+//
+// Protocol (see runner.ts): the parent sends { setup } once via workerData; this thread
+// answers { kind: 'ready', info } or { kind: 'failed', message }, then for every
+// { kind: 'run', id, subImages, dtypes } answers { kind: 'done', id, blocks, computeMs } (one
+// [tokens, hidden] block per sub-image, in its own dtype, moved rather than copied) or
+// { kind: 'error', id, message }.
+import { parentPort, workerData } from 'node:worker_threads';
+import {
+  buildVisionGraph,
+  createSession,
+  encodeImages,
+  float32ToFloat16,
+  openCheckpoint,
+  type ExecutionProvider,
+  type SubImage,
+} from '../model/index.js';
+
+export interface RunnerSetup {
+  modelDir: string;
+  executionProvider: ExecutionProvider;
+  intraOpThreads: number;
+}
+
+export interface RunnerInfo {
+  hiddenSize: number;
+  tokensPerSubImage: number;
+  patchSize: number;
+  /** Largest side the position embedding covers: patches per side × patch size. */
+  maxSide: number;
+}
+
+export type EmbeddingDtype = 'float16' | 'float32';
+
+export interface RunRequest {
+  kind: 'run';
+  id: number;
+  subImages: SubImage[];
+  /** The dtype each sub-image's block is wanted in (a batch mixes requests). */
+  dtypes: EmbeddingDtype[];
+}
+
+export type RunnerMessage =
+  | { kind: 'ready'; info: RunnerInfo }
+  | { kind: 'failed'; message: string }
+  | { kind: 'done'; id: number; blocks: Uint8Array[]; computeMs: number }
+  | { kind: 'error'; id: number; message: string };
+
+/** float32 -> float16 bits, round to nearest even, for a whole block. */
+function toFloat16(values: Float32Array): Uint16Array {
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = float32ToFloat16(values[i]!);
+  return out;
+}
+
+async function main(): Promise<void> {
+  const port = parentPort!;
+  const setup = workerData as RunnerSetup;
+  let session;
+  let geometry;
+  try {
+    const checkpoint = openCheckpoint(setup.modelDir);
+    session = await createSession(buildVisionGraph(checkpoint), {
+      executionProvider: setup.executionProvider,
+      intraOpThreads: setup.intraOpThreads,
+    });
+    geometry = checkpoint.config.vision;
+    const info: RunnerInfo = {
+      hiddenSize: checkpoint.config.text.hiddenSize,
+      tokensPerSubImage: checkpoint.config.perceiver.nLatents,
+      patchSize: geometry.patchSize,
+      maxSide: geometry.patchSize * geometry.numPatchesPerSide,
+    };
+    port.postMessage({ kind: 'ready', info } satisfies RunnerMessage);
+  } catch (error) {
+    port.postMessage({
+      kind: 'failed',
+      message: error instanceof Error ? error.message : String(error),
+    } satisfies RunnerMessage);
+    return;
+  }
+  const vision = session;
+  const patches = geometry;
+  port.on('message', (request: RunRequest) => {
+    void (async () => {
+      const started = performance.now();
+      try {
+        const { data, dims } = await encodeImages(vision, request.subImages, patches);
+        const block = dims[1] * dims[2];
+        const blocks = request.dtypes.map((dtype, i) => {
+          const rows = data.subarray(i * block, (i + 1) * block);
+          const out = dtype === 'float16' ? toFloat16(rows) : rows.slice();
+          return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+        });
+        const message: RunnerMessage = {
+          kind: 'done',
+          id: request.id,
+          blocks,
+          computeMs: performance.now() - started,
+        };
+        port.postMessage(
+          message,
+          blocks.map((b) => b.buffer as ArrayBuffer),
+        );
+      } catch (error) {
+        port.postMessage({
+          kind: 'error',
+          id: request.id,
+          message: error instanceof Error ? error.message : String(error),
+        } satisfies RunnerMessage);
+      }
+    })();
+  });
+}
+
+void main();
