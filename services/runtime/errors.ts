@@ -24,6 +24,9 @@ export const notFound = (message: string, reason?: string) =>
   new ServiceError(status.NOT_FOUND, message, reason);
 export const unavailable = (message: string, reason?: string) =>
   new ServiceError(status.UNAVAILABLE, message, reason);
+/** A failure of the service itself, with a message safe to show (no stack, no internals). */
+export const internal = (message: string, reason?: string) =>
+  new ServiceError(status.INTERNAL, message, reason);
 export const deadlineExceeded = (message: string) =>
   new ServiceError(status.DEADLINE_EXCEEDED, message);
 export const cancelled = (message: string) => new ServiceError(status.CANCELLED, message);

@@ -1,0 +1,43 @@
+// The decoder's configuration: every variable, its default and its bounds, in one place.
+import { z } from 'zod';
+import {
+  commonEnvSchema,
+  enumVar,
+  intVar,
+  loadConfig,
+  optionalStringVar,
+  portVar,
+  stringVar,
+  type Env,
+} from '../runtime/index.js';
+
+export const decoderEnvSchema = z.object({
+  ...commonEnvSchema,
+  /** Checkpoint directory (Hugging Face Idefics2 layout; float16 for cuda). Required. */
+  LOUPE_MODEL_DIR: z.string({ error: 'LOUPE_MODEL_DIR must name the checkpoint directory' }).min(1),
+  /** Reported by Info; default the checkpoint directory's name. */
+  LOUPE_MODEL_ID: optionalStringVar(),
+  LOUPE_DECODER_HOST: stringVar('127.0.0.1'),
+  LOUPE_DECODER_PORT: portVar(50053),
+  LOUPE_DECODER_METRICS_PORT: portVar(9103),
+  LOUPE_DECODER_EXECUTION_PROVIDER: enumVar(['cpu', 'cuda'], 'cpu'),
+  /** Intra-op threads of the text session; 0 = one per physical core. */
+  LOUPE_DECODER_THREADS: intVar(0, { min: 0, max: 1024 }),
+  /** Sequences decoded at once: KV slots, each holding LOUPE_DECODER_MAX_CONTEXT tokens. */
+  LOUPE_DECODER_MAX_RUNNING: intVar(16, { min: 1, max: 1024 }),
+  /** Tokens per sequence, prompt + generated. */
+  LOUPE_DECODER_MAX_CONTEXT: intVar(2048, { min: 16, max: 131_072 }),
+  /** Most tokens one request may generate. */
+  LOUPE_DECODER_MAX_NEW_TOKENS: intVar(1024, { min: 1, max: 131_072 }),
+  /** Requests waiting for a slot; over it: RESOURCE_EXHAUSTED. */
+  LOUPE_DECODER_MAX_WAITING: intVar(64, { min: 0, max: 100_000 }),
+  /** Most prompt tokens per prefill step (longer prompts are prefilled in chunks). */
+  LOUPE_DECODER_MAX_PREFILL_TOKENS: intVar(512, { min: 1, max: 131_072 }),
+  /** Deadline applied to calls that carry none, ms. */
+  LOUPE_DECODER_DEFAULT_DEADLINE_MS: intVar(600_000, { min: 1, max: 86_400_000 }),
+});
+
+export type DecoderConfig = Readonly<z.infer<typeof decoderEnvSchema>>;
+
+export const loadDecoderConfig = (env: Env = process.env): DecoderConfig =>
+  loadConfig(decoderEnvSchema, env);

@@ -1,0 +1,97 @@
+// Starts the decoder service: `node dist/services/decoder/main.js`.
+import { basename, resolve } from 'node:path';
+import {
+  ConfigError,
+  createLogger,
+  createRegistry,
+  initTracing,
+  startService,
+} from '../runtime/index.js';
+import { loadDecoderConfig } from './config.js';
+import { EngineClient } from './engine-client.js';
+import { createDecoderMetrics } from './metrics.js';
+import { registerDecoder } from './server.js';
+
+const NAME = 'decoder';
+
+async function main(): Promise<void> {
+  let config;
+  try {
+    config = loadDecoderConfig();
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`loupe ${NAME}: ${error.message}\n`);
+      process.exit(2);
+    }
+    throw error;
+  }
+  const logger = createLogger({ service: NAME, level: config.LOUPE_LOG_LEVEL });
+  const modelDir = resolve(config.LOUPE_MODEL_DIR);
+  const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
+  const loadStarted = performance.now();
+  const engine = await EngineClient.start({
+    modelDir,
+    executionProvider: config.LOUPE_DECODER_EXECUTION_PROVIDER,
+    intraOpThreads: config.LOUPE_DECODER_THREADS,
+    engine: {
+      maxRunning: config.LOUPE_DECODER_MAX_RUNNING,
+      maxContext: config.LOUPE_DECODER_MAX_CONTEXT,
+      maxWaiting: config.LOUPE_DECODER_MAX_WAITING,
+      maxPrefillTokens: config.LOUPE_DECODER_MAX_PREFILL_TOKENS,
+    },
+  });
+  logger.info(
+    {
+      event: 'model_loaded',
+      modelDir,
+      modelId,
+      executionProvider: config.LOUPE_DECODER_EXECUTION_PROVIDER,
+      ms: Math.round(performance.now() - loadStarted),
+      ...engine.info,
+    },
+    `text model ${modelId} loaded`,
+  );
+  const registry = createRegistry(NAME);
+  const metrics = createDecoderMetrics(registry, () => engine.load);
+  engine.onStep = ({ kind, batch, ms }) => {
+    metrics.batchSize.observe({ step: kind }, batch);
+    metrics.stepSeconds.observe({ step: kind }, ms / 1000);
+  };
+  const tracing = initTracing({
+    serviceName: config.OTEL_SERVICE_NAME ?? `loupe-${NAME}`,
+    otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
+  });
+  await startService({
+    name: NAME,
+    logger,
+    tracing,
+    registry,
+    grpc: {
+      host: config.LOUPE_DECODER_HOST,
+      port: config.LOUPE_DECODER_PORT,
+      maxMessageBytes: config.LOUPE_GRPC_MAX_MESSAGE_BYTES,
+      reflectionProtos: ['loupe/v1/decoder.proto'],
+      defaultDeadlineMs: config.LOUPE_DECODER_DEFAULT_DEADLINE_MS,
+    },
+    metrics: { host: config.LOUPE_DECODER_HOST, port: config.LOUPE_DECODER_METRICS_PORT },
+    shutdownGraceMs: config.LOUPE_SHUTDOWN_GRACE_MS,
+    register: (server) =>
+      registerDecoder(server, {
+        modelId,
+        engine,
+        limits: {
+          maxContext: config.LOUPE_DECODER_MAX_CONTEXT,
+          maxNewTokens: config.LOUPE_DECODER_MAX_NEW_TOKENS,
+        },
+        metrics,
+      }),
+    close: () => engine.close(),
+  });
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(
+    `loupe ${NAME}: failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
+  process.exit(1);
+});

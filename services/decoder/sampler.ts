@@ -1,0 +1,191 @@
+// Choosing the next token from a row of logits, per request: penalties, temperature, top-k,
+// top-p, min-p, then a draw from a generator seeded per request (so a seeded request samples
+// the same tokens whatever else shares its batch), or the argmax when temperature is 0.
+//
+// Order, as vLLM applies them: repetition penalty (prompt and output tokens: positive logits
+// divided by it, negative ones multiplied), frequency and presence penalties (output tokens:
+// logit -= frequency × count + presence), temperature, then top-k, top-p and min-p on the
+// resulting distribution. Logprobs are those of the model's own distribution (log-softmax of
+// the raw logits), as vLLM returns by default.
+
+export interface SamplingParams {
+  /** 0: greedy. */
+  temperature: number;
+  /** (0, 1]; 1: off. */
+  topP: number;
+  /** 0: off. */
+  topK: number;
+  /** [0, 1]; 0: off. */
+  minP: number;
+  /** > 0; 1: off. */
+  repetitionPenalty: number;
+  /** [-2, 2]; 0: off. */
+  presencePenalty: number;
+  /** [-2, 2]; 0: off. */
+  frequencyPenalty: number;
+}
+
+export const GREEDY: SamplingParams = {
+  temperature: 0,
+  topP: 1,
+  topK: 0,
+  minP: 0,
+  repetitionPenalty: 1,
+  presencePenalty: 0,
+  frequencyPenalty: 0,
+};
+
+/** xoshiro128** over 32-bit state, seeded with splitmix32 from a 64-bit seed. */
+export class Rng {
+  #s = new Uint32Array(4);
+
+  constructor(seed: bigint) {
+    let x =
+      Number(BigInt.asUintN(32, seed)) ^
+      Math.imul(Number(BigInt.asUintN(32, seed >> 32n)), 0x9e3779b9);
+    for (let i = 0; i < 4; i++) {
+      x = (x + 0x9e3779b9) | 0;
+      let z = x;
+      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+      this.#s[i] = (z ^ (z >>> 16)) >>> 0;
+    }
+  }
+
+  /** Uniform in [0, 1), 32 bits of randomness. */
+  next(): number {
+    const s = this.#s;
+    const result = Math.imul(rotl(Math.imul(s[1]!, 5), 7), 9) >>> 0;
+    const t = s[1]! << 9;
+    s[2]! ^= s[0]!;
+    s[3]! ^= s[1]!;
+    s[1]! ^= s[2]!;
+    s[0]! ^= s[3]!;
+    s[2]! ^= t;
+    s[3] = rotl(s[3]!, 11);
+    return result / 2 ** 32;
+  }
+}
+
+function rotl(x: number, k: number): number {
+  return ((x << k) | (x >>> (32 - k))) >>> 0;
+}
+
+export interface TokenCounts {
+  /** Tokens of the prompt (for the repetition penalty). */
+  prompt: ReadonlySet<number>;
+  /** Times each token was generated so far. */
+  output: ReadonlyMap<number, number>;
+}
+
+export interface Sampled {
+  id: number;
+  /** log p(id) under the model's distribution; set when logprobs were asked. */
+  logprob: number;
+  /** The `topLogprobs` most likely tokens, most likely first. */
+  top: Array<{ id: number; logprob: number }>;
+}
+
+/** log-softmax of `logits` (float64 accumulation). */
+function logSoftmax(logits: Float32Array): Float64Array {
+  let max = -Infinity;
+  for (const v of logits) if (v > max) max = v;
+  let sum = 0;
+  for (const v of logits) sum += Math.exp(v - max);
+  const lse = max + Math.log(sum);
+  return Float64Array.from(logits, (v) => v - lse);
+}
+
+function topIndices(values: ArrayLike<number>, k: number): number[] {
+  const best: number[] = [];
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i]!;
+    if (best.length === k && v <= values[best[k - 1]!]!) continue;
+    let at = best.length === k ? k - 1 : best.length;
+    if (best.length < k) best.push(i);
+    while (at > 0 && values[best[at - 1]!]! < v) {
+      best[at] = best[at - 1]!;
+      at--;
+    }
+    best[at] = i;
+  }
+  return best;
+}
+
+/**
+ * Samples one token from `logits` (one row, [vocab]). `rng` is the request's own generator;
+ * it is advanced once per sampled (non-greedy) token.
+ */
+export function sample(
+  logits: Float32Array,
+  params: SamplingParams,
+  counts: TokenCounts,
+  rng: Rng,
+  { logprobs = false, topLogprobs = 0 }: { logprobs?: boolean; topLogprobs?: number } = {},
+): Sampled {
+  const x = new Float64Array(logits);
+  if (params.repetitionPenalty !== 1) {
+    const seen = new Set([...counts.prompt, ...counts.output.keys()]);
+    for (const id of seen) {
+      const v = x[id]!;
+      x[id] = v > 0 ? v / params.repetitionPenalty : v * params.repetitionPenalty;
+    }
+  }
+  if (params.frequencyPenalty !== 0 || params.presencePenalty !== 0) {
+    for (const [id, n] of counts.output) {
+      x[id] = x[id]! - params.frequencyPenalty * n - params.presencePenalty;
+    }
+  }
+
+  let id: number;
+  if (params.temperature === 0) {
+    id = 0;
+    for (let i = 1; i < x.length; i++) if (x[i]! > x[id]!) id = i;
+  } else {
+    id = draw(x, params, rng);
+  }
+
+  if (!logprobs) return { id, logprob: 0, top: [] };
+  const lp = logSoftmax(logits);
+  return {
+    id,
+    logprob: lp[id]!,
+    top: topIndices(lp, topLogprobs).map((t) => ({ id: t, logprob: lp[t]! })),
+  };
+}
+
+/** A draw from softmax(x / T) restricted by top-k, top-p and min-p. */
+function draw(x: Float64Array, params: SamplingParams, rng: Rng): number {
+  const { temperature, topK, topP, minP } = params;
+  // Candidates sorted by logit, largest first (only as many as top-k keeps, when set).
+  const order =
+    topK > 0 && topK < x.length
+      ? topIndices(x, topK)
+      : Array.from(x.keys()).sort((a, b) => x[b]! - x[a]!);
+  const max = x[order[0]!]!;
+  const p = order.map((i) => Math.exp((x[i]! - max) / temperature));
+  let total = p.reduce((a, b) => a + b, 0);
+  let keep = p.length;
+  if (minP > 0) {
+    const floor = minP * (p[0]! / total);
+    while (keep > 1 && p[keep - 1]! / total < floor) keep--;
+  }
+  if (topP < 1) {
+    let cumulative = 0;
+    for (let i = 0; i < keep; i++) {
+      cumulative += p[i]! / total;
+      if (cumulative >= topP) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  total = 0;
+  for (let i = 0; i < keep; i++) total += p[i]!;
+  let u = rng.next() * total;
+  for (let i = 0; i < keep; i++) {
+    u -= p[i]!;
+    if (u < 0) return order[i]!;
+  }
+  return order[keep - 1]!;
+}

@@ -1,0 +1,257 @@
+// The decoder's scheduler: a pure state machine over plain data (no gRPC, no timers, no ONNX
+// Runtime). The engine calls schedule() for the next step, runs it, samples, and reports the
+// sampled tokens with update(), which returns what happened to each sequence.
+import type { SlotKvCache } from './kv-cache.js';
+
+/** Ordered: every status from FinishedStop on is final. */
+export enum SequenceStatus {
+  Waiting,
+  Prefilling,
+  Decoding,
+  FinishedStop,
+  FinishedLength,
+  FinishedAborted,
+}
+
+export const isFinished = (status: SequenceStatus) => status >= SequenceStatus.FinishedStop;
+
+export type FinishReason = 'stop' | 'length' | 'cancelled';
+
+export const FINISH_REASON: Partial<Record<SequenceStatus, FinishReason>> = {
+  [SequenceStatus.FinishedStop]: 'stop',
+  [SequenceStatus.FinishedLength]: 'length',
+  [SequenceStatus.FinishedAborted]: 'cancelled',
+};
+
+export interface SequenceSpec {
+  id: string;
+  /** Prompt length, tokens. */
+  promptTokens: number;
+  /** Most tokens to generate. */
+  maxNewTokens: number;
+  /** Token ids that end the sequence when sampled (EOS and the request's stop ids). */
+  stopTokenIds: ReadonlySet<number>;
+}
+
+interface Sequence extends SequenceSpec {
+  status: SequenceStatus;
+  slot: number;
+  /** Prompt tokens already in the cache. */
+  prefilled: number;
+  generated: number;
+  /** Arrival order (first come, first served). */
+  order: number;
+}
+
+/** One model run. Positions and lengths are in tokens. */
+export type StepPlan =
+  | {
+      kind: 'prefill';
+      id: string;
+      slot: number;
+      /** Cache position of the chunk's first token (prompt tokens already prefilled). */
+      start: number;
+      /** Tokens in this chunk. */
+      length: number;
+      /** Whether the chunk ends the prompt: then its last logits are sampled. */
+      last: boolean;
+    }
+  | {
+      kind: 'decode';
+      /** Batch size of the run: slots 0 .. slots - 1 (some may be idle). */
+      slots: number;
+      rows: Array<{
+        id: string;
+        slot: number;
+        /** Cache position the fed token is written to (the sequence's length before it). */
+        position: number;
+      }>;
+    };
+
+export interface StepEvent {
+  id: string;
+  /** The token sampled for this sequence in this step. */
+  token: number;
+  /** Set when the sequence ended with this token. */
+  finished?: FinishReason;
+}
+
+export interface SchedulerOptions {
+  /** Most prompt tokens in one prefill step (the per-step token budget). */
+  maxPrefillTokens: number;
+  /** Most sequences waiting; addRequest refuses more. */
+  maxWaiting: number;
+}
+
+export class QueueFullError extends Error {
+  override readonly name = 'QueueFullError';
+}
+
+export class Scheduler {
+  readonly #sequences = new Map<string, Sequence>();
+  readonly #waiting: Sequence[] = [];
+  #arrivals = 0;
+  #lastStep: 'prefill' | 'decode' = 'decode';
+
+  constructor(
+    private readonly kv: SlotKvCache,
+    private readonly options: SchedulerOptions,
+  ) {}
+
+  get waiting(): number {
+    return this.#waiting.length;
+  }
+
+  /** Sequences holding a slot (prefilling or decoding). */
+  get running(): number {
+    return this.#sequences.size - this.#waiting.length;
+  }
+
+  get hasWork(): boolean {
+    return this.#sequences.size > 0;
+  }
+
+  status(id: string): SequenceStatus | undefined {
+    return this.#sequences.get(id)?.status;
+  }
+
+  addRequest(spec: SequenceSpec): void {
+    if (this.#sequences.has(spec.id)) throw new Error(`sequence ${spec.id} already exists`);
+    if (spec.promptTokens < 1) throw new RangeError('a prompt needs at least one token');
+    if (spec.promptTokens + spec.maxNewTokens > this.kv.context) {
+      throw new RangeError(
+        `prompt (${spec.promptTokens}) + max new tokens (${spec.maxNewTokens}) exceed the context of ${this.kv.context}`,
+      );
+    }
+    if (this.#waiting.length >= this.options.maxWaiting) {
+      throw new QueueFullError(
+        `decoder queue is full: ${this.#waiting.length} requests waiting, limit ${this.options.maxWaiting}`,
+      );
+    }
+    const sequence: Sequence = {
+      ...spec,
+      status: SequenceStatus.Waiting,
+      slot: -1,
+      prefilled: 0,
+      generated: 0,
+      order: this.#arrivals++,
+    };
+    this.#sequences.set(spec.id, sequence);
+    this.#waiting.push(sequence);
+  }
+
+  /** Ends a sequence now, freeing its slot; false when it is unknown or already ended. */
+  abort(id: string): boolean {
+    const sequence = this.#sequences.get(id);
+    if (!sequence) return false;
+    if (sequence.status === SequenceStatus.Waiting) {
+      this.#waiting.splice(this.#waiting.indexOf(sequence), 1);
+    }
+    this.#end(sequence, SequenceStatus.FinishedAborted);
+    return true;
+  }
+
+  /**
+   * The next step, or null when there is nothing to run.
+   *
+   * 1. Admit waiting sequences in arrival order while a slot is free (each reserves a whole
+   *    slot, so an admitted sequence always finishes; the rest wait).
+   * 2. If some sequences are prefilling and others decoding, alternate prefill and decode
+   *    steps, so a long prompt delays running streams by one chunk at most; otherwise run
+   *    whichever kind there is.
+   * 3. A prefill step takes the earliest-arrived prefilling sequence's next chunk of at most
+   *    maxPrefillTokens; a decode step feeds one token to every decoding sequence at once.
+   */
+  schedule(): StepPlan | null {
+    while (this.#waiting.length > 0) {
+      const next = this.#waiting[0]!;
+      const slot = this.kv.allocate(next.promptTokens + next.maxNewTokens);
+      if (slot === null) break;
+      this.#waiting.shift();
+      next.slot = slot;
+      next.status = SequenceStatus.Prefilling;
+    }
+    let prefilling: Sequence | undefined;
+    const decoding: Sequence[] = [];
+    for (const s of this.#sequences.values()) {
+      if (s.status === SequenceStatus.Prefilling && (!prefilling || s.order < prefilling.order)) {
+        prefilling = s;
+      } else if (s.status === SequenceStatus.Decoding) {
+        decoding.push(s);
+      }
+    }
+    const prefillNow =
+      prefilling !== undefined && (decoding.length === 0 || this.#lastStep === 'decode');
+    if (prefillNow) {
+      this.#lastStep = 'prefill';
+      const length = Math.min(
+        this.options.maxPrefillTokens,
+        prefilling!.promptTokens - prefilling!.prefilled,
+      );
+      return {
+        kind: 'prefill',
+        id: prefilling!.id,
+        slot: prefilling!.slot,
+        start: prefilling!.prefilled,
+        length,
+        last: prefilling!.prefilled + length === prefilling!.promptTokens,
+      };
+    }
+    if (decoding.length === 0) return null;
+    this.#lastStep = 'decode';
+    decoding.sort((a, b) => a.slot - b.slot);
+    return {
+      kind: 'decode',
+      slots: decoding.at(-1)!.slot + 1,
+      rows: decoding.map((s) => ({ id: s.id, slot: s.slot, position: this.kv.length(s.slot) })),
+    };
+  }
+
+  /**
+   * Records a finished step: `sampled` maps each sequence that was sampled (the last chunk
+   * of a prefill, every row of a decode) to its token. Sequences aborted meanwhile are
+   * skipped. Returns one event per sampled sequence still alive.
+   */
+  update(plan: StepPlan, sampled: ReadonlyMap<string, number>): StepEvent[] {
+    const events: StepEvent[] = [];
+    if (plan.kind === 'prefill') {
+      const s = this.#sequences.get(plan.id);
+      if (!s || s.status !== SequenceStatus.Prefilling) return events;
+      s.prefilled += plan.length;
+      this.kv.setLength(s.slot, s.prefilled);
+      if (!plan.last) return events;
+      s.status = SequenceStatus.Decoding;
+      events.push(this.#emit(s, sampled.get(s.id)));
+      return events;
+    }
+    for (const row of plan.rows) {
+      const s = this.#sequences.get(row.id);
+      if (!s || s.status !== SequenceStatus.Decoding) continue;
+      this.kv.setLength(s.slot, row.position + 1);
+      events.push(this.#emit(s, sampled.get(s.id)));
+    }
+    return events;
+  }
+
+  #emit(s: Sequence, token: number | undefined): StepEvent {
+    if (token === undefined) throw new Error(`no token sampled for sequence ${s.id}`);
+    s.generated++;
+    const event: StepEvent = { id: s.id, token };
+    if (s.stopTokenIds.has(token)) event.finished = 'stop';
+    else if (s.generated >= s.maxNewTokens) event.finished = 'length';
+    if (event.finished) {
+      this.#end(
+        s,
+        event.finished === 'stop' ? SequenceStatus.FinishedStop : SequenceStatus.FinishedLength,
+      );
+    }
+    return event;
+  }
+
+  #end(s: Sequence, status: SequenceStatus): void {
+    if (s.slot >= 0) this.kv.release(s.slot);
+    s.slot = -1;
+    s.status = status;
+    this.#sequences.delete(s.id);
+  }
+}
