@@ -28,6 +28,8 @@ describe('loupe start', () => {
         LOUPE_PREPROCESSOR_METRICS_PORT: '0',
         LOUPE_ENCODER_PORT: '0',
         LOUPE_ENCODER_METRICS_PORT: '0',
+        LOUPE_DECODER_PORT: '0',
+        LOUPE_DECODER_METRICS_PORT: '0',
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -41,7 +43,7 @@ describe('loupe start', () => {
     await new Promise<void>((resolve, reject) => {
       createInterface({ input: stack.stdout }).on('line', (line) => {
         output.push(line);
-        const match = /^\s+(preprocessor|encoder)\s+gRPC (127\.0\.0\.1:\d+)/.exec(line);
+        const match = /^\s+(preprocessor|encoder|decoder)\s+gRPC (127\.0\.0\.1:\d+)/.exec(line);
         if (match) addresses[match[1]!] = match[2]!;
         if (line.includes('Ctrl-C stops everything')) resolve();
       });
@@ -51,12 +53,13 @@ describe('loupe start', () => {
     });
     // The summary comes after every service's lines.
     await new Promise<void>((resolve) => {
-      const check = () => (Object.keys(addresses).length === 2 ? resolve() : setTimeout(check, 10));
+      const check = () => (Object.keys(addresses).length === 3 ? resolve() : setTimeout(check, 10));
       check();
     });
     for (const [name, service] of [
       ['preprocessor', 'loupe.v1.Preprocessor'],
       ['encoder', 'loupe.v1.Encoder'],
+      ['decoder', 'loupe.v1.Decoder'],
     ] as const) {
       expect(output.some((line) => line.startsWith(name) && line.includes('"event":"ready"'))).toBe(
         true,
@@ -72,6 +75,7 @@ describe('loupe start', () => {
     expect(await exited).toBe(0);
     expect(output.join('\n')).toMatch(/preprocessor stopped/);
     expect(output.join('\n')).toMatch(/encoder stopped/);
+    expect(output.join('\n')).toMatch(/decoder stopped/);
     expect(output.join('\n')).toMatch(/loupe: stopped/);
   });
 });

@@ -41,6 +41,14 @@ function stackServices(model: string): ChildSpec[] {
         LOUPE_ENCODER_HOST: process.env.LOUPE_ENCODER_HOST ?? '127.0.0.1',
       },
     },
+    {
+      name: 'decoder',
+      script: join(dist, 'decoder', 'main.js'),
+      env: {
+        LOUPE_MODEL_DIR: model,
+        LOUPE_DECODER_HOST: process.env.LOUPE_DECODER_HOST ?? '127.0.0.1',
+      },
+    },
   ];
 }
 
@@ -92,6 +100,8 @@ export async function runStart(_args: string[]): Promise<number> {
       '',
       'Try it (needs grpcurl; any JPEG or PNG will do):',
       `  grpcurl -plaintext -d "{\\"image\\": \\"$(base64 -w0 test/fixtures/images/jpeg-1600x1067.jpg)\\"}" 127.0.0.1:${ports.preprocessor} loupe.v1.Preprocessor/Preprocess | grep -v '"data"'`,
+      `  grpcurl -plaintext 127.0.0.1:${ports.encoder} loupe.v1.Encoder/Info`,
+      `  grpcurl -plaintext -d '{"prompt_token_ids": [1, 5, 9], "max_new_tokens": 8}' 127.0.0.1:${ports.decoder} loupe.v1.Decoder/Generate`,
       '',
     ].join('\n') + '\n',
   );

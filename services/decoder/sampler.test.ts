@@ -1,0 +1,63 @@
+import { describe, expect, it } from 'vitest';
+import { GREEDY, Rng, sample, type SamplingParams } from './sampler.js';
+
+const none = { prompt: new Set<number>(), output: new Map<number, number>() };
+const logits = Float32Array.from([1, 3, 2, 0.5, 2.9]);
+const params = (p: Partial<SamplingParams>): SamplingParams => ({ ...GREEDY, ...p });
+const draws = (p: SamplingParams, n: number, seed = 1n, counts = none) => {
+  const rng = new Rng(seed);
+  return Array.from({ length: n }, () => sample(logits, p, counts, rng).id);
+};
+
+describe('sample', () => {
+  it('is the argmax when greedy, with log-softmax logprobs of the raw logits', () => {
+    const s = sample(logits, GREEDY, none, new Rng(0n), { logprobs: true, topLogprobs: 2 });
+    const lse = Math.log([...logits].reduce((a, v) => a + Math.exp(v), 0));
+    expect(s.id).toBe(1);
+    expect(s.logprob).toBeCloseTo(3 - lse, 10);
+    expect(s.top.map((t) => t.id)).toEqual([1, 4]);
+  });
+
+  it('draws the same tokens for the same seed, and others for another seed', () => {
+    const p = params({ temperature: 1 });
+    expect(draws(p, 50, 42n)).toEqual(draws(p, 50, 42n));
+    expect(draws(p, 50, 42n)).not.toEqual(draws(p, 50, 43n));
+  });
+
+  it('keeps only the top-k, the top-p nucleus and the min-p survivors', () => {
+    expect(new Set(draws(params({ temperature: 5, topK: 2 }), 300))).toEqual(new Set([1, 4]));
+    // softmax(logits): 1 → 0.40, 4 → 0.36, 2 → 0.15: top-p 0.7 keeps {1, 4}.
+    expect(new Set(draws(params({ temperature: 1, topP: 0.7 }), 300))).toEqual(new Set([1, 4]));
+    // min-p 0.3: tokens with p >= 0.3 × p(max) = 0.12: {1, 4, 2}.
+    expect(new Set(draws(params({ temperature: 1, minP: 0.3 }), 500))).toEqual(new Set([1, 4, 2]));
+  });
+
+  it('follows the distribution (temperature 1)', () => {
+    const n = 20000;
+    const counts = new Array<number>(logits.length).fill(0);
+    for (const id of draws(params({ temperature: 1 }), n, 9n)) counts[id]!++;
+    const z = [...logits].reduce((a, v) => a + Math.exp(v), 0);
+    logits.forEach((v, i) => expect(counts[i]! / n).toBeCloseTo(Math.exp(v) / z, 1));
+  });
+
+  it('applies repetition, frequency and presence penalties', () => {
+    // Token 1 (3.0) seen in the prompt: 3 / 1.5 = 2 < 2.9, so 4 wins.
+    expect(
+      sample(
+        logits,
+        params({ repetitionPenalty: 1.5 }),
+        { prompt: new Set([1]), output: new Map() },
+        new Rng(0n),
+      ).id,
+    ).toBe(4);
+    // Token 1 generated twice: 3 - 2 × 0.1 - 0.5 = 2.3 < 2.9.
+    expect(
+      sample(
+        logits,
+        params({ frequencyPenalty: 0.1, presencePenalty: 0.5 }),
+        { prompt: new Set(), output: new Map([[1, 2]]) },
+        new Rng(0n),
+      ).id,
+    ).toBe(4);
+  });
+});
