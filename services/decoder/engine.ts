@@ -212,6 +212,8 @@ export class Engine {
     const fetches: Record<string, ort.Tensor | null> = { logits: null };
     let views: ort.Tensor[];
     let rows: string[];
+    /** Where each batch row's new keys go: [slot, first position, tokens]; none for idle rows. */
+    let writes: Array<[slot: number, position: number, tokens: number] | undefined>;
     if (plan.kind === 'prefill') {
       const state = this.#states.get(plan.id)!;
       state.prefillStarted ??= performance.now();
@@ -232,6 +234,12 @@ export class Engine {
         BigInt64Array.of(BigInt(plan.length - 1)),
         [1, 1],
       );
+      feeds['position_ids'] = makeTensor(
+        'int64',
+        BigInt64Array.from({ length: plan.length }, (_, i) => BigInt(plan.start + i)),
+        [1, plan.length],
+      );
+      writes = [[plan.slot, plan.start, plan.length]];
       views = this.#slotView(plan.slot);
       rows = plan.last ? [plan.id] : [];
       if (plan.last) state.promptRows = undefined;
@@ -239,8 +247,8 @@ export class Engine {
       const n = plan.slots;
       const embeds = new Float32Array(n * hidden);
       const seqlens = new Int32Array(n);
-      // Idle slots in the range get position = their length (0 when free): the key written
-      // there is garbage that their next chunk overwrites or nobody reads.
+      // Idle slots in the range run too (their rows are not written back): give them their
+      // length (0 when free) as a valid position.
       for (let s = 0; s < n; s++) seqlens[s] = Math.max(0, this.kv.length(s));
       const byRow = new Array<string>(n).fill('');
       for (const row of plan.rows) {
@@ -255,16 +263,46 @@ export class Engine {
       feeds['seqlens_k'] = makeTensor('int32', seqlens, [n]);
       feeds['total_sequence_length'] = makeTensor('int32', Int32Array.of(total), []);
       feeds['logit_positions'] = makeTensor('int64', new BigInt64Array(n), [n, 1]);
+      feeds['position_ids'] = makeTensor('int64', BigInt64Array.from(seqlens, BigInt), [n, 1]);
       views = this.#prefixView(n);
       rows = byRow;
+      writes = byRow.map((id, slot) => (id === '' ? undefined : [slot, seqlens[slot]!, 1]));
     }
-    for (let l = 0; l < this.model.graph.layers; l++) {
+    // The cache goes in as past only; this step's keys and values come back as new_* rows,
+    // written into the cache here (fetching present would copy the whole cache into
+    // JavaScript every step: onnxruntime-node 1.30 copies every output it returns).
+    const { layers, kvHeads, headDim, cacheType } = this.model.graph;
+    for (let l = 0; l < layers; l++) {
       const names = cacheNames(l);
-      feeds[names.pastKey] = fetches[names.presentKey] = views[2 * l]!;
-      feeds[names.pastValue] = fetches[names.presentValue] = views[2 * l + 1]!;
+      feeds[names.pastKey] = views[2 * l]!;
+      feeds[names.pastValue] = views[2 * l + 1]!;
+      fetches[names.newKey] = null;
+      fetches[names.newValue] = null;
     }
     const out = await this.model.session.run(feeds, fetches);
     const logits = readOutput(out, 'logits', 'float32').data;
+    const { maxContext } = this.options;
+    for (let l = 0; l < layers; l++) {
+      const names = cacheNames(l);
+      for (const [name, buffer] of [
+        [names.newKey, this.#buffers[l]!.key],
+        [names.newValue, this.#buffers[l]!.value],
+      ] as const) {
+        const fresh = readOutput(out, name, cacheType).data; // [batch, seq, kv heads · d]
+        const seq = fresh.length / (writes.length * kvHeads * headDim);
+        writes.forEach((w, b) => {
+          if (!w) return;
+          const [slot, position, tokens] = w;
+          for (let h = 0; h < kvHeads; h++) {
+            for (let t = 0; t < tokens; t++) {
+              const from = ((b * seq + t) * kvHeads + h) * headDim;
+              const to = ((slot * kvHeads + h) * maxContext + position + t) * headDim;
+              buffer.set(fresh.subarray(from, from + headDim), to);
+            }
+          }
+        });
+      }
+    }
     return { logits, rows };
   }
 

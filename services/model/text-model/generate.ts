@@ -140,11 +140,13 @@ export async function generateGreedy(
     seqlensK: Int32Array,
     total: number,
     logitPositions: BigInt64Array,
+    positionIds: BigInt64Array,
   ) => {
     feeds['inputs_embeds'] = inputsEmbeds;
     feeds['seqlens_k'] = makeTensor('int32', seqlensK, [batch]);
     feeds['total_sequence_length'] = makeTensor('int32', Int32Array.from([total]), []);
     feeds['logit_positions'] = makeTensor('int64', logitPositions, [batch, 1]);
+    feeds['position_ids'] = makeTensor('int64', positionIds, [batch, positionIds.length / batch]);
     const out = await session.run(feeds, fetches);
     return readOutput(out, 'logits', 'float32').data; // [batch, 1, vocab]
   };
@@ -155,6 +157,8 @@ export async function generateGreedy(
     Int32Array.from(lengths, (n) => n - 1),
     width,
     BigInt64Array.from(lengths, (n) => BigInt(n - 1)),
+    // Each token's position is its index; right padding past a prompt's end is never read.
+    BigInt64Array.from({ length: batch * width }, (_, i) => BigInt(i % width)),
   );
   const prefillMs = performance.now() - started;
   const lastToken = new BigInt64Array(batch); // a decode step's one position
@@ -183,6 +187,7 @@ export async function generateGreedy(
       cacheLengths.slice(),
       buffer + 1,
       lastToken,
+      BigInt64Array.from(cacheLengths, BigInt),
     );
     decodeSteps++;
     buffer++;

@@ -110,6 +110,11 @@ describe('text graph padding in a batch (tiny checkpoint)', () => {
       seqlens_k: makeTensor('int32', Int32Array.from(seqlensK), [batch]),
       total_sequence_length: makeTensor('int32', Int32Array.from([width]), []),
       logit_positions: makeTensor('int64', BigInt64Array.from(lastIndex, BigInt), [batch, 1]),
+      position_ids: makeTensor(
+        'int64',
+        BigInt64Array.from({ length: batch * width }, (_, i) => BigInt(i % width)),
+        [batch, width],
+      ),
     };
     for (let l = 0; l < layers; l++) {
       const empty = makeTensor('float32', new Float32Array(0), [batch, kvHeads, 0, headDim]);

@@ -6,20 +6,30 @@
 //   seqlens_k              int32   [batch]  per sequence: tokens in the cache after this step - 1
 //   total_sequence_length  int32   []       past + seq (the buffer length after this step)
 //   logit_positions        int64   [batch, keep]  positions in this step whose logits to return
+//   position_ids           int64   [batch, seq]   rotary position of each token (its cache index)
 //   past_key_L/past_value_L float32 [batch, kv_heads, past, head_dim]  (L = 0 .. layers-1)
 //   ->
 //   logits                 float32 [batch, keep, vocab]
 //   present_key_L/present_value_L float32 [batch, kv_heads, max(total, past), head_dim]
+//   new_key_L/new_value_L  float32 [batch, seq, kv_heads·head_dim]  this step's keys (rotated)
+//                                  and values, for a host that keeps the cache itself
 //
 // logit_positions picks the rows the LM head runs on (the last prompt position of each
 // sequence in a prefill, 0 in a decode step): for idefics2-8b's 32k vocabulary, logits of a
 // 2,000-token prompt would be 256 MB and a fifth of the prefill's FLOPs.
 //
-// The cache can live in one buffer per layer that is both past and present (the host passes
-// the same tensor as input and as preallocated output; see generate.ts): with past =
-// [batch, kv_heads, max length, head_dim] and total_sequence_length <= max length, GQA
-// notices the shared buffer and writes only the new keys and values in place instead of
-// copying the whole cache into a new present each step.
+// Two ways to keep the cache between steps:
+//   - one buffer per layer that is both past and present (the host passes the same tensor as
+//     input and as preallocated output; see generate.ts): with past = [batch, kv_heads, max
+//     length, head_dim] and total_sequence_length <= max length, GQA notices the shared
+//     buffer and writes only the new keys and values in place. But onnxruntime-node 1.30
+//     copies every fetched output back into a new JavaScript buffer, the whole cache each
+//     step, so this only suits short caches;
+//   - past only, and the host writes new_key_L/new_value_L into its buffer itself (the
+//     decoder engine): nothing of the cache's size crosses into JavaScript, and GQA copies
+//     only each sequence's valid past into its internal present.
+// Rotary embeddings are applied by RotaryEmbedding nodes before GQA (do_rotary 0), the same
+// kernel GQA would run, so the new keys leave the graph already rotated.
 //
 // Every sequence has its own length, given by seqlens_k; the cache is RIGHT padded: sequence
 // b's keys sit at positions 0 .. seqlens_k[b] of the buffer and what follows is garbage that
@@ -73,6 +83,8 @@ export const cacheNames = (layer: number) => ({
   pastValue: `past_value_${layer}`,
   presentKey: `present_key_${layer}`,
   presentValue: `present_value_${layer}`,
+  newKey: `new_key_${layer}`,
+  newValue: `new_value_${layer}`,
 });
 
 /**
@@ -116,12 +128,13 @@ export function buildTextGraph(checkpoint: Checkpoint): TextGraph {
   const weights = new CheckpointWeights(checkpoint, type, 'the text graph');
   /** An initializer read in place from the checkpoint (all of the checkpoint's dtype). */
   const weight = (name: string): string => weights.add(g, name);
-  const linear = (x: string, name: string) =>
+  const linear = (x: string, name: string, output?: string) =>
     g.node1({
       opType: 'FusedMatMul',
       domain: 'com.microsoft',
       inputs: [x, weight(name)],
       attributes: { transB: attr.int(1) },
+      ...(output === undefined ? {} : { output }),
     });
   const rmsNorm = (x: string, name: string) =>
     g.node1({
@@ -147,6 +160,7 @@ export function buildTextGraph(checkpoint: Checkpoint): TextGraph {
   const seqlens = g.input('seqlens_k', 'int32', ['batch']);
   const total = g.input('total_sequence_length', 'int32', []);
   const logitPositions = g.input('logit_positions', 'int64', ['batch', 'keep']);
+  const positionIds = g.input('position_ids', 'int64', ['batch', 'seq']);
   const { cos, sin } = rotaryCaches(headDim, t.ropeTheta, t.maxPositionEmbeddings);
   const shape = [t.maxPositionEmbeddings, headDim / 2];
   // GQA takes the tables in the activations' type; HF too casts its float32 cos/sin to it.
@@ -154,11 +168,17 @@ export function buildTextGraph(checkpoint: Checkpoint): TextGraph {
     type === 'float16' ? Uint16Array.from(values, (v) => float32ToFloat16(v)) : values;
   const cosCache = g.initializer('cos_cache', type, shape, table(cos));
   const sinCache = g.initializer('sin_cache', type, shape, table(sin));
+  const rope = (x: string, heads: number, output?: string) =>
+    g.node1({
+      opType: 'RotaryEmbedding',
+      domain: 'com.microsoft',
+      inputs: [x, positionIds, cosCache, sinCache],
+      attributes: { interleaved: attr.int(0), num_heads: attr.int(heads) },
+      ...(output === undefined ? {} : { output }),
+    });
   const gqaAttributes = {
     num_heads: attr.int(t.numAttentionHeads),
     kv_num_heads: attr.int(t.numKeyValueHeads),
-    do_rotary: attr.int(1),
-    rotary_interleaved: attr.int(0),
     // HF and ORT alike: query i sees keys j with i - window < j <= i (text-graph.test.ts).
     ...(t.slidingWindow === null ? {} : { local_window_size: attr.int(t.slidingWindow) }),
   };
@@ -170,13 +190,16 @@ export function buildTextGraph(checkpoint: Checkpoint): TextGraph {
     const pastKey = g.input(names.pastKey, type, cacheDims);
     const pastValue = g.input(names.pastValue, type, cacheDims);
     const n1 = rmsNorm(x, `${p}input_layernorm.weight`);
-    const q = linear(n1, `${p}self_attn.q_proj.weight`);
-    const k = linear(n1, `${p}self_attn.k_proj.weight`);
-    const v = linear(n1, `${p}self_attn.v_proj.weight`);
+    const q = rope(linear(n1, `${p}self_attn.q_proj.weight`), t.numAttentionHeads);
+    const k = rope(linear(n1, `${p}self_attn.k_proj.weight`), t.numKeyValueHeads, names.newKey);
+    const v = linear(n1, `${p}self_attn.v_proj.weight`, names.newValue);
+    const newDims = ['batch', 'seq', t.numKeyValueHeads * headDim];
+    g.output(names.newKey, type, newDims);
+    g.output(names.newValue, type, newDims);
     const [attention] = g.node({
       opType: 'GroupQueryAttention',
       domain: 'com.microsoft',
-      inputs: [q, k, v, pastKey, pastValue, seqlens, total, cosCache, sinCache],
+      inputs: [q, k, v, pastKey, pastValue, seqlens, total],
       outputs: [g.uniqueName(`attention_${layer}`), names.presentKey, names.presentValue],
       attributes: gqaAttributes,
     });
