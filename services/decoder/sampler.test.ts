@@ -32,6 +32,26 @@ describe('sample', () => {
     expect(new Set(draws(params({ temperature: 1, minP: 0.3 }), 500))).toEqual(new Set([1, 4, 2]));
   });
 
+  it('restricts to the nucleus over a large vocabulary, small or large nucleus alike', () => {
+    for (const slope of [0.05, 0.0005]) {
+      // Descending logits: the nucleus is a prefix; with the flat slope it has > 256 tokens.
+      const vocab = 5000;
+      const big = Float32Array.from({ length: vocab }, (_, i) => -slope * i);
+      const probs = Array.from(big, (v) => Math.exp(v));
+      const z = probs.reduce((a, b) => a + b, 0);
+      let size = 0;
+      for (let c = 0; size < vocab && c < 0.9; size++) c += probs[size]! / z;
+      const rng = new Rng(3n);
+      const seen = Array.from(
+        { length: 3000 },
+        () => sample(big, params({ temperature: 1, topP: 0.9 }), none, rng).id,
+      );
+      expect(Math.max(...seen), `slope ${slope}`).toBeLessThan(size);
+      expect(Math.max(...seen), `slope ${slope}`).toBeGreaterThan(0.8 * size);
+      if (slope < 0.001) expect(size).toBeGreaterThan(256);
+    }
+  });
+
   it('follows the distribution (temperature 1)', () => {
     const n = 20000;
     const counts = new Array<number>(logits.length).fill(0);

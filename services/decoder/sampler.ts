@@ -154,21 +154,48 @@ export function sample(
   };
 }
 
-/** A draw from softmax(x / T) restricted by top-k, top-p and min-p. */
+/** Candidates tried before sorting the whole vocabulary for top-p / min-p. */
+const FIRST_CANDIDATES = 256;
+
+/**
+ * A draw from softmax(x / T) restricted by top-k, top-p and min-p. Without any restriction it
+ * is one pass over the vocabulary; with top-p or min-p it looks at the FIRST_CANDIDATES most
+ * likely tokens first and sorts the whole vocabulary only when the nucleus is larger.
+ */
 function draw(x: Float64Array, params: SamplingParams, rng: Rng): number {
   const { temperature, topK, topP, minP } = params;
-  // Candidates sorted by logit, largest first (only as many as top-k keeps, when set).
-  const order =
-    topK > 0 && topK < x.length
-      ? topIndices(x, topK)
-      : Array.from(x.keys()).sort((a, b) => x[b]! - x[a]!);
-  const max = x[order[0]!]!;
-  const p = order.map((i) => Math.exp((x[i]! - max) / temperature));
-  let total = p.reduce((a, b) => a + b, 0);
+  let max = -Infinity;
+  for (const v of x) if (v > max) max = v;
+  let total = 0;
+  for (const v of x) total += Math.exp((v - max) / temperature);
+
+  if (topK === 0 && topP >= 1 && minP <= 0) {
+    let u = rng.next() * total;
+    for (let i = 0; i < x.length; i++) {
+      u -= Math.exp((x[i]! - max) / temperature);
+      if (u < 0) return i;
+    }
+    return x.length - 1;
+  }
+
+  const limited = topK > 0 && topK < x.length;
+  let order = topIndices(x, limited ? topK : Math.min(FIRST_CANDIDATES, x.length));
+  let p = order.map((i) => Math.exp((x[i]! - max) / temperature));
+  // top-k renormalizes over its k tokens; otherwise probabilities are over the vocabulary.
+  if (limited) total = p.reduce((a, b) => a + b, 0);
+  const covered = p.reduce((a, b) => a + b, 0) / total;
+  const minFloor = minP * (p[0]! / total);
+  const enough =
+    limited ||
+    order.length === x.length ||
+    ((topP >= 1 || covered >= topP) && (minP <= 0 || p.at(-1)! / total < minFloor));
+  if (!enough) {
+    order = Array.from(x.keys()).sort((a, b) => x[b]! - x[a]!);
+    p = order.map((i) => Math.exp((x[i]! - max) / temperature));
+  }
   let keep = p.length;
   if (minP > 0) {
-    const floor = minP * (p[0]! / total);
-    while (keep > 1 && p[keep - 1]! / total < floor) keep--;
+    while (keep > 1 && p[keep - 1]! / total < minFloor) keep--;
   }
   if (topP < 1) {
     let cumulative = 0;
@@ -180,9 +207,9 @@ function draw(x: Float64Array, params: SamplingParams, rng: Rng): number {
       }
     }
   }
-  total = 0;
-  for (let i = 0; i < keep; i++) total += p[i]!;
-  let u = rng.next() * total;
+  let kept = 0;
+  for (let i = 0; i < keep; i++) kept += p[i]!;
+  let u = rng.next() * kept;
   for (let i = 0; i < keep; i++) {
     u -= p[i]!;
     if (u < 0) return order[i]!;
