@@ -11,3 +11,4 @@ export * from './health.js';
 export * from './service.js';
 export * from './paths.js';
 export * from './proto-writer.js';
+export * from './shutdown.js';

@@ -1,0 +1,582 @@
+// The public HTTP API (Hono): OpenAI chat completions with images, streamed or not, in front
+// of the preprocessor, encoder and decoder.
+//
+//   request ─ auth ─ limits ─ validate ─┬─ image i: bytes ─ sha256 ─ encoder Lookup ─(miss)─
+//                                        │            preprocessor Preprocess ─ encoder Encode
+//                                        └─ chat template ─ expand <image> ─ tokenize
+//                                 ─ decoder Generate (stream) ─ detokenize ─ SSE / JSON
+import { createHash, randomUUID } from 'node:crypto';
+import { SpanStatusCode, type Tracer } from '@opentelemetry/api';
+import { status as grpcStatus } from '@grpc/grpc-js';
+import { Hono, type Context } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { streamSSE } from 'hono/streaming';
+import type { GenerateRequest, GenerateResponse } from '../../proto/gen/loupe/v1/decoder.js';
+import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
+import {
+  expandImagePrompt,
+  type ChatMessage as TemplateMessage,
+  type ChatTemplate,
+  type ImageProcessorConfig,
+  type TextTokenizer,
+} from '../model/index.js';
+import { Counter, Gauge, Histogram, type Logger, type Registry } from '../runtime/index.js';
+import { AllowList } from './address-policy.js';
+import type { GatewayConfig } from './config.js';
+import { IncrementalDetokenizer } from './detokenizer.js';
+import { ImageSourceError, loadImage, type Resolver } from './image-source.js';
+import { ApiKeys, MinuteRate } from './limits.js';
+import { ApiError, ChatCompletionRequest, fromZod, invalid, openApiDocument } from './openai.js';
+import { StageError, type Stages } from './stages.js';
+
+export interface GatewayOptions {
+  config: GatewayConfig;
+  modelId: string;
+  tokenizer: TextTokenizer;
+  template: ChatTemplate;
+  processor: ImageProcessorConfig;
+  imageTokenId: number;
+  stages: Stages;
+  keys: readonly string[];
+  registry: Registry;
+  logger: Logger;
+  tracer: Tracer;
+  /** Name resolution for image URLs (tests inject one). */
+  resolve?: Resolver;
+}
+
+interface Prepared {
+  request: GenerateRequest;
+  promptTokens: number;
+  stop: string[];
+}
+
+function stageFailure(error: StageError): ApiError {
+  const { code, details } = error.error;
+  if (code === grpcStatus.INVALID_ARGUMENT) {
+    return invalid(
+      `${error.stage}: ${details}`,
+      null,
+      error.stage === 'decoder' && /context/.test(details)
+        ? 'context_length_exceeded'
+        : 'invalid_value',
+    );
+  }
+  if (code === grpcStatus.RESOURCE_EXHAUSTED) {
+    return new ApiError(
+      429,
+      `the ${error.stage} is at capacity: ${details}`,
+      'rate_limit_error',
+      'overloaded',
+      null,
+      1,
+    );
+  }
+  if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED) {
+    return new ApiError(
+      503,
+      `the ${error.stage} is unavailable (${details || grpcStatus[code]})`,
+      'service_unavailable',
+      'stage_unavailable',
+      null,
+      5,
+    );
+  }
+  return new ApiError(500, `the ${error.stage} failed: ${details}`, 'server_error', 'stage_failed');
+}
+
+export function createGateway(o: GatewayOptions) {
+  const { config, modelId, tokenizer, template, processor, stages, registry, logger, tracer } = o;
+  const keys = new ApiKeys(o.keys);
+  const requestRate = new MinuteRate(config.LOUPE_GATEWAY_REQUESTS_PER_MINUTE);
+  const tokenRate = new MinuteRate(config.LOUPE_GATEWAY_TOKENS_PER_MINUTE);
+  const fetchOptions = {
+    maxBytes: config.LOUPE_GATEWAY_MAX_IMAGE_BYTES,
+    timeoutMs: config.LOUPE_GATEWAY_FETCH_TIMEOUT_MS,
+    connectTimeoutMs: config.LOUPE_GATEWAY_FETCH_CONNECT_TIMEOUT_MS,
+    maxRedirects: config.LOUPE_GATEWAY_FETCH_MAX_REDIRECTS,
+    allow: new AllowList(config.LOUPE_GATEWAY_FETCH_ALLOW),
+    ...(o.resolve ? { resolve: o.resolve } : {}),
+  };
+  let inFlight = 0;
+  const registers = [registry];
+  const metrics = {
+    requests: new Counter({
+      name: 'loupe_gateway_requests_total',
+      help: 'HTTP requests answered, by route and status.',
+      labelNames: ['route', 'status'],
+      registers,
+    }),
+    duration: new Histogram({
+      name: 'loupe_gateway_request_seconds',
+      help: 'Chat completion time, seconds (streams: to the last chunk).',
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+      registers,
+    }),
+    images: new Counter({
+      name: 'loupe_gateway_images_total',
+      help: 'Images in requests, by how their embeddings were found (cache, computed).',
+      labelNames: ['source'],
+      registers,
+    }),
+    promptTokens: new Counter({
+      name: 'loupe_gateway_prompt_tokens_total',
+      help: 'Prompt tokens sent to the decoder.',
+      registers,
+    }),
+    completionTokens: new Counter({
+      name: 'loupe_gateway_completion_tokens_total',
+      help: 'Tokens generated.',
+      registers,
+    }),
+  };
+  new Gauge({
+    name: 'loupe_gateway_requests_in_flight',
+    help: 'Chat completions being handled.',
+    registers,
+    collect() {
+      this.set(inFlight);
+    },
+  });
+
+  /** Images → embeddings, messages → prompt ids, sampling → the decoder's request. */
+  async function prepare(
+    body: ChatCompletionRequest,
+    signal: AbortSignal,
+    requestId: string,
+    deadline: number,
+  ): Promise<Prepared> {
+    if (body.model !== modelId) {
+      throw new ApiError(
+        404,
+        `The model \`${body.model}\` does not exist; this server serves \`${modelId}\``,
+        'invalid_request_error',
+        'model_not_found',
+        'model',
+      );
+    }
+    if ((body.n ?? 1) !== 1)
+      throw invalid('`n` must be 1: one choice per request is supported', 'n', 'unsupported_value');
+    if ((body.top_logprobs ?? 0) > 0 && !body.logprobs)
+      throw invalid('`top_logprobs` needs `logprobs: true`', 'top_logprobs');
+
+    const images: Array<{ url: string; field: string; split: boolean }> = [];
+    const messages: TemplateMessage[] = body.messages.map((m, mi) => ({
+      role: m.role === 'developer' ? 'system' : m.role,
+      content:
+        typeof m.content === 'string'
+          ? [{ type: 'text' as const, text: m.content }]
+          : m.content.map((part, pi) => {
+              if (part.type === 'text') return { type: 'text' as const, text: part.text };
+              images.push({
+                url: part.image_url.url,
+                field: `messages[${mi}].content[${pi}].image_url.url`,
+                split: part.image_url.split ?? body.image_splitting ?? processor.doImageSplitting,
+              });
+              return { type: 'image' as const };
+            }),
+    }));
+    if (images.length > config.LOUPE_GATEWAY_MAX_IMAGES) {
+      throw invalid(
+        `the request has ${images.length} images, over the limit of ${config.LOUPE_GATEWAY_MAX_IMAGES}`,
+        'messages',
+        'too_many_images',
+      );
+    }
+    const ctx = { signal, requestId, deadline };
+    const embedded = await Promise.all(
+      images.map(async ({ url, field, split }) => {
+        const bytes = await loadImage(url, field, fetchOptions, signal);
+        const contentHash = createHash('sha256').update(bytes).digest();
+        let found = await stages.lookup(contentHash, split, ctx);
+        metrics.images.inc({ source: found ? 'cache' : 'computed' });
+        if (!found) {
+          const pre = await stages.preprocess({ image: bytes, split }, ctx);
+          found = await stages.encode(
+            {
+              subImages: pre.subImages,
+              contentHash,
+              split: pre.split,
+              outputDtype: Dtype.DTYPE_FLOAT16,
+            },
+            ctx,
+          );
+        }
+        const t = found.embeddings!;
+        const [subImages, tokens, hidden] = t.shape.map(Number) as [number, number, number];
+        return { split: subImages > 1, rows: subImages * tokens, hidden, tensor: t };
+      }),
+    );
+    const text = template.render(messages, { addGenerationPrompt: true });
+    const expanded = expandImagePrompt(text, {
+      imageSeqLen: processor.imageSeqLen,
+      splits: embedded.map((e) => e.split),
+    });
+    const ids = tokenizer.encode(expanded);
+    const positions = ids.flatMap((id, i) => (id === o.imageTokenId ? [i] : []));
+    const rows = embedded.reduce((n, e) => n + e.rows, 0);
+    if (positions.length !== rows)
+      throw new Error(`prompt has ${positions.length} image tokens but ${rows} embedding rows`);
+    let at = 0;
+    const stop =
+      body.stop === undefined || body.stop === null
+        ? []
+        : typeof body.stop === 'string'
+          ? [body.stop]
+          : body.stop;
+    return {
+      promptTokens: ids.length,
+      stop,
+      request: {
+        promptTokenIds: ids,
+        images: embedded.map((e) => {
+          const p = positions.slice(at, at + e.rows);
+          at += e.rows;
+          return {
+            embeddings: { dtype: e.tensor.dtype, shape: [e.rows, e.hidden], data: e.tensor.data },
+            positions: p,
+          };
+        }),
+        sampling: {
+          temperature: body.temperature ?? 1,
+          ...(body.top_p != null ? { topP: body.top_p } : {}),
+          ...(body.top_k != null ? { topK: body.top_k } : {}),
+          ...(body.min_p != null ? { minP: body.min_p } : {}),
+          ...(body.repetition_penalty != null
+            ? { repetitionPenalty: body.repetition_penalty }
+            : {}),
+          ...(body.presence_penalty != null ? { presencePenalty: body.presence_penalty } : {}),
+          ...(body.frequency_penalty != null ? { frequencyPenalty: body.frequency_penalty } : {}),
+          ...(body.seed != null ? { seed: body.seed } : {}),
+        },
+        stopTokenIds: [],
+        maxNewTokens: body.max_completion_tokens ?? body.max_tokens ?? 0,
+        logprobs: body.logprobs ?? false,
+        topLogprobs: body.top_logprobs ?? 0,
+      },
+    };
+  }
+
+  const logprobEntry = (token: {
+    id: number;
+    logprob: number;
+    topLogprobs: Array<{ id: number; logprob: number }>;
+  }) => {
+    const piece = (id: number) => tokenizer.decode([id]);
+    const bytes = (s: string) => [...Buffer.from(s, 'utf8')];
+    return {
+      token: piece(token.id),
+      logprob: token.logprob,
+      bytes: bytes(piece(token.id)),
+      top_logprobs: token.topLogprobs.map((t) => ({
+        token: piece(t.id),
+        logprob: t.logprob,
+        bytes: bytes(piece(t.id)),
+      })),
+    };
+  };
+
+  const app = new Hono();
+
+  const fail = (c: Context, error: ApiError) => {
+    if (error.retryAfter !== undefined) c.header('Retry-After', String(error.retryAfter));
+    return c.json(error.body(), error.status);
+  };
+  app.onError((error, c) => {
+    const api =
+      error instanceof ApiError
+        ? error
+        : error instanceof StageError
+          ? stageFailure(error)
+          : error instanceof ImageSourceError
+            ? invalid(error.message, null, error.reason)
+            : undefined;
+    if (api) return fail(c, api);
+    logger.error({ err: error }, 'request failed');
+    return fail(c, new ApiError(500, 'internal error', 'server_error'));
+  });
+
+  app.get('/healthz', (c) => c.json({ status: 'ok' }));
+  app.get('/readyz', async (c) => {
+    const stagesReady = await stages.ready(2000);
+    const ready = Object.values(stagesReady).every(Boolean);
+    return c.json({ ready, stages: stagesReady }, ready ? 200 : 503);
+  });
+  app.get('/metrics', async (c) =>
+    c.text(await registry.metrics(), 200, { 'content-type': registry.contentType }),
+  );
+  app.get('/openapi.json', (c) => c.json(openApiDocument(modelId)));
+
+  // Authentication for the API.
+  app.use('/v1/*', async (c, next) => {
+    if (!keys.enabled) return next();
+    const header = c.req.header('authorization');
+    const key = header?.startsWith('Bearer ') ? header.slice(7).trim() : undefined;
+    if (!keys.check(key)) {
+      return fail(
+        c,
+        new ApiError(
+          401,
+          'Incorrect or missing API key: send `Authorization: Bearer <key>`',
+          'authentication_error',
+          'invalid_api_key',
+        ),
+      );
+    }
+    return next();
+  });
+
+  app.get('/v1/models', (c) =>
+    c.json({
+      object: 'list',
+      data: [{ id: modelId, object: 'model', created: 0, owned_by: 'loupe' }],
+    }),
+  );
+
+  app.post(
+    '/v1/chat/completions',
+    bodyLimit({
+      maxSize: config.LOUPE_GATEWAY_MAX_BODY_BYTES,
+      onError: (c) =>
+        fail(
+          c,
+          new ApiError(
+            413,
+            `the request body is over the limit of ${config.LOUPE_GATEWAY_MAX_BODY_BYTES} bytes`,
+            'invalid_request_error',
+            'body_too_large',
+          ),
+        ),
+    }),
+    async (c) => {
+      const started = performance.now();
+      const client = keys.enabled
+        ? (c.req.header('authorization') ?? '')
+        : (c.req.header('x-forwarded-for') ?? 'local');
+      const waitRequests = requestRate.retryAfter(client);
+      const waitTokens = tokenRate.retryAfter(client);
+      if (waitRequests || waitTokens) {
+        throw new ApiError(
+          429,
+          `rate limit reached: ${waitRequests ? `${requestRate.limit} requests` : `${tokenRate.limit} tokens`} per minute`,
+          'rate_limit_error',
+          'rate_limit_exceeded',
+          null,
+          Math.max(waitRequests, waitTokens),
+        );
+      }
+      if (inFlight >= config.LOUPE_GATEWAY_MAX_IN_FLIGHT) {
+        throw new ApiError(
+          429,
+          `the gateway is handling ${inFlight} requests, its limit`,
+          'rate_limit_error',
+          'overloaded',
+          null,
+          1,
+        );
+      }
+      let json: unknown;
+      try {
+        json = await c.req.json();
+      } catch {
+        throw invalid('the body is not valid JSON', null, 'invalid_json');
+      }
+      const parsed = ChatCompletionRequest.safeParse(json);
+      if (!parsed.success) throw fromZod(parsed.error);
+      const body = parsed.data;
+      requestRate.add(client, 1);
+
+      inFlight++;
+      const controller = new AbortController();
+      const clientGone = () => controller.abort(new Error('the client disconnected'));
+      c.req.raw.signal.addEventListener('abort', clientGone, { once: true });
+      const requestId = c.req.header('x-request-id') ?? randomUUID();
+      const deadline = Date.now() + config.LOUPE_GATEWAY_REQUEST_TIMEOUT_MS;
+      const done = () => {
+        inFlight--;
+        c.req.raw.signal.removeEventListener('abort', clientGone);
+        metrics.duration.observe((performance.now() - started) / 1000);
+      };
+      return tracer.startActiveSpan('POST /v1/chat/completions', async (span) => {
+        span.setAttribute('loupe.request_id', requestId);
+        let handedOff = false;
+        try {
+          const prepared = await prepare(body, controller.signal, requestId, deadline);
+          metrics.promptTokens.inc(prepared.promptTokens);
+          const id = `chatcmpl-${requestId}`;
+          const created = Math.floor(Date.now() / 1000);
+          const stream = stages.generate(prepared.request, {
+            signal: controller.signal,
+            requestId,
+            deadline,
+          });
+          const detok = new IncrementalDetokenizer(tokenizer, prepared.stop);
+          let completion = 0;
+          const finishOf = (m: GenerateResponse): 'stop' | 'length' =>
+            m.event?.$case === 'finished' && m.event.value.reason === 2 ? 'length' : 'stop';
+
+          /** Each event of the decoder, as text deltas; stops the decoder at a stop string. */
+          async function* deltas() {
+            for await (const raw of stream as AsyncIterable<GenerateResponse>) {
+              if (raw.event?.$case === 'token') {
+                completion++;
+                const text = detok.push(raw.event.value.id);
+                yield {
+                  kind: 'text' as const,
+                  text,
+                  logprobs: body.logprobs ? [logprobEntry(raw.event.value)] : undefined,
+                };
+                if (detok.stopped) {
+                  stream.cancel();
+                  yield { kind: 'finish' as const, finish: 'stop' as const };
+                  return;
+                }
+              } else if (raw.event?.$case === 'finished') {
+                const tail = detok.finish();
+                if (tail) yield { kind: 'text' as const, text: tail, logprobs: undefined };
+                yield { kind: 'finish' as const, finish: finishOf(raw) };
+                return;
+              }
+            }
+          }
+          const usage = () => ({
+            prompt_tokens: prepared.promptTokens,
+            completion_tokens: completion,
+            total_tokens: prepared.promptTokens + completion,
+          });
+          const account = () => {
+            metrics.completionTokens.inc(completion);
+            tokenRate.add(client, prepared.promptTokens + completion);
+          };
+          const decoderError = (error: unknown) =>
+            error instanceof ApiError
+              ? error
+              : stageFailure(new StageError('decoder', error as never));
+
+          if (!body.stream) {
+            let content = '';
+            const logprobs: unknown[] = [];
+            let finish: string = 'stop';
+            try {
+              for await (const d of deltas()) {
+                if (d.kind === 'finish') finish = d.finish;
+                else {
+                  content += d.text;
+                  if (d.logprobs) logprobs.push(...d.logprobs);
+                }
+              }
+            } catch (error) {
+              throw controller.signal.aborted ? error : decoderError(error);
+            }
+            account();
+            metrics.requests.inc({ route: 'chat', status: '200' });
+            return c.json({
+              id,
+              object: 'chat.completion',
+              created,
+              model: modelId,
+              choices: [
+                {
+                  index: 0,
+                  message: { role: 'assistant', content },
+                  logprobs: body.logprobs ? { content: logprobs } : null,
+                  finish_reason: finish,
+                },
+              ],
+              usage: usage(),
+            });
+          }
+
+          handedOff = true;
+          const chunk = (delta: object, finish: string | null, logprobs?: unknown[]) => ({
+            id,
+            object: 'chat.completion.chunk',
+            created,
+            model: modelId,
+            choices: [
+              {
+                index: 0,
+                delta,
+                logprobs: logprobs ? { content: logprobs } : null,
+                finish_reason: finish,
+              },
+            ],
+          });
+          return streamSSE(c, async (sse) => {
+            sse.onAbort(() => controller.abort(new Error('the client disconnected')));
+            try {
+              await sse.writeSSE({
+                data: JSON.stringify(chunk({ role: 'assistant', content: '' }, null)),
+              });
+              for await (const d of deltas()) {
+                if (d.kind === 'finish')
+                  await sse.writeSSE({ data: JSON.stringify(chunk({}, d.finish)) });
+                else if (d.text || d.logprobs)
+                  await sse.writeSSE({
+                    data: JSON.stringify(chunk({ content: d.text }, null, d.logprobs)),
+                  });
+              }
+              if (body.stream_options?.include_usage) {
+                await sse.writeSSE({
+                  data: JSON.stringify({
+                    id,
+                    object: 'chat.completion.chunk',
+                    created,
+                    model: modelId,
+                    choices: [],
+                    usage: usage(),
+                  }),
+                });
+              }
+              await sse.writeSSE({ data: '[DONE]' });
+              account();
+              metrics.requests.inc({ route: 'chat', status: '200' });
+            } catch (error) {
+              if (!controller.signal.aborted) {
+                const api = decoderError(error);
+                await sse.writeSSE({ data: JSON.stringify(api.body()) });
+              }
+              metrics.requests.inc({
+                route: 'chat',
+                status: controller.signal.aborted ? '499' : 'error',
+              });
+            } finally {
+              span.end();
+              done();
+            }
+          });
+        } catch (error) {
+          span.recordException(error as Error);
+          span.setStatus({ code: SpanStatusCode.ERROR });
+          const status =
+            error instanceof ApiError
+              ? error.status
+              : error instanceof StageError
+                ? stageFailure(error).status
+                : 500;
+          metrics.requests.inc({ route: 'chat', status: String(status) });
+          throw error;
+        } finally {
+          if (!handedOff) {
+            span.end();
+            done();
+          }
+        }
+      });
+    },
+  );
+
+  app.notFound((c) =>
+    fail(
+      c,
+      new ApiError(
+        404,
+        `no route ${c.req.method} ${c.req.path}`,
+        'invalid_request_error',
+        'not_found',
+      ),
+    ),
+  );
+
+  return { app, inFlight: () => inFlight };
+}

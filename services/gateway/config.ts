@@ -1,0 +1,73 @@
+// The gateway's configuration: every variable, its default and its bounds, in one place.
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import {
+  commonEnvSchema,
+  intVar,
+  loadConfig,
+  optionalStringVar,
+  portVar,
+  stringVar,
+  type Env,
+} from '../runtime/index.js';
+
+const list = (defaultValue: string) =>
+  stringVar(defaultValue).transform((v) =>
+    v
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
+  );
+
+export const gatewayEnvSchema = z.object({
+  ...commonEnvSchema,
+  /** Checkpoint directory: tokenizer, chat template and image-processor settings. Required. */
+  LOUPE_MODEL_DIR: z.string({ error: 'LOUPE_MODEL_DIR must name the checkpoint directory' }).min(1),
+  /** The `model` clients name; default the checkpoint directory's name. */
+  LOUPE_MODEL_ID: optionalStringVar(),
+  LOUPE_GATEWAY_HOST: stringVar('127.0.0.1'),
+  LOUPE_GATEWAY_PORT: portVar(8080),
+  /** Stage endpoints, comma-separated host:port lists. */
+  LOUPE_PREPROCESSOR_ENDPOINTS: list('127.0.0.1:50051'),
+  LOUPE_ENCODER_ENDPOINTS: list('127.0.0.1:50052'),
+  LOUPE_DECODER_ENDPOINTS: list('127.0.0.1:50053'),
+  /** API keys, comma-separated; or a file with one key per line. None: loopback only. */
+  LOUPE_GATEWAY_API_KEYS: list(''),
+  LOUPE_GATEWAY_API_KEYS_FILE: optionalStringVar(),
+  /** Largest request body, bytes. */
+  LOUPE_GATEWAY_MAX_BODY_BYTES: intVar(32 * 1024 * 1024, { min: 1024, max: 1024 ** 3 }),
+  LOUPE_GATEWAY_MAX_IMAGES: intVar(8, { min: 0, max: 256 }),
+  LOUPE_GATEWAY_MAX_IMAGE_BYTES: intVar(20 * 1024 * 1024, { min: 1, max: 1024 ** 3 }),
+  /** Requests handled at once; beyond it 429. */
+  LOUPE_GATEWAY_MAX_IN_FLIGHT: intVar(256, { min: 1, max: 100_000 }),
+  /** Per API key (or per client address without keys); 0 = no limit. */
+  LOUPE_GATEWAY_REQUESTS_PER_MINUTE: intVar(0, { min: 0, max: 10_000_000 }),
+  LOUPE_GATEWAY_TOKENS_PER_MINUTE: intVar(0, { min: 0, max: 1_000_000_000 }),
+  /** Image fetching: whole fetch and connect timeouts, redirects, allow-list of hosts/CIDRs. */
+  LOUPE_GATEWAY_FETCH_TIMEOUT_MS: intVar(10_000, { min: 1, max: 600_000 }),
+  LOUPE_GATEWAY_FETCH_CONNECT_TIMEOUT_MS: intVar(3_000, { min: 1, max: 600_000 }),
+  LOUPE_GATEWAY_FETCH_MAX_REDIRECTS: intVar(3, { min: 0, max: 20 }),
+  LOUPE_GATEWAY_FETCH_ALLOW: list(''),
+  /** Deadline of a whole request, internal calls included, ms. */
+  LOUPE_GATEWAY_REQUEST_TIMEOUT_MS: intVar(600_000, { min: 1, max: 86_400_000 }),
+});
+
+export type GatewayConfig = Readonly<z.infer<typeof gatewayEnvSchema>>;
+
+export const loadGatewayConfig = (env: Env = process.env): GatewayConfig =>
+  loadConfig(gatewayEnvSchema, env);
+
+/** Every configured API key: the variable's and the file's. */
+export function apiKeys(config: GatewayConfig): string[] {
+  const keys = [...config.LOUPE_GATEWAY_API_KEYS];
+  if (config.LOUPE_GATEWAY_API_KEYS_FILE) {
+    const text = readFileSync(config.LOUPE_GATEWAY_API_KEYS_FILE, 'utf8');
+    keys.push(
+      ...text
+        .split('\n')
+        .map((l) => l.trim())
+        .filter((l) => l && !l.startsWith('#')),
+    );
+  }
+  return keys;
+}

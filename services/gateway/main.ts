@@ -1,0 +1,114 @@
+// Starts the gateway: `node dist/services/gateway/main.js`.
+import { basename, resolve } from 'node:path';
+import { serve } from '@hono/node-server';
+import {
+  loadChatTemplate,
+  loadImageProcessorConfig,
+  loadTokenizer,
+  openCheckpoint,
+} from '../model/index.js';
+import {
+  ConfigError,
+  createLogger,
+  createRegistry,
+  initTracing,
+  onShutdownSignal,
+} from '../runtime/index.js';
+import { createGateway } from './app.js';
+import { apiKeys, loadGatewayConfig } from './config.js';
+import { Stages } from './stages.js';
+
+const NAME = 'gateway';
+const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
+
+async function main(): Promise<void> {
+  let config;
+  let keys: string[];
+  try {
+    config = loadGatewayConfig();
+    keys = apiKeys(config);
+  } catch (error) {
+    if (error instanceof ConfigError || (error as NodeJS.ErrnoException).code === 'ENOENT') {
+      process.stderr.write(`loupe ${NAME}: ${(error as Error).message}\n`);
+      process.exit(2);
+    }
+    throw error;
+  }
+  const logger = createLogger({ service: NAME, level: config.LOUPE_LOG_LEVEL });
+  if (keys.length === 0 && !LOOPBACK.has(config.LOUPE_GATEWAY_HOST)) {
+    process.stderr.write(
+      `loupe ${NAME}: no API keys are configured (LOUPE_GATEWAY_API_KEYS or LOUPE_GATEWAY_API_KEYS_FILE), so the gateway only listens on loopback; LOUPE_GATEWAY_HOST is ${config.LOUPE_GATEWAY_HOST}\n`,
+    );
+    process.exit(2);
+  }
+  if (keys.length === 0)
+    logger.warn('no API keys configured: serving without authentication, on loopback only');
+  const modelDir = resolve(config.LOUPE_MODEL_DIR);
+  const checkpoint = openCheckpoint(modelDir);
+  const tracing = initTracing({
+    serviceName: config.OTEL_SERVICE_NAME ?? `loupe-${NAME}`,
+    otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
+  });
+  const registry = createRegistry(NAME);
+  const stages = new Stages(
+    {
+      preprocessor: config.LOUPE_PREPROCESSOR_ENDPOINTS,
+      encoder: config.LOUPE_ENCODER_ENDPOINTS,
+      decoder: config.LOUPE_DECODER_ENDPOINTS,
+    },
+    config.LOUPE_GRPC_MAX_MESSAGE_BYTES,
+  );
+  const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
+  const { app, inFlight } = createGateway({
+    config,
+    modelId,
+    tokenizer: loadTokenizer(modelDir),
+    template: loadChatTemplate(modelDir),
+    processor: loadImageProcessorConfig(modelDir),
+    imageTokenId: checkpoint.config.imageTokenId,
+    stages,
+    keys,
+    registry,
+    logger,
+    tracer: tracing.tracer,
+  });
+  const server = serve({
+    fetch: app.fetch,
+    hostname: config.LOUPE_GATEWAY_HOST,
+    port: config.LOUPE_GATEWAY_PORT,
+  });
+  await new Promise<void>((resolveListen, reject) => {
+    server.once('listening', () => resolveListen());
+    server.once('error', reject);
+  });
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : config.LOUPE_GATEWAY_PORT;
+  logger.info(
+    {
+      event: 'ready',
+      httpHost: config.LOUPE_GATEWAY_HOST,
+      httpPort: port,
+      metricsPort: port,
+      modelId,
+    },
+    `gateway ready: http://${config.LOUPE_GATEWAY_HOST}:${port}/v1/chat/completions (model ${modelId})`,
+  );
+
+  onShutdownSignal(logger, async () => {
+    // Stop accepting, let requests in flight finish within the grace period, then close.
+    server.close();
+    const until = Date.now() + config.LOUPE_SHUTDOWN_GRACE_MS;
+    while (inFlight() > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    const drained = inFlight() === 0;
+    logger.info({ event: 'stopped', drained }, 'gateway stopped');
+    stages.close();
+    await tracing.shutdown();
+  });
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(
+    `loupe ${NAME}: failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
+  process.exit(1);
+});

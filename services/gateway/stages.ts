@@ -1,0 +1,294 @@
+// The gateway's clients of the three internal stages. Each stage may have several endpoints;
+// a call goes to the one with the fewest calls outstanding from this gateway. Preprocess,
+// Lookup and Encode are idempotent: on UNAVAILABLE they are retried once on another endpoint.
+// Every call carries a deadline, the trace context and the request id, and is cancelled when
+// the request's signal aborts (the client went away).
+import {
+  credentials,
+  Metadata,
+  status,
+  type Client,
+  type ClientReadableStream,
+  type ServiceError,
+} from '@grpc/grpc-js';
+import {
+  HealthCheckResponse_ServingStatus,
+  HealthClient,
+} from '../../proto/gen/grpc/health/v1/health.js';
+import {
+  DecoderClient,
+  type DecoderInfo,
+  type GenerateRequest,
+  type GenerateResponse,
+} from '../../proto/gen/loupe/v1/decoder.js';
+import {
+  EncoderClient,
+  type EncodeRequest,
+  type EncodeResponse,
+  type EncoderInfo,
+} from '../../proto/gen/loupe/v1/encoder.js';
+import {
+  PreprocessorClient,
+  type PreprocessRequest,
+  type PreprocessResponse,
+} from '../../proto/gen/loupe/v1/preprocessor.js';
+import { clientChannelOptions, traceContextInterceptor } from '../runtime/index.js';
+
+interface Endpoint<C> {
+  address: string;
+  client: C;
+  health: HealthClient;
+  outstanding: number;
+}
+
+/** Several endpoints of one stage, least outstanding first. */
+export class EndpointPool<C extends Client> {
+  readonly endpoints: Endpoint<C>[];
+
+  constructor(
+    readonly stage: string,
+    addresses: readonly string[],
+    make: (address: string) => C,
+    maxMessageBytes: number,
+  ) {
+    if (addresses.length === 0) throw new Error(`no endpoints for the ${stage}`);
+    this.endpoints = addresses.map((address) => ({
+      address,
+      client: make(address),
+      health: new HealthClient(
+        address,
+        credentials.createInsecure(),
+        clientChannelOptions(maxMessageBytes),
+      ),
+      outstanding: 0,
+    }));
+  }
+
+  pick(exclude?: Endpoint<C>): Endpoint<C> {
+    const candidates = this.endpoints.filter((e) => e !== exclude);
+    const pool = candidates.length > 0 ? candidates : this.endpoints;
+    return pool.reduce((best, e) => (e.outstanding < best.outstanding ? e : best));
+  }
+
+  /** Whether some endpoint reports SERVING for `service`, within `timeoutMs`. */
+  async serving(service: string, timeoutMs: number): Promise<boolean> {
+    const checks = this.endpoints.map(
+      (e) =>
+        new Promise<boolean>((resolve) =>
+          e.health.check(
+            { service },
+            new Metadata(),
+            { deadline: new Date(Date.now() + timeoutMs) },
+            (error, response) =>
+              resolve(!error && response.status === HealthCheckResponse_ServingStatus.SERVING),
+          ),
+        ),
+    );
+    return (await Promise.all(checks)).some(Boolean);
+  }
+
+  close(): void {
+    for (const e of this.endpoints) {
+      e.client.close();
+      e.health.close();
+    }
+  }
+}
+
+export interface CallContext {
+  signal: AbortSignal;
+  requestId: string;
+  /** Absolute deadline of the whole request, ms since the epoch. */
+  deadline: number;
+}
+
+type Unary<Req, Res> = (
+  request: Req,
+  metadata: Metadata,
+  options: { deadline: Date },
+  callback: (error: ServiceError | null, response: Res) => void,
+) => { cancel(): void };
+
+export class StageError extends Error {
+  override readonly name = 'StageError';
+  constructor(
+    readonly stage: string,
+    readonly error: ServiceError,
+  ) {
+    super(`${stage}: ${error.details || error.message}`);
+  }
+}
+
+function unaryCall<C extends Client, Req, Res>(
+  endpoint: Endpoint<C>,
+  method: (client: C) => Unary<Req, Res>,
+  request: Req,
+  ctx: CallContext,
+): Promise<Res> {
+  const metadata = new Metadata();
+  metadata.set('x-request-id', ctx.requestId);
+  endpoint.outstanding++;
+  return new Promise<Res>((resolve, reject) => {
+    const call = method(endpoint.client).call(
+      endpoint.client,
+      request,
+      metadata,
+      { deadline: new Date(ctx.deadline) },
+      (error, response) => {
+        endpoint.outstanding--;
+        ctx.signal.removeEventListener('abort', onAbort);
+        if (error) reject(error);
+        else resolve(response);
+      },
+    );
+    const onAbort = () => call.cancel();
+    ctx.signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** A unary call, retried once on another endpoint when the first answers UNAVAILABLE. */
+async function idempotent<C extends Client, Req, Res>(
+  pool: EndpointPool<C>,
+  method: (client: C) => Unary<Req, Res>,
+  request: Req,
+  ctx: CallContext,
+): Promise<Res> {
+  const first = pool.pick();
+  try {
+    return await unaryCall(first, method, request, ctx);
+  } catch (error) {
+    const e = error as ServiceError;
+    if (e.code !== status.UNAVAILABLE || ctx.signal.aborted) throw new StageError(pool.stage, e);
+    try {
+      return await unaryCall(pool.pick(first), method, request, ctx);
+    } catch (retryError) {
+      throw new StageError(pool.stage, retryError as ServiceError);
+    }
+  }
+}
+
+export interface StageAddresses {
+  preprocessor: readonly string[];
+  encoder: readonly string[];
+  decoder: readonly string[];
+}
+
+export class Stages {
+  readonly preprocessor: EndpointPool<PreprocessorClient>;
+  readonly encoder: EndpointPool<EncoderClient>;
+  readonly decoder: EndpointPool<DecoderClient>;
+
+  constructor(addresses: StageAddresses, maxMessageBytes: number) {
+    const options = {
+      ...clientChannelOptions(maxMessageBytes),
+      interceptors: [traceContextInterceptor],
+    };
+    const insecure = credentials.createInsecure();
+    this.preprocessor = new EndpointPool(
+      'preprocessor',
+      addresses.preprocessor,
+      (a) => new PreprocessorClient(a, insecure, options),
+      maxMessageBytes,
+    );
+    this.encoder = new EndpointPool(
+      'encoder',
+      addresses.encoder,
+      (a) => new EncoderClient(a, insecure, options),
+      maxMessageBytes,
+    );
+    this.decoder = new EndpointPool(
+      'decoder',
+      addresses.decoder,
+      (a) => new DecoderClient(a, insecure, options),
+      maxMessageBytes,
+    );
+  }
+
+  preprocess(request: PreprocessRequest, ctx: CallContext): Promise<PreprocessResponse> {
+    return idempotent(
+      this.preprocessor,
+      (c) => c.preprocess as Unary<PreprocessRequest, PreprocessResponse>,
+      request,
+      ctx,
+    );
+  }
+
+  /** The encoder's cached embeddings, or undefined when it has none. */
+  async lookup(
+    contentHash: Buffer,
+    split: boolean,
+    ctx: CallContext,
+  ): Promise<EncodeResponse | undefined> {
+    try {
+      return await idempotent(
+        this.encoder,
+        (c) =>
+          c.lookup as Unary<
+            { contentHash: Buffer; split: boolean; outputDtype: number },
+            EncodeResponse
+          >,
+        { contentHash, split, outputDtype: 0 },
+        ctx,
+      );
+    } catch (error) {
+      if (error instanceof StageError && error.error.code === status.NOT_FOUND) return undefined;
+      throw error;
+    }
+  }
+
+  encode(request: EncodeRequest, ctx: CallContext): Promise<EncodeResponse> {
+    return idempotent(
+      this.encoder,
+      (c) => c.encode as Unary<EncodeRequest, EncodeResponse>,
+      request,
+      ctx,
+    );
+  }
+
+  encoderInfo(ctx: CallContext): Promise<EncoderInfo> {
+    return idempotent(this.encoder, (c) => c.info as Unary<object, EncoderInfo>, {}, ctx);
+  }
+
+  decoderInfo(ctx: CallContext): Promise<DecoderInfo> {
+    return idempotent(this.decoder, (c) => c.info as Unary<object, DecoderInfo>, {}, ctx);
+  }
+
+  /** Starts Generate on the least busy decoder; the stream ends early when `ctx` aborts. */
+  generate(request: GenerateRequest, ctx: CallContext): ClientReadableStream<GenerateResponse> {
+    const endpoint = this.decoder.pick();
+    const metadata = new Metadata();
+    metadata.set('x-request-id', ctx.requestId);
+    endpoint.outstanding++;
+    const stream = endpoint.client.generate(request, metadata, {
+      deadline: new Date(ctx.deadline),
+    });
+    const onAbort = () => stream.cancel();
+    ctx.signal.addEventListener('abort', onAbort, { once: true });
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      endpoint.outstanding--;
+      ctx.signal.removeEventListener('abort', onAbort);
+    };
+    stream.on('end', finish);
+    stream.on('error', finish);
+    stream.on('close', finish);
+    return stream;
+  }
+
+  async ready(timeoutMs: number): Promise<Record<string, boolean>> {
+    const [preprocessor, encoder, decoder] = await Promise.all([
+      this.preprocessor.serving('loupe.v1.Preprocessor', timeoutMs),
+      this.encoder.serving('loupe.v1.Encoder', timeoutMs),
+      this.decoder.serving('loupe.v1.Decoder', timeoutMs),
+    ]);
+    return { preprocessor, encoder, decoder };
+  }
+
+  close(): void {
+    this.preprocessor.close();
+    this.encoder.close();
+    this.decoder.close();
+  }
+}
