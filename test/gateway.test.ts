@@ -1,0 +1,387 @@
+// The whole stack as users run it: four real processes on ephemeral loopback ports, called
+// with the official `openai` SDK and with fetch, checked against `npx loupe generate`.
+import { execFile } from 'node:child_process';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { credentials } from '@grpc/grpc-js';
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DecoderClient } from '../proto/gen/loupe/v1/decoder.js';
+import { loadChatTemplate, writeTinyModel, type ChatMessage } from '../services/model/index.js';
+import { fixturesDir } from './helpers/fixtures.js';
+import { call, clientOptions } from './helpers/grpc.js';
+import {
+  builtService,
+  ephemeralPorts,
+  repoRoot,
+  startServiceProcess,
+  type ServiceProcess,
+} from './helpers/service-process.js';
+
+const work = mkdtempSync(join(tmpdir(), 'loupe-gateway-'));
+const modelDir = join(work, 'tiny-seed0');
+const KEY = 'sk-loupe-test';
+const image = (name: string) => join(fixturesDir, 'images', name);
+const dataUrl = (name: string) =>
+  `data:image/${name.endsWith('.png') ? 'png' : 'jpeg'};base64,${readFileSync(image(name)).toString('base64')}`;
+
+let stages: ServiceProcess[] = [];
+let gateway: ServiceProcess;
+let base = '';
+let imageServer: Server;
+let imageBase = '';
+let decoder: DecoderClient;
+
+async function startGateway(env: Record<string, string> = {}) {
+  const [pre, enc, dec] = stages;
+  const g = await startServiceProcess(builtService('gateway'), {
+    LOUPE_MODEL_DIR: modelDir,
+    LOUPE_GATEWAY_HOST: '127.0.0.1',
+    LOUPE_GATEWAY_PORT: '0',
+    LOUPE_PREPROCESSOR_ENDPOINTS: pre!.grpcAddress,
+    LOUPE_ENCODER_ENDPOINTS: enc!.grpcAddress,
+    LOUPE_DECODER_ENDPOINTS: dec!.grpcAddress,
+    LOUPE_GATEWAY_API_KEYS: KEY,
+    LOUPE_GATEWAY_FETCH_ALLOW: '127.0.0.1',
+    ...env,
+  });
+  const ready = await g.waitForLog((e) => e.event === 'ready');
+  return { process: g, base: `http://127.0.0.1:${Number(ready.httpPort)}` };
+}
+
+/** What `npx loupe generate` gives for the template-rendered `messages`. */
+async function loupeGenerate(messages: ChatMessage[], images: string[], maxNewTokens: number) {
+  const prompt = loadChatTemplate(modelDir).render(messages, { addGenerationPrompt: true });
+  const args = [
+    join(repoRoot, 'bin', 'loupe.js'),
+    'generate',
+    '--model',
+    modelDir,
+    '--prompt',
+    prompt,
+    '--max-new-tokens',
+    String(maxNewTokens),
+    '--json',
+  ];
+  for (const i of images) args.push('--image', image(i));
+  const { stdout } = await promisify(execFile)(process.execPath, args, { maxBuffer: 64 << 20 });
+  return JSON.parse(stdout) as { prompt_token_ids: number[]; token_ids: number[]; text: string };
+}
+
+beforeAll(async () => {
+  writeTinyModel({ out: modelDir, seed: 0 });
+  stages = await Promise.all(
+    (['preprocessor', 'encoder', 'decoder'] as const).map((name) =>
+      startServiceProcess(builtService(name), {
+        ...ephemeralPorts(name.toUpperCase()),
+        LOUPE_MODEL_DIR: modelDir,
+        ...(name === 'preprocessor' ? { LOUPE_PREPROCESSOR_WORKERS: '1' } : {}),
+        ...(name === 'encoder' ? { LOUPE_ENCODER_THREADS: '1' } : {}),
+        ...(name === 'decoder'
+          ? { LOUPE_DECODER_THREADS: '1', LOUPE_DECODER_MAX_CONTEXT: '4096' }
+          : {}),
+      }),
+    ),
+  );
+  ({ process: gateway, base } = await startGateway());
+  decoder = new DecoderClient(stages[2]!.grpcAddress, credentials.createInsecure(), clientOptions);
+  imageServer = createServer((req, res) => {
+    if (req.url === '/redirect') {
+      res.writeHead(302, { location: 'http://169.254.169.254/latest/meta-data' }).end();
+      return;
+    }
+    const name = req.url!.slice(1);
+    try {
+      const bytes = readFileSync(image(name));
+      res.writeHead(200, { 'content-type': 'image/jpeg' }).end(bytes);
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  await new Promise<void>((resolve) => imageServer.listen(0, '127.0.0.1', resolve));
+  imageBase = `http://127.0.0.1:${(imageServer.address() as AddressInfo).port}`;
+}, 120_000);
+
+afterAll(async () => {
+  decoder?.close();
+  imageServer?.close();
+  for (const p of [gateway, ...stages]) if (p) expect(await p.stop()).toBe(0);
+  rmSync(work, { recursive: true, force: true });
+});
+
+const openai = () => new OpenAI({ baseURL: `${base}/v1`, apiKey: KEY, maxRetries: 0 });
+
+describe('gateway, end to end with the openai SDK', () => {
+  it('answers a text-only chat exactly as `loupe generate` does, streamed and not', async () => {
+    const expected = await loupeGenerate(
+      [{ role: 'user', content: [{ type: 'text', text: 'Hello there, who are you?' }] }],
+      [],
+      16,
+    );
+    const request = {
+      model: 'tiny-seed0',
+      messages: [{ role: 'user' as const, content: 'Hello there, who are you?' }],
+      max_tokens: 16,
+      temperature: 0,
+    };
+    const whole = await openai().chat.completions.create(request);
+    expect(whole.choices[0]!.message.content).toBe(expected.text);
+    expect(whole.usage).toEqual({
+      prompt_tokens: expected.prompt_token_ids.length,
+      completion_tokens: expected.token_ids.length,
+      total_tokens: expected.prompt_token_ids.length + expected.token_ids.length,
+    });
+    expect(whole.choices[0]!.finish_reason).toBe(
+      expected.token_ids.length < 16 ? 'stop' : 'length',
+    );
+
+    const stream = await openai().chat.completions.create({
+      ...request,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = '';
+    let usage;
+    let finish;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta.content ?? '';
+      finish ??= chunk.choices[0]?.finish_reason ?? undefined;
+      usage ??= chunk.usage ?? undefined;
+    }
+    expect(text).toBe(expected.text);
+    expect(finish).toBe(whole.choices[0]!.finish_reason);
+    expect(usage).toEqual(whole.usage);
+  });
+
+  it('answers about one image sent as a data URL as `loupe generate` does', async () => {
+    const question = 'What is in this picture?';
+    const expected = await loupeGenerate(
+      [{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: question }] }],
+      ['jpeg-1600x1067.jpg'],
+      12,
+    );
+    const r = await openai().chat.completions.create({
+      model: 'tiny-seed0',
+      max_tokens: 12,
+      temperature: 0,
+      messages: [
+        {
+          role: 'user',
+          content: [
+            { type: 'image_url', image_url: { url: dataUrl('jpeg-1600x1067.jpg') } },
+            { type: 'text', text: question },
+          ],
+        },
+      ],
+    });
+    expect(r.choices[0]!.message.content).toBe(expected.text);
+    expect(r.usage!.prompt_tokens).toBe(expected.prompt_token_ids.length);
+  });
+
+  it('fetches two images from an allow-listed local server, the second time from the encoder cache', async () => {
+    const expected = await loupeGenerate(
+      [
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'Compare' },
+            { type: 'image' },
+            { type: 'text', text: 'and' },
+            { type: 'image' },
+          ],
+        },
+      ],
+      ['png-rgba-400x300.png', 'jpeg-exif6-1200x800.jpg'],
+      10,
+    );
+    const request = {
+      model: 'tiny-seed0',
+      max_tokens: 10,
+      temperature: 0,
+      messages: [
+        {
+          role: 'user' as const,
+          content: [
+            { type: 'text' as const, text: 'Compare' },
+            { type: 'image_url' as const, image_url: { url: `${imageBase}/png-rgba-400x300.png` } },
+            { type: 'text' as const, text: 'and' },
+            {
+              type: 'image_url' as const,
+              image_url: { url: `${imageBase}/jpeg-exif6-1200x800.jpg` },
+            },
+          ],
+        },
+      ],
+    };
+    const first = await openai().chat.completions.create(request);
+    const second = await openai().chat.completions.create(request);
+    expect(first.choices[0]!.message.content).toBe(expected.text);
+    expect(second.choices[0]!.message.content).toBe(expected.text);
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    expect(metrics).toMatch(/loupe_gateway_images_total\{[^}]*source="cache"[^}]*\} [2-9]/);
+  });
+
+  it('cancels the decoder sequence when the client goes away mid-stream', async () => {
+    const controller = new AbortController();
+    const stream = await openai().chat.completions.create(
+      {
+        model: 'tiny-seed0',
+        max_tokens: 3000,
+        temperature: 0,
+        stream: true,
+        messages: [{ role: 'user', content: 'Hello there, who are you?' }],
+      },
+      { signal: controller.signal },
+    );
+    let chunks = 0;
+    await expect(
+      (async () => {
+        for await (const _ of stream) if (++chunks === 3) controller.abort();
+      })(),
+    ).rejects.toThrow();
+    const until = Date.now() + 20_000;
+    for (;;) {
+      const load = await call(decoder, decoder.load, {});
+      if (load.running === 0) break;
+      if (Date.now() > until) throw new Error(`decoder still running ${load.running}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  });
+});
+
+describe('gateway refusals, in OpenAI error shapes', () => {
+  const post = (body: unknown, key: string | null = KEY) =>
+    fetch(`${base}/v1/chat/completions`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        ...(key !== null ? { authorization: `Bearer ${key}` } : {}),
+      },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    });
+  const chat = (content: unknown, extra: object = {}) => ({
+    model: 'tiny-seed0',
+    max_tokens: 2,
+    messages: [{ role: 'user', content }],
+    ...extra,
+  });
+
+  it('401 without a valid key, through the SDK too', async () => {
+    for (const key of [null, 'sk-wrong']) {
+      const r = await post(chat('hi'), key);
+      expect(r.status).toBe(401);
+      expect(((await r.json()) as { error: unknown }).error).toMatchObject({
+        type: 'authentication_error',
+        code: 'invalid_api_key',
+      });
+    }
+    const bad = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'sk-wrong', maxRetries: 0 });
+    await expect(bad.models.list()).rejects.toBeInstanceOf(OpenAI.AuthenticationError);
+    expect((await openai().models.list()).data.map((m) => m.id)).toEqual(['tiny-seed0']);
+  });
+
+  it('400 naming the parameter for invalid requests', async () => {
+    const cases: Array<[unknown, RegExp, string | null]> = [
+      ['{not json', /not valid JSON/, 'invalid_json'],
+      [chat('hi', { temperature: 3 }), /`temperature`/, 'invalid_value'],
+      [chat('hi', { n: 2 }), /`n` must be 1/, 'unsupported_value'],
+      [chat('hi', { top_logprobs: 3 }), /`top_logprobs` needs `logprobs: true`/, null],
+      [{ ...chat('hi'), messages: [] }, /`messages`/, 'invalid_value'],
+      [
+        chat([{ type: 'image_url', image_url: { url: 'ftp://x/y.png' } }]),
+        /must be a data: URL or an http\(s\) URL/,
+        'bad_url',
+      ],
+      [
+        chat([{ type: 'image_url', image_url: { url: 'data:image/png;base64,aGVsbG8gd29ybGQ=' } }]),
+        /not an accepted image/,
+        'not_an_image',
+      ],
+      [
+        chat([
+          { type: 'image_url', image_url: { url: 'http://169.254.169.254/latest/meta-data' } },
+        ]),
+        /a metadata address/,
+        'blocked_address',
+      ],
+      [
+        chat([{ type: 'image_url', image_url: { url: 'http://10.0.0.1/x.png' } }]),
+        /a private address/,
+        'blocked_address',
+      ],
+      [
+        chat([{ type: 'image_url', image_url: { url: `http://127.0.0.2:1/x.png` } }]),
+        /a loopback address/,
+        'blocked_address',
+      ],
+      [
+        chat([{ type: 'image_url', image_url: { url: `${imageBase}/redirect` } }]),
+        /169\.254\.169\.254, a metadata address/,
+        'blocked_address',
+      ],
+      [chat('hi', { max_tokens: 5000 }), /max_new_tokens/, 'invalid_value'],
+    ];
+    for (const [body, message, code] of cases) {
+      const r = await post(body);
+      const json = (await r.json()) as {
+        error: { message: string; type: string; code: string | null };
+      };
+      expect([String(message), r.status]).toEqual([String(message), 400]);
+      expect(json.error.message).toMatch(message);
+      expect(json.error.type).toBe('invalid_request_error');
+      if (code) expect(json.error.code).toBe(code);
+    }
+    const model = await post({ ...chat('hi'), model: 'gpt-4o' });
+    expect(model.status).toBe(404);
+    expect(((await model.json()) as { error: { code: string } }).error.code).toBe(
+      'model_not_found',
+    );
+  });
+
+  it('413 for a body over the limit, 429 with Retry-After over the rate limit', async () => {
+    const small = await startGateway({
+      LOUPE_GATEWAY_MAX_BODY_BYTES: '65536',
+      LOUPE_GATEWAY_REQUESTS_PER_MINUTE: '2',
+    });
+    try {
+      const send = (body: unknown) =>
+        fetch(`${small.base}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+          body: JSON.stringify(body),
+        });
+      const big = await send(chat('x'.repeat(100_000)));
+      expect(big.status).toBe(413);
+      expect(((await big.json()) as { error: { code: string } }).error.code).toBe('body_too_large');
+      expect((await send(chat('hi'))).status).toBe(200);
+      expect((await send(chat('hi'))).status).toBe(200);
+      const limited = await send(chat('hi'));
+      expect(limited.status).toBe(429);
+      expect(Number(limited.headers.get('retry-after'))).toBeGreaterThan(0);
+      expect(((await limited.json()) as { error: { type: string } }).error.type).toBe(
+        'rate_limit_error',
+      );
+    } finally {
+      expect(await small.process.stop()).toBe(0);
+    }
+  });
+
+  it('serves /healthz, /readyz, /openapi.json and /metrics', async () => {
+    expect((await fetch(`${base}/healthz`)).status).toBe(200);
+    const ready = await fetch(`${base}/readyz`);
+    expect(await ready.json()).toEqual({
+      ready: true,
+      stages: { preprocessor: true, encoder: true, decoder: true },
+    });
+    const doc = (await (await fetch(`${base}/openapi.json`)).json()) as {
+      paths: Record<string, unknown>;
+    };
+    expect(Object.keys(doc.paths)).toContain('/v1/chat/completions');
+    expect(JSON.stringify(doc)).toContain('max_completion_tokens');
+    expect(await (await fetch(`${base}/metrics`)).text()).toMatch(/loupe_gateway_requests_total/);
+  });
+});
