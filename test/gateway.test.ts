@@ -182,6 +182,31 @@ describe('gateway, end to end with the openai SDK', () => {
     expect(r.usage!.prompt_tokens).toBe(expected.prompt_token_ids.length);
   });
 
+  it('`loupe chat` streams the same answer', async () => {
+    const question = 'What is in this picture?';
+    const expected = await loupeGenerate(
+      [{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: question }] }],
+      ['jpeg-1600x1067.jpg'],
+      12,
+    );
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      [
+        join(repoRoot, 'bin', 'loupe.js'),
+        'chat',
+        '--url',
+        base,
+        '--image',
+        image('jpeg-1600x1067.jpg'),
+        '--max-tokens',
+        '12',
+        question,
+      ],
+      { env: { ...process.env, LOUPE_API_KEY: KEY } },
+    );
+    expect(stdout).toBe(`${expected.text}\n`);
+  });
+
   it('fetches two images from an allow-listed local server, the second time from the encoder cache', async () => {
     const expected = await loupeGenerate(
       [

@@ -30,6 +30,7 @@ describe('loupe start', () => {
         LOUPE_ENCODER_METRICS_PORT: '0',
         LOUPE_DECODER_PORT: '0',
         LOUPE_DECODER_METRICS_PORT: '0',
+        LOUPE_GATEWAY_PORT: '0',
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -45,6 +46,8 @@ describe('loupe start', () => {
         output.push(line);
         const match = /^\s+(preprocessor|encoder|decoder)\s+gRPC (127\.0\.0\.1:\d+)/.exec(line);
         if (match) addresses[match[1]!] = match[2]!;
+        const http = /^\s+gateway\s+HTTP (http:\/\/127\.0\.0\.1:\d+)\/v1/.exec(line);
+        if (http) addresses.gateway = http[1]!;
         if (line.includes('Ctrl-C stops everything')) resolve();
       });
       void exited.then((code) =>
@@ -53,7 +56,7 @@ describe('loupe start', () => {
     });
     // The summary comes after every service's lines.
     await new Promise<void>((resolve) => {
-      const check = () => (Object.keys(addresses).length === 3 ? resolve() : setTimeout(check, 10));
+      const check = () => (Object.keys(addresses).length === 4 ? resolve() : setTimeout(check, 10));
       check();
     });
     for (const [name, service] of [
@@ -71,11 +74,24 @@ describe('loupe start', () => {
       health.close();
     }
 
+    const chat = await fetch(`${addresses.gateway}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: 'tiny-seed0',
+        max_tokens: 4,
+        messages: [{ role: 'user', content: 'Hello!' }],
+      }),
+    });
+    expect(chat.status).toBe(200);
+    expect(output.join('\n')).toMatch(/curl http:\/\/127\.0\.0\.1:\d+\/v1\/chat\/completions/);
+
     stack.kill('SIGINT');
     expect(await exited).toBe(0);
     expect(output.join('\n')).toMatch(/preprocessor stopped/);
     expect(output.join('\n')).toMatch(/encoder stopped/);
     expect(output.join('\n')).toMatch(/decoder stopped/);
+    expect(output.join('\n')).toMatch(/gateway stopped/);
     expect(output.join('\n')).toMatch(/loupe: stopped/);
   });
 });

@@ -1,4 +1,5 @@
 // The `loupe` command.
+import { runChat } from './chat-command.js';
 import { runConvert } from './convert-command.js';
 import { runEncode } from './encode-command.js';
 import { runGenerate } from './generate-command.js';
@@ -10,7 +11,11 @@ import { CliError } from './cli-error.js';
 const USAGE = `usage: loupe <command> [options]
 
 commands:
-  start                          start the local stack (the services that exist), one process each
+  start                          start the local stack (gateway, preprocessor, encoder, decoder),
+                                 one process each; Ctrl-C stops it
+  chat [--url URL] [--image FILE]... [--max-tokens N] [--temperature T] "question"
+                                 ask the gateway (default http://127.0.0.1:8080, key from
+                                 LOUPE_API_KEY) and stream the answer
   preprocess --model DIR --image FILE [--split on|off] --out FILE.safetensors
                                  run the image preprocessor in-process and write pixel_values
                                  and pixel_attention_mask; prints a JSON summary
@@ -30,6 +35,7 @@ commands:
 
 const commands: Record<string, (args: string[]) => Promise<number>> = {
   start: runStart,
+  chat: runChat,
   preprocess: runPreprocess,
   convert: runConvert,
   generate: runGenerate,

@@ -1,6 +1,6 @@
 // `loupe start` (and `npm start`): the local stack, each service its own process on loopback.
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { writeTinyModel } from '../model/index.js';
 import { packageRoot } from '../runtime/index.js';
 import { Supervisor, type ChildSpec } from './supervisor.js';
@@ -77,6 +77,7 @@ export async function runStart(_args: string[]): Promise<number> {
 
   const started: string[] = [];
   const ports: Record<string, number> = {};
+  let modelId = '';
   try {
     const model = modelDir();
     started.push(`  model         ${model}`);
@@ -87,6 +88,23 @@ export async function runStart(_args: string[]): Promise<number> {
         `  ${spec.name.padEnd(13)} gRPC 127.0.0.1:${ready.grpcPort}   metrics http://127.0.0.1:${ready.metricsPort}/metrics`,
       );
     }
+    // The gateway last, pointed at the ports the stages actually got.
+    const gateway = await supervisor.start({
+      name: 'gateway',
+      script: join(packageRoot(), 'dist', 'services', 'gateway', 'main.js'),
+      env: {
+        LOUPE_MODEL_DIR: model,
+        LOUPE_GATEWAY_HOST: process.env.LOUPE_GATEWAY_HOST ?? '127.0.0.1',
+        LOUPE_PREPROCESSOR_ENDPOINTS: `127.0.0.1:${ports.preprocessor}`,
+        LOUPE_ENCODER_ENDPOINTS: `127.0.0.1:${ports.encoder}`,
+        LOUPE_DECODER_ENDPOINTS: `127.0.0.1:${ports.decoder}`,
+      },
+    });
+    ports.gateway = Number(gateway.httpPort);
+    modelId = String((gateway as { modelId?: string }).modelId ?? basename(model));
+    started.push(
+      `  ${'gateway'.padEnd(13)} HTTP http://127.0.0.1:${gateway.httpPort}/v1   metrics http://127.0.0.1:${gateway.httpPort}/metrics`,
+    );
   } catch (error) {
     process.stderr.write(`loupe start: ${(error as Error).message}\n`);
     await stop();
@@ -98,7 +116,11 @@ export async function runStart(_args: string[]): Promise<number> {
       'Loupe is running (Ctrl-C stops everything):',
       ...started,
       '',
-      'Try it (needs grpcurl; any JPEG or PNG will do):',
+      'Try it:',
+      `  curl http://127.0.0.1:${ports.gateway}/v1/chat/completions -H 'content-type: application/json' -d '{"model": "${modelId}", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello!"}]}'`,
+      `  npx loupe chat --url http://127.0.0.1:${ports.gateway} --image test/fixtures/images/jpeg-1600x1067.jpg "What is in this picture?"`,
+      '',
+      'The stages directly (needs grpcurl):',
       `  grpcurl -plaintext -d "{\\"image\\": \\"$(base64 -w0 test/fixtures/images/jpeg-1600x1067.jpg)\\"}" 127.0.0.1:${ports.preprocessor} loupe.v1.Preprocessor/Preprocess | grep -v '"data"'`,
       `  grpcurl -plaintext 127.0.0.1:${ports.encoder} loupe.v1.Encoder/Info`,
       `  grpcurl -plaintext -d '{"prompt_token_ids": [1, 5, 9], "max_new_tokens": 8}' 127.0.0.1:${ports.decoder} loupe.v1.Decoder/Generate`,

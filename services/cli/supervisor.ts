@@ -13,6 +13,7 @@ export interface ChildSpec {
 export interface ReadyInfo {
   grpcPort?: number;
   metricsPort?: number;
+  httpPort?: number;
   [key: string]: unknown;
 }
 
