@@ -77,7 +77,7 @@ export async function runStart(_args: string[]): Promise<number> {
 
   const started: string[] = [];
   const ports: Record<string, number> = {};
-  let modelId = '';
+  let modelId: string;
   try {
     const model = modelDir();
     started.push(`  model         ${model}`);
