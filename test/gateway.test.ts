@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DecoderClient } from '../proto/gen/loupe/v1/decoder.js';
 import { loadChatTemplate, writeTinyModel, type ChatMessage } from '../services/model/index.js';
 import { fixturesDir } from './helpers/fixtures.js';
+import { pngDeclaring } from './helpers/images.js';
 import { call, clientOptions } from './helpers/grpc.js';
 import {
   builtService,
@@ -94,6 +95,11 @@ beforeAll(async () => {
       res.writeHead(302, { location: 'http://169.254.169.254/latest/meta-data' }).end();
       return;
     }
+    if (req.url === '/slow') return; // never answers (closed in afterAll)
+    if (req.url === '/big') {
+      res.writeHead(200, { 'content-type': 'image/png' }).end(Buffer.alloc(300_000, 1));
+      return;
+    }
     const name = req.url!.slice(1);
     try {
       const bytes = readFileSync(image(name));
@@ -108,6 +114,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   decoder?.close();
+  imageServer?.closeAllConnections();
   imageServer?.close();
   for (const p of [gateway, ...stages]) if (p) expect(await p.stop()).toBe(0);
   rmSync(work, { recursive: true, force: true });
@@ -408,5 +415,108 @@ describe('gateway refusals, in OpenAI error shapes', () => {
     expect(Object.keys(doc.paths)).toContain('/v1/chat/completions');
     expect(JSON.stringify(doc)).toContain('max_completion_tokens');
     expect(await (await fetch(`${base}/metrics`)).text()).toMatch(/loupe_gateway_requests_total/);
+  });
+});
+
+describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
+  const chat = (content: unknown, extra: object = {}) => ({
+    model: 'tiny-seed0',
+    max_tokens: 2,
+    messages: [{ role: 'user', content }],
+    ...extra,
+  });
+  const img = (url: string) => ({ type: 'image_url', image_url: { url } });
+  const send = (url: string, body: unknown) =>
+    fetch(`${url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+      body: JSON.stringify(body),
+    });
+  const error = async (r: Response) =>
+    ((await r.json()) as { error: { message: string; code: string } }).error;
+
+  it('400 for too many images, image bytes and pixels, prompt tokens, slow and big fetches', async () => {
+    const g = await startGateway({
+      LOUPE_GATEWAY_MAX_IMAGES: '1',
+      LOUPE_GATEWAY_MAX_IMAGE_BYTES: '50000',
+      LOUPE_GATEWAY_FETCH_TIMEOUT_MS: '500',
+    });
+    try {
+      const cases: Array<[unknown, RegExp, string]> = [
+        [
+          chat([img(dataUrl('png-200x377.png')), img(dataUrl('png-200x377.png'))]),
+          /2 images, over the limit of 1/,
+          'too_many_images',
+        ],
+        [chat([img(dataUrl('jpeg-1600x1067.jpg'))]), /over the limit of 50000/, 'too_large'],
+        [
+          chat([img(`data:image/png;base64,${pngDeclaring(100_000, 100_000).toString('base64')}`)]),
+          /preprocessor: .*pixels/,
+          'invalid_value',
+        ],
+        [chat([img(`${imageBase}/slow`)]), /took too long/, 'timeout'],
+        [chat([img(`${imageBase}/big`)]), /over the limit of 50000/, 'too_large'],
+        [chat('word '.repeat(5000)), /context/, 'context_length_exceeded'],
+      ];
+      for (const [body, message, code] of cases) {
+        const r = await send(g.base, body);
+        const e = await error(r);
+        expect([String(message), r.status, e.message]).toEqual([
+          String(message),
+          400,
+          expect.stringMatching(message),
+        ]);
+        expect(e.code).toBe(code);
+      }
+    } finally {
+      expect(await g.process.stop()).toBe(0);
+    }
+  });
+
+  it('retries an idempotent stage on another endpoint, and answers 503 with Retry-After when a stage is down', async () => {
+    const [pre] = stages;
+    const g = await startGateway({
+      LOUPE_PREPROCESSOR_ENDPOINTS: `127.0.0.1:1,${pre!.grpcAddress}`,
+      LOUPE_DECODER_ENDPOINTS: '127.0.0.1:1',
+    });
+    try {
+      const r = await send(
+        g.base,
+        chat([img(dataUrl('png-377x377.png')), { type: 'text', text: 'hi' }]),
+      );
+      expect(r.status).toBe(503);
+      expect(Number(r.headers.get('retry-after'))).toBeGreaterThan(0);
+      // The preprocessor's dead endpoint was retried on the live one: it is the decoder that failed.
+      expect((await error(r)).message).toMatch(/the decoder is unavailable/);
+      const ready = await fetch(`${g.base}/readyz`);
+      expect(ready.status).toBe(503);
+      expect(await ready.json()).toEqual({
+        ready: false,
+        stages: { preprocessor: true, encoder: true, decoder: false },
+      });
+    } finally {
+      expect(await g.process.stop()).toBe(0);
+    }
+  });
+
+  it('finishes the request in flight on SIGTERM, then exits 0', async () => {
+    const g = await startGateway();
+    const pending = send(
+      g.base,
+      chat('Hello there, who are you?', { max_tokens: 40, temperature: 0 }),
+    );
+    // Wait until the request is in the gateway before the signal.
+    for (let i = 0; i < 100; i++) {
+      const m = await (await fetch(`${g.base}/metrics`)).text();
+      if (/loupe_gateway_requests_in_flight\{[^}]*\} 1/.test(m)) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const stopped = g.process.stop();
+    const r = await pending;
+    expect(r.status).toBe(200);
+    expect(
+      ((await r.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens,
+    ).toBeGreaterThan(0);
+    expect(await stopped).toBe(0);
   });
 });

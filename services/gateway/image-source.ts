@@ -232,13 +232,14 @@ function readCapped(
 ): Promise<Buffer> {
   const declared = Number(response.headers['content-length'] ?? NaN);
   if (declared > maxBytes) {
-    response.destroy();
-    return Promise.reject(
+    const refused = Promise.reject(
       new ImageSourceError(
         'too_large',
         `\`${field}\` is ${declared} bytes, over the limit of ${maxBytes}`,
       ),
     );
+    response.destroy();
+    return refused;
   }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -246,10 +247,11 @@ function readCapped(
     response.on('data', (chunk: Buffer) => {
       size += chunk.byteLength;
       if (size > maxBytes) {
-        response.destroy();
+        // Reject first: destroying the response emits its own error events synchronously.
         reject(
           new ImageSourceError('too_large', `\`${field}\` is over the limit of ${maxBytes} bytes`),
         );
+        response.destroy();
         return;
       }
       chunks.push(chunk);
