@@ -16,6 +16,7 @@ import {
 } from '../runtime/index.js';
 import { createGateway } from './app.js';
 import { apiKeys, loadGatewayConfig } from './config.js';
+import { parseEndpoints } from './discovery.js';
 import { Stages } from './stages.js';
 
 const NAME = 'gateway';
@@ -50,14 +51,18 @@ async function main(): Promise<void> {
     otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
   });
   const registry = createRegistry(NAME);
-  const stages = new Stages(
-    {
-      preprocessor: config.LOUPE_PREPROCESSOR_ENDPOINTS,
-      encoder: config.LOUPE_ENCODER_ENDPOINTS,
-      decoder: config.LOUPE_DECODER_ENDPOINTS,
-    },
-    config.LOUPE_GRPC_MAX_MESSAGE_BYTES,
-  );
+  let sources;
+  try {
+    sources = {
+      preprocessor: parseEndpoints(config.LOUPE_PREPROCESSOR_ENDPOINTS),
+      encoder: parseEndpoints(config.LOUPE_ENCODER_ENDPOINTS),
+      decoder: parseEndpoints(config.LOUPE_DECODER_ENDPOINTS),
+    };
+  } catch (error) {
+    process.stderr.write(`loupe ${NAME}: invalid configuration: ${(error as Error).message}\n`);
+    process.exit(2);
+  }
+  const stages = new Stages(sources, config.LOUPE_GRPC_MAX_MESSAGE_BYTES, { logger });
   const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
   const { app, inFlight } = createGateway({
     config,

@@ -32,42 +32,74 @@ import {
   type PreprocessRequest,
   type PreprocessResponse,
 } from '../../proto/gen/loupe/v1/preprocessor.js';
-import { clientChannelOptions, traceContextInterceptor } from '../runtime/index.js';
+import type { KubeConfig } from '@kubernetes/client-node';
+import { clientChannelOptions, traceContextInterceptor, type Logger } from '../runtime/index.js';
+import { watchEndpoints, type EndpointSource, type Watcher } from './discovery.js';
 
 interface Endpoint<C> {
   address: string;
   client: C;
   health: HealthClient;
   outstanding: number;
+  /** The endpoint's own report of its load (the decoder's Load), when polled. */
+  load?: { waiting: number; running: number; kvCacheUsage: number };
 }
 
-/** Several endpoints of one stage, least outstanding first. */
+/**
+ * The endpoints of one stage, kept current by a discovery source (discovery.ts); a call goes
+ * to the endpoint with the lowest score: calls outstanding from this gateway, plus, for the
+ * decoder, the sequences it reports waiting and its KV-cache usage.
+ */
 export class EndpointPool<C extends Client> {
-  readonly endpoints: Endpoint<C>[];
+  endpoints: Endpoint<C>[] = [];
 
   constructor(
     readonly stage: string,
-    addresses: readonly string[],
-    make: (address: string) => C,
-    maxMessageBytes: number,
-  ) {
-    if (addresses.length === 0) throw new Error(`no endpoints for the ${stage}`);
-    this.endpoints = addresses.map((address) => ({
-      address,
-      client: make(address),
-      health: new HealthClient(
-        address,
-        credentials.createInsecure(),
-        clientChannelOptions(maxMessageBytes),
-      ),
-      outstanding: 0,
-    }));
+    private readonly make: (address: string) => C,
+    private readonly maxMessageBytes: number,
+  ) {}
+
+  /** Replaces the endpoint list; clients of endpoints still listed are kept. */
+  setAddresses(addresses: readonly string[]): void {
+    const keep = new Map(this.endpoints.map((e) => [e.address, e]));
+    this.endpoints = addresses.map(
+      (address) =>
+        keep.get(address) ?? {
+          address,
+          client: this.make(address),
+          health: new HealthClient(
+            address,
+            credentials.createInsecure(),
+            clientChannelOptions(this.maxMessageBytes),
+          ),
+          outstanding: 0,
+        },
+    );
+    // Calls in progress on a dropped endpoint finish; its channel closes after them.
+    for (const [address, e] of keep) {
+      if (!addresses.includes(address)) {
+        e.client.close();
+        e.health.close();
+      }
+    }
+  }
+
+  #score(e: Endpoint<C>): number {
+    return e.outstanding + (e.load ? e.load.waiting + e.load.kvCacheUsage : 0);
   }
 
   pick(exclude?: Endpoint<C>): Endpoint<C> {
+    if (this.endpoints.length === 0) {
+      const error = Object.assign(new Error(`no ${this.stage} endpoint is known`), {
+        code: status.UNAVAILABLE,
+        details: `no ${this.stage} endpoint is known (yet)`,
+        metadata: new Metadata(),
+      });
+      throw new StageError(this.stage, error as ServiceError);
+    }
     const candidates = this.endpoints.filter((e) => e !== exclude);
     const pool = candidates.length > 0 ? candidates : this.endpoints;
-    return pool.reduce((best, e) => (e.outstanding < best.outstanding ? e : best));
+    return pool.reduce((best, e) => (this.#score(e) < this.#score(best) ? e : best));
   }
 
   /** Whether some endpoint reports SERVING for `service`, within `timeoutMs`. */
@@ -92,6 +124,7 @@ export class EndpointPool<C extends Client> {
       e.client.close();
       e.health.close();
     }
+    this.endpoints = [];
   }
 }
 
@@ -167,10 +200,10 @@ async function idempotent<C extends Client, Req, Res>(
   }
 }
 
-export interface StageAddresses {
-  preprocessor: readonly string[];
-  encoder: readonly string[];
-  decoder: readonly string[];
+export interface StageSources {
+  preprocessor: EndpointSource;
+  encoder: EndpointSource;
+  decoder: EndpointSource;
 }
 
 export class Stages {
@@ -178,7 +211,18 @@ export class Stages {
   readonly encoder: EndpointPool<EncoderClient>;
   readonly decoder: EndpointPool<DecoderClient>;
 
-  constructor(addresses: StageAddresses, maxMessageBytes: number) {
+  readonly #watchers: Watcher[];
+  readonly #loadTimer: NodeJS.Timeout;
+
+  constructor(
+    sources: StageSources,
+    maxMessageBytes: number,
+    {
+      logger,
+      kubeConfig,
+      loadIntervalMs = 1000,
+    }: { logger: Logger; kubeConfig?: KubeConfig; loadIntervalMs?: number },
+  ) {
     const options = {
       ...clientChannelOptions(maxMessageBytes),
       interceptors: [traceContextInterceptor],
@@ -186,22 +230,39 @@ export class Stages {
     const insecure = credentials.createInsecure();
     this.preprocessor = new EndpointPool(
       'preprocessor',
-      addresses.preprocessor,
       (a) => new PreprocessorClient(a, insecure, options),
       maxMessageBytes,
     );
     this.encoder = new EndpointPool(
       'encoder',
-      addresses.encoder,
       (a) => new EncoderClient(a, insecure, options),
       maxMessageBytes,
     );
     this.decoder = new EndpointPool(
       'decoder',
-      addresses.decoder,
       (a) => new DecoderClient(a, insecure, options),
       maxMessageBytes,
     );
+    this.#watchers = (['preprocessor', 'encoder', 'decoder'] as const).map((stage) =>
+      watchEndpoints(sources[stage], (addresses) => this[stage].setAddresses(addresses), {
+        logger,
+        ...(kubeConfig ? { kubeConfig } : {}),
+      }),
+    );
+    // The decoder's own load report steers routing between decoders.
+    this.#loadTimer = setInterval(() => {
+      for (const e of this.decoder.endpoints) {
+        e.client.load(
+          {},
+          new Metadata(),
+          { deadline: new Date(Date.now() + loadIntervalMs) },
+          (error, load) => {
+            e.load = error ? undefined : load;
+          },
+        );
+      }
+    }, loadIntervalMs);
+    this.#loadTimer.unref();
   }
 
   preprocess(request: PreprocessRequest, ctx: CallContext): Promise<PreprocessResponse> {
@@ -287,6 +348,8 @@ export class Stages {
   }
 
   close(): void {
+    clearInterval(this.#loadTimer);
+    for (const w of this.#watchers) w.stop();
     this.preprocessor.close();
     this.encoder.close();
     this.decoder.close();
