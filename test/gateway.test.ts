@@ -499,6 +499,49 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
     }
   });
 
+  it('ends a stream with an error event when the decoder dies mid-answer, and stays up', async () => {
+    const doomed = await startServiceProcess(builtService('decoder'), {
+      ...ephemeralPorts('DECODER'),
+      LOUPE_MODEL_DIR: modelDir,
+      LOUPE_DECODER_THREADS: '1',
+      LOUPE_DECODER_MAX_CONTEXT: '16384',
+      LOUPE_DECODER_MAX_NEW_TOKENS: '16000',
+    });
+    const g = await startGateway({ LOUPE_DECODER_ENDPOINTS: doomed.grpcAddress });
+    try {
+      const r = await send(
+        g.base,
+        chat('Hello there, who are you?', { max_tokens: 16000, temperature: 0, stream: true }),
+      );
+      expect(r.status).toBe(200);
+      const reader = r.body!.getReader();
+      let text = '';
+      let killed = false;
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        text += new TextDecoder().decode(value);
+        if (!killed && text.split('data:').length > 4) {
+          killed = true;
+          doomed.child.kill('SIGKILL');
+        }
+      }
+      const events = text
+        .split('\n')
+        .filter((l) => l.startsWith('data: '))
+        .map((l) => l.slice(6));
+      expect(events.at(-1)).not.toBe('[DONE]');
+      expect((JSON.parse(events.at(-1)!) as { error: { type: string } }).error.type).toBe(
+        'service_unavailable',
+      );
+      expect((await fetch(`${g.base}/healthz`)).status).toBe(200);
+      expect((await fetch(`${g.base}/readyz`)).status).toBe(503);
+    } finally {
+      expect(await g.process.stop()).toBe(0);
+      await doomed.stop();
+    }
+  });
+
   it('finishes the request in flight on SIGTERM, then exits 0', async () => {
     const g = await startGateway();
     const pending = send(

@@ -49,6 +49,23 @@ describe('parseEndpoints', () => {
   });
 });
 
+describe('watchEndpoints on a DNS name', () => {
+  it('lists every address of the name with the port', async () => {
+    const addresses = await new Promise<string[]>((resolve) => {
+      const watcher = watchEndpoints(
+        { kind: 'dns', host: 'localhost', port: 50052 },
+        (a) => {
+          watcher.stop();
+          resolve(a);
+        },
+        { logger },
+      );
+    });
+    expect(addresses.length).toBeGreaterThan(0);
+    for (const a of addresses) expect(['127.0.0.1:50052', '[::1]:50052']).toContain(a);
+  });
+});
+
 describe('watchEndpoints on Kubernetes EndpointSlices (API server stand-in)', () => {
   it('follows ADDED, MODIFIED and DELETED slices of the service', async () => {
     let stream: ServerResponse | undefined;
