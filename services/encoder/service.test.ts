@@ -457,7 +457,7 @@ describe('encoder batching, limits and shutdown', () => {
     try {
       const three = [1, 2, 3].map((i) => noise(28, 28, i));
       // Waits for the batch to fill (10 s) but its deadline comes first.
-      const expiring = callError(encoder, encoder.encode, request(three), { deadlineMs: 1500 });
+      const expiring = callError(encoder, encoder.encode, request(three), { deadlineMs: 4000 });
       await waitForMetrics(service.metricsPort, (m) => m('loupe_encoder_queue_depth') === 3);
       const full = await callError(
         encoder,
