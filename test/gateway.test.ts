@@ -499,6 +499,47 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
     }
   });
 
+  it('429 with Retry-After when the decoder queue is full', async () => {
+    const busy = await startServiceProcess(builtService('decoder'), {
+      ...ephemeralPorts('DECODER'),
+      LOUPE_MODEL_DIR: modelDir,
+      LOUPE_DECODER_THREADS: '1',
+      LOUPE_DECODER_MAX_RUNNING: '1',
+      LOUPE_DECODER_MAX_WAITING: '0',
+      LOUPE_DECODER_MAX_CONTEXT: '16384',
+      LOUPE_DECODER_MAX_NEW_TOKENS: '16000',
+    });
+    const g = await startGateway({ LOUPE_DECODER_ENDPOINTS: busy.grpcAddress });
+    const controller = new AbortController();
+    try {
+      const long = await fetch(`${g.base}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+        body: JSON.stringify(
+          chat('Hello there, who are you?', { max_tokens: 16000, temperature: 0, stream: true }),
+        ),
+        signal: controller.signal,
+      });
+      // Running once a token has streamed (the first chunk only says the role).
+      const reader = long.body!.getReader();
+      let seen = '';
+      while (!seen.includes('"content":"') || seen.split('data:').length < 3) {
+        seen += new TextDecoder().decode((await reader.read()).value);
+      }
+      const r = await send(g.base, chat('hi'));
+      expect(r.status).toBe(429);
+      expect(Number(r.headers.get('retry-after'))).toBeGreaterThan(0);
+      expect(await error(r)).toMatchObject({
+        code: 'overloaded',
+        message: expect.stringMatching(/decoder queue is full/),
+      });
+    } finally {
+      controller.abort();
+      expect(await g.process.stop()).toBe(0);
+      await busy.stop();
+    }
+  });
+
   it('ends a stream with an error event when the decoder dies mid-answer, and stays up', async () => {
     const doomed = await startServiceProcess(builtService('decoder'), {
       ...ephemeralPorts('DECODER'),

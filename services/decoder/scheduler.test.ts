@@ -109,13 +109,21 @@ describe('Scheduler', () => {
 
   it('refuses work beyond the queue and requests beyond the context', () => {
     const { scheduler } = createScheduler({ slots: 1, context: 16, maxWaiting: 1 });
-    const [a, b] = createRequests(2);
-    scheduler.addRequest(a!);
-    expect(() => scheduler.addRequest(b!)).toThrow(
-      new QueueFullError('decoder queue is full: 1 requests waiting, limit 1'),
+    const [a, b, c] = createRequests(3);
+    scheduler.addRequest(a!); // gets the slot
+    scheduler.addRequest(b!); // waits
+    expect(() => scheduler.addRequest(c!)).toThrow(
+      new QueueFullError('decoder queue is full: 1 requests waiting for a slot, limit 1'),
     );
     expect(() =>
-      scheduler.addRequest({ ...b!, id: 'big', promptTokens: 10, maxNewTokens: 7 }),
+      scheduler.addRequest({ ...c!, id: 'big', promptTokens: 10, maxNewTokens: 7 }),
     ).toThrow('exceed the context of 16');
+
+    // No waiting allowed: only what finds a free slot.
+    const strict = createScheduler({ slots: 2, maxWaiting: 0 }).scheduler;
+    const [x, y, z] = createRequests(3);
+    strict.addRequest(x!);
+    strict.addRequest(y!);
+    expect(() => strict.addRequest(z!)).toThrow('0 requests waiting for a slot, limit 0');
   });
 });

@@ -79,7 +79,7 @@ export interface StepEvent {
 export interface SchedulerOptions {
   /** Most prompt tokens in one prefill step (the per-step token budget). */
   maxPrefillTokens: number;
-  /** Most sequences waiting; addRequest refuses more. */
+  /** Most sequences waiting for a free slot; addRequest refuses more (0: only when a slot is free). */
   maxWaiting: number;
 }
 
@@ -123,9 +123,14 @@ export class Scheduler {
         `prompt (${spec.promptTokens}) + max new tokens (${spec.maxNewTokens}) exceed the context of ${this.kv.context}`,
       );
     }
-    if (this.#waiting.length >= this.options.maxWaiting) {
+    // Those that will wait: the queue beyond the free slots (the first ones get a slot).
+    const waitingForSlot = Math.max(0, this.#waiting.length - (this.kv.slots - this.kv.usedSlots));
+    if (
+      waitingForSlot + 1 > this.options.maxWaiting &&
+      this.#waiting.length + 1 > this.kv.slots - this.kv.usedSlots
+    ) {
       throw new QueueFullError(
-        `decoder queue is full: ${this.#waiting.length} requests waiting, limit ${this.options.maxWaiting}`,
+        `decoder queue is full: ${waitingForSlot} requests waiting for a slot, limit ${this.options.maxWaiting}`,
       );
     }
     const sequence: Sequence = {

@@ -389,7 +389,9 @@ describe('decoder limits and shutdown', () => {
       await waitForLoad(decoder, (l) => l.waiting === 1);
       const third = await generate(decoder, request(prompt, { maxNewTokens: 4 }));
       expect(third.error?.code).toBe(status.RESOURCE_EXHAUSTED);
-      expect(third.error?.details).toMatch(/decoder queue is full: 1 requests waiting, limit 1/);
+      expect(third.error?.details).toMatch(
+        /decoder queue is full: 1 requests waiting for a slot, limit 1/,
+      );
       expect(reason(third.error!)).toBe('queue_full');
 
       // SIGTERM while one request runs and one waits: the server drains both. The first is
