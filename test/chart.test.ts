@@ -1,0 +1,213 @@
+// The Helm chart (charts/loupe) and the container images, checked offline. The chart checks
+// need `helm` on PATH: without it they are skipped, saying so, except under CI=true, where
+// a missing helm is a failure (.ci/run builds it from the Go module proxy).
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parseAllDocuments } from 'yaml';
+import { repoRoot } from './helpers/service-process.js';
+
+const chart = join(repoRoot, 'charts', 'loupe');
+const helm = spawnSync('helm', ['version', '--short'], { encoding: 'utf8' }).status === 0;
+const EXAMPLES = ['values-cpu-small', 'values-gpu'];
+
+interface K8sObject {
+  kind: string;
+  metadata: { name: string };
+  spec?: Record<string, unknown> & {
+    replicas?: number;
+    template?: {
+      spec: {
+        containers: Array<{
+          image: string;
+          args: string[];
+          resources?: { limits?: Record<string, unknown> };
+        }>;
+        nodeSelector?: Record<string, string>;
+      };
+    };
+  };
+}
+
+function template(args: string[] = []): string {
+  return execFileSync(
+    'helm',
+    ['template', 'demo', chart, '-n', 'loupe', '--kube-version', '1.30.0', ...args],
+    {
+      encoding: 'utf8',
+    },
+  );
+}
+const objects = (text: string) =>
+  parseAllDocuments(text)
+    .map((d) => d.toJS() as K8sObject | null)
+    .filter((o): o is K8sObject => o !== null);
+const deployments = (text: string) => objects(text).filter((o) => o.kind === 'Deployment');
+const helmError = (args: string[]) => {
+  const r = spawnSync('helm', ['template', 'demo', chart, '--kube-version', '1.30.0', ...args], {
+    encoding: 'utf8',
+  });
+  expect(r.status).not.toBe(0);
+  return r.stderr;
+};
+
+describe('helm', () => {
+  it('is on PATH, or the chart checks are skipped (never under CI)', () => {
+    if (!helm) {
+      if (process.env.CI === 'true')
+        throw new Error('CI=true but helm is not on PATH (.ci/run installs it)');
+      console.warn(
+        'chart checks SKIPPED: helm is not on PATH (go install helm.sh/helm/v3/cmd/helm@v3.22.0)',
+      );
+    }
+  });
+});
+
+describe.runIf(helm)('chart', () => {
+  it.each(EXAMPLES)('lints and renders %s exactly as committed', (name) => {
+    const values = join(chart, 'examples', `${name}.yaml`);
+    execFileSync('helm', ['lint', chart, '-f', values, '--kube-version', '1.30.0'], {
+      encoding: 'utf8',
+    });
+    const rendered = template(['-f', values]);
+    expect(rendered).toBe(
+      readFileSync(join(chart, 'examples', 'rendered', `${name}.yaml`), 'utf8'),
+    );
+    for (const o of objects(rendered)) {
+      expect(o.kind, JSON.stringify(o).slice(0, 80)).toMatch(/^[A-Z]/);
+      expect(o.metadata.name).toMatch(/^[a-z0-9-]{1,63}$/);
+    }
+  });
+
+  it('renders nothing for a stage switched off', () => {
+    const names = (args: string[]) =>
+      deployments(template(args))
+        .map((d) => d.metadata.name)
+        .sort();
+    expect(names([])).toEqual([
+      'demo-loupe-decoder',
+      'demo-loupe-encoder',
+      'demo-loupe-gateway',
+      'demo-loupe-preprocessor',
+    ]);
+    expect(names(['--set', 'gateway.enabled=false'])).toEqual([
+      'demo-loupe-decoder',
+      'demo-loupe-encoder',
+      'demo-loupe-preprocessor',
+    ]);
+    expect(names(['--set', 'gateway.enabled=false', '--set', 'encoder.enabled=false'])).toEqual([
+      'demo-loupe-decoder',
+      'demo-loupe-preprocessor',
+    ]);
+    const off = objects(
+      template(['--set', 'gateway.enabled=false', '--set', 'encoder.enabled=false']),
+    );
+    expect(off.filter((o) => o.metadata.name.endsWith('-encoder'))).toEqual([]);
+  });
+
+  it('drops replicas where an autoscaler owns the Deployment, for either provider', () => {
+    for (const provider of ['keda', 'hpa']) {
+      const text = template([
+        '--set',
+        `autoscalingProvider=${provider}`,
+        '--set',
+        'decoder.autoscaling.enabled=true',
+        '--set',
+        'gateway.autoscaling.enabled=true',
+      ]);
+      const byName = new Map(deployments(text).map((d) => [d.metadata.name, d]));
+      expect(byName.get('demo-loupe-decoder')!.spec!.replicas).toBeUndefined();
+      expect(byName.get('demo-loupe-gateway')!.spec!.replicas).toBeUndefined();
+      expect(byName.get('demo-loupe-encoder')!.spec!.replicas).toBe(1);
+      const scalers = objects(text).filter(
+        (o) => o.kind === 'ScaledObject' || o.kind === 'HorizontalPodAutoscaler',
+      );
+      expect(scalers.map((o) => `${o.kind} ${o.metadata.name}`).sort()).toEqual(
+        provider === 'keda'
+          ? ['HorizontalPodAutoscaler demo-loupe-gateway', 'ScaledObject demo-loupe-decoder']
+          : [
+              'HorizontalPodAutoscaler demo-loupe-decoder',
+              'HorizontalPodAutoscaler demo-loupe-gateway',
+            ],
+      );
+    }
+  });
+
+  it('requests a GPU, the CUDA image and GPU nodes for the encoder and decoder only', () => {
+    for (const d of deployments(template())) {
+      const pod = d.spec!.template!.spec;
+      const gpu = d.metadata.name.endsWith('encoder') || d.metadata.name.endsWith('decoder');
+      expect([d.metadata.name, pod.containers[0]!.resources?.limits?.['nvidia.com/gpu']]).toEqual([
+        d.metadata.name,
+        gpu ? 1 : undefined,
+      ]);
+      expect(pod.containers[0]!.image.includes('loupe-cuda')).toBe(gpu);
+      expect(pod.nodeSelector?.['nvidia.com/gpu.present'] === 'true').toBe(gpu);
+    }
+  });
+
+  it('refuses wrong values with a readable message', () => {
+    expect(helmError(['--set', 'model.source=s3'])).toMatch(/model\.source|source/);
+    expect(helmError(['--set', 'decoder.port=70000'])).toMatch(/port/);
+    expect(
+      helmError([
+        '--set',
+        'decoder.autoscaling.enabled=true',
+        '--set',
+        'decoder.autoscaling.minReplicas=4',
+        '--set',
+        'decoder.autoscaling.maxReplicas=2',
+      ]),
+    ).toMatch(/decoder\.autoscaling\.maxReplicas \(2\) must be >= minReplicas \(4\)/);
+    expect(helmError(['--set', 'encoder.enabled=false'])).toMatch(
+      /gateway\.enabled needs preprocessor\.enabled, encoder\.enabled and decoder\.enabled/,
+    );
+  });
+});
+
+describe('container images', () => {
+  const ignored = readFileSync(join(repoRoot, '.dockerignore'), 'utf8')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
+
+  it.each(['docker/Dockerfile', 'docker/Dockerfile.cuda'])(
+    '%s copies files that exist and are not ignored, and runs real entry points',
+    (file) => {
+      const text = readFileSync(join(repoRoot, file), 'utf8');
+      const copies = text
+        .split('\n')
+        .filter((l) => /^COPY /.test(l) && !l.includes('--from='))
+        .flatMap((l) =>
+          l
+            .replace(/^COPY\s+/, '')
+            .split(/\s+/)
+            .slice(0, -1),
+        );
+      expect(copies.length).toBeGreaterThan(0);
+      for (const source of copies) {
+        expect(existsSync(join(repoRoot, source)), source).toBe(true);
+        expect(ignored.includes(source), `${source} is in .dockerignore`).toBe(false);
+      }
+      const cmd = /^CMD \["([^"]+)"\]/m.exec(text)![1]!;
+      expect(existsSync(join(repoRoot, cmd.replace(/^dist\//, '').replace(/\.js$/, '.ts')))).toBe(
+        true,
+      );
+      expect(text).toMatch(/^USER (node|1000)$/m);
+      expect(text).toMatch(/ENTRYPOINT \["\/usr\/bin\/tini", "--", "node"\]/);
+    },
+  );
+
+  it('the chart runs entry points that exist, and the CLI package.json names', () => {
+    const pkg = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as {
+      bin: Record<string, string>;
+    };
+    expect(existsSync(join(repoRoot, pkg.bin.loupe!))).toBe(true);
+    const text = readFileSync(join(chart, 'templates', 'deployments.yaml'), 'utf8');
+    expect(text).toContain('args: ["dist/services/{{ $stage }}/main.js"]');
+    for (const stage of ['gateway', 'preprocessor', 'encoder', 'decoder']) {
+      expect(existsSync(join(repoRoot, 'services', stage, 'main.ts')), stage).toBe(true);
+    }
+  });
+});
