@@ -67,13 +67,25 @@ describe('watchEndpoints on a DNS name', () => {
 });
 
 describe('watchEndpoints on Kubernetes EndpointSlices (API server stand-in)', () => {
-  it('follows ADDED, MODIFIED and DELETED slices of the service', async () => {
+  it('lists, then follows pods appearing, becoming not ready and disappearing', async () => {
     let stream: ServerResponse | undefined;
     const requests: string[] = [];
     const server = createServer((req, res) => {
       requests.push(req.url!);
+      const url = new URL(req.url!, 'http://x');
       res.writeHead(200, { 'content-type': 'application/json' });
-      stream = res;
+      if (url.searchParams.get('watch') === 'true') {
+        stream = res; // events are written by the test below
+        return;
+      }
+      res.end(
+        JSON.stringify({
+          apiVersion: 'discovery.k8s.io/v1',
+          kind: 'EndpointSliceList',
+          metadata: { resourceVersion: '10' },
+          items: [slice('encoder-a', ['10.1.0.1'], ['10.1.0.3'])],
+        }),
+      );
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const config = new KubeConfig();
@@ -91,6 +103,7 @@ describe('watchEndpoints on Kubernetes EndpointSlices (API server stand-in)', ()
     });
     const seen: string[][] = [];
     let notify: (() => void) | undefined;
+    let changed = new Promise<void>((r) => (notify = r));
     const watcher = watchEndpoints(
       { kind: 'kubernetes', namespace: 'loupe', service: 'encoder', port: 'grpc' },
       (addresses) => {
@@ -99,30 +112,40 @@ describe('watchEndpoints on Kubernetes EndpointSlices (API server stand-in)', ()
       },
       { logger, kubeConfig: config },
     );
-    const next = () => new Promise<void>((r) => (notify = r));
+    const next = () => (changed = new Promise<void>((r) => (notify = r)));
     try {
-      while (!stream) await new Promise((r) => setTimeout(r, 5));
-      expect(requests[0]).toMatch(
-        /^\/apis\/discovery\.k8s\.io\/v1\/namespaces\/loupe\/endpointslices\?/,
-      );
-      expect(decodeURIComponent(requests[0]!)).toContain(
+      await changed; // the list
+      expect(seen).toEqual([['10.1.0.1:50052']]);
+      const list = requests.find((r) => !r.includes('watch=true'))!;
+      expect(list).toMatch(/^\/apis\/discovery\.k8s\.io\/v1\/namespaces\/loupe\/endpointslices\?/);
+      expect(decodeURIComponent(list)).toContain(
         'labelSelector=kubernetes.io/service-name=encoder',
       );
-      const send = (type: string, object: object) =>
-        stream!.write(JSON.stringify({ type, object }) + '\n');
-      let changed = next();
-      send('ADDED', slice('encoder-a', ['10.1.0.1', '10.1.0.2'], ['10.1.0.3']));
+      while (!stream) await new Promise((r) => setTimeout(r, 5));
+      const send = (type: string, object: ReturnType<typeof slice>, version: number) =>
+        stream!.write(
+          JSON.stringify({
+            type,
+            object: {
+              ...object,
+              metadata: { ...object.metadata, resourceVersion: String(version) },
+            },
+          }) + '\n',
+        );
+      next();
+      send('MODIFIED', slice('encoder-a', ['10.1.0.1', '10.1.0.2']), 11); // a pod appears
       await changed;
-      changed = next();
-      send('ADDED', slice('encoder-b', ['10.1.0.4']));
+      next();
+      send('ADDED', slice('encoder-b', ['10.1.0.4']), 12); // another slice
       await changed;
-      changed = next();
-      send('MODIFIED', slice('encoder-a', ['10.1.0.2']));
+      next();
+      send('MODIFIED', slice('encoder-a', ['10.1.0.2'], ['10.1.0.1']), 13); // a pod is not ready
       await changed;
-      changed = next();
-      send('DELETED', slice('encoder-b', []));
+      next();
+      send('DELETED', slice('encoder-b', []), 14); // its pods are gone
       await changed;
       expect(seen).toEqual([
+        ['10.1.0.1:50052'],
         ['10.1.0.1:50052', '10.1.0.2:50052'],
         ['10.1.0.1:50052', '10.1.0.2:50052', '10.1.0.4:50052'],
         ['10.1.0.2:50052', '10.1.0.4:50052'],

@@ -5,7 +5,12 @@
 //                                       `loupe`, from its EndpointSlices, watched (the port may
 //                                       be a number or a port name)
 import { lookup } from 'node:dns/promises';
-import { KubeConfig, Watch } from '@kubernetes/client-node';
+import {
+  DiscoveryV1Api,
+  KubeConfig,
+  makeInformer,
+  type V1EndpointSlice,
+} from '@kubernetes/client-node';
 import type { Logger } from '../runtime/index.js';
 
 export type EndpointSource =
@@ -99,46 +104,52 @@ export function watchEndpoints(
     return { stop: () => clearInterval(timer) };
   }
 
+  // An informer: list the slices, then watch from that list's version; after an error it
+  // starts over with a fresh list, so no change is missed across reconnects.
   const config = kubeConfig ?? defaultKubeConfig();
-  const slices = new Map<string, string[]>();
-  let stopped = false;
-  let abort: AbortController | undefined;
-  const publish = () => onChange([...new Set([...slices.values()].flat())].sort());
+  const api = config.makeApiClient(DiscoveryV1Api);
+  const labelSelector = `kubernetes.io/service-name=${source.service}`;
   const path = `/apis/discovery.k8s.io/v1/namespaces/${source.namespace}/endpointslices`;
-  const start = async () => {
-    if (stopped) return;
-    try {
-      abort = await new Watch(config).watch(
-        path,
-        { labelSelector: `kubernetes.io/service-name=${source.service}` },
-        (phase, slice: EndpointSlice) => {
-          const name = slice.metadata?.name ?? '';
-          if (phase === 'DELETED') slices.delete(name);
-          else if (phase === 'ADDED' || phase === 'MODIFIED')
-            slices.set(name, sliceAddresses(slice, source.port));
-          else return;
-          publish();
-        },
-        (error: unknown) => {
-          if (stopped) return;
-          if (error)
-            logger.warn(
-              { err: error, service: source.service },
-              'EndpointSlice watch ended; restarting',
-            );
-          setTimeout(() => void start(), 1000).unref();
-        },
-      );
-    } catch (error) {
-      logger.warn({ err: error, service: source.service }, 'cannot watch EndpointSlices; retrying');
-      setTimeout(() => void start(), 2000).unref();
-    }
+  const informer = makeInformer<V1EndpointSlice>(
+    config,
+    path,
+    () => api.listNamespacedEndpointSlice({ namespace: source.namespace, labelSelector }),
+    labelSelector,
+  );
+  let stopped = false;
+  let last = '';
+  const publish = () => {
+    const addresses = [
+      ...new Set(informer.list().flatMap((s) => sliceAddresses(s as EndpointSlice, source.port))),
+    ].sort();
+    if (addresses.join() === last) return;
+    last = addresses.join();
+    logger.info(
+      { event: 'endpoints', service: source.service, addresses },
+      `${source.service}: ${addresses.length} endpoints`,
+    );
+    onChange(addresses);
   };
-  void start();
+  for (const verb of ['add', 'update', 'delete'] as const) informer.on(verb, publish);
+  let retrying = false;
+  const restart = (error: unknown) => {
+    if (stopped || retrying) return;
+    retrying = true;
+    logger.warn(
+      { err: error, service: source.service },
+      'EndpointSlice list/watch failed; listing again',
+    );
+    setTimeout(() => {
+      retrying = false;
+      if (!stopped) informer.start().catch(restart);
+    }, 1000).unref();
+  };
+  informer.on('error', restart);
+  informer.start().catch(restart);
   return {
     stop: () => {
       stopped = true;
-      abort?.abort();
+      void informer.stop();
     },
   };
 }
