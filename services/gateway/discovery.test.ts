@@ -132,16 +132,16 @@ describe('watchEndpoints on Kubernetes EndpointSlices (API server stand-in)', ()
             },
           }) + '\n',
         );
-      next();
+      void next();
       send('MODIFIED', slice('encoder-a', ['10.1.0.1', '10.1.0.2']), 11); // a pod appears
       await changed;
-      next();
+      void next();
       send('ADDED', slice('encoder-b', ['10.1.0.4']), 12); // another slice
       await changed;
-      next();
+      void next();
       send('MODIFIED', slice('encoder-a', ['10.1.0.2'], ['10.1.0.1']), 13); // a pod is not ready
       await changed;
-      next();
+      void next();
       send('DELETED', slice('encoder-b', []), 14); // its pods are gone
       await changed;
       expect(seen).toEqual([
