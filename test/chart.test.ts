@@ -2,7 +2,8 @@
 // need `helm` on PATH: without it they are skipped, saying so, except under CI=true, where
 // a missing helm is a failure (.ci/run builds it from the Go module proxy).
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
@@ -10,6 +11,10 @@ import { repoRoot } from './helpers/service-process.js';
 
 const chart = join(repoRoot, 'charts', 'loupe');
 const helm = spawnSync('helm', ['version', '--short'], { encoding: 'utf8' }).status === 0;
+// tools/kubecheck, built by .ci/run into .ci/bin (or anywhere on PATH).
+const kubecheck = [join(repoRoot, '.ci', 'bin', 'kubecheck'), 'kubecheck'].find(
+  (bin) => spawnSync(bin, [], { encoding: 'utf8' }).status === 2,
+);
 const EXAMPLES = ['values-cpu-small', 'values-gpu'];
 
 interface K8sObject {
@@ -52,14 +57,60 @@ const helmError = (args: string[]) => {
   return r.stderr;
 };
 
-describe('helm', () => {
-  it('is on PATH, or the chart checks are skipped (never under CI)', () => {
-    if (!helm) {
+describe('chart tools', () => {
+  it('helm and kubecheck are there, or the chart checks are skipped (never under CI)', () => {
+    for (const [name, found, how] of [
+      ['helm', helm, 'go install helm.sh/helm/v3/cmd/helm@v3.22.0'],
+      [
+        'kubecheck',
+        kubecheck !== undefined,
+        '(cd tools/kubecheck && go build -o ../../.ci/bin/kubecheck .)',
+      ],
+    ] as const) {
+      if (found) continue;
       if (process.env.CI === 'true')
-        throw new Error('CI=true but helm is not on PATH (.ci/run installs it)');
-      console.warn(
-        'chart checks SKIPPED: helm is not on PATH (go install helm.sh/helm/v3/cmd/helm@v3.22.0)',
+        throw new Error(`CI=true but ${name} is missing (.ci/run builds it)`);
+      console.warn(`chart checks SKIPPED: ${name} is missing (${how})`);
+    }
+  });
+});
+
+describe.runIf(kubecheck !== undefined)('rendered objects against the Kubernetes API types', () => {
+  it('validates every built-in object of the committed renders', () => {
+    const files = EXAMPLES.map((name) => join(chart, 'examples', 'rendered', `${name}.yaml`));
+    const out = execFileSync(kubecheck!, files, { encoding: 'utf8' });
+    expect(out).toMatch(/kubecheck: \d+ objects valid, 0 invalid/);
+  });
+
+  it('fails on a misspelled field or a wrong type, naming the object', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loupe-kubecheck-'));
+    try {
+      const bad = join(dir, 'bad.yaml');
+      writeFileSync(
+        bad,
+        [
+          'apiVersion: apps/v1',
+          'kind: Deployment',
+          'metadata: { name: oops }',
+          'spec:',
+          '  replica: 2',
+          '  selector: { matchLabels: { a: b } }',
+          '  template: { metadata: { labels: { a: b } }, spec: { containers: [{ name: c, image: i }] } }',
+          '---',
+          'apiVersion: v1',
+          'kind: Service',
+          'metadata: { name: typo }',
+          'spec: { ports: [{ port: "eighty" }] }',
+          '',
+        ].join('\n'),
       );
+      const r = spawnSync(kubecheck!, [bad], { encoding: 'utf8' });
+      expect(r.status).toBe(1);
+      expect(r.stdout).toMatch(/Deployment oops: .*unknown field "spec.replica"/);
+      expect(r.stdout).toMatch(/Service typo: /);
+      expect(r.stdout).toMatch(/0 objects valid, 2 invalid/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
