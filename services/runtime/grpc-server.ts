@@ -61,7 +61,9 @@ export class GrpcServer {
       'grpc.max_send_message_length': options.maxMessageBytes,
       // Clients re-resolve when connections age out, so new pods get traffic.
       'grpc.max_connection_age_ms': 5 * 60_000,
-      'grpc.max_connection_age_grace_ms': 60_000,
+      // Calls in progress on an aged connection may run to their default deadline (a long
+      // decoder stream would otherwise be cut after the grace period).
+      'grpc.max_connection_age_grace_ms': Math.max(60_000, options.defaultDeadlineMs ?? 0),
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
     });
