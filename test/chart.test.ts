@@ -198,6 +198,22 @@ describe.runIf(helm)('chart', () => {
     }
   });
 
+  it('adds ServiceMonitors when asked, or when the Prometheus operator is there', () => {
+    const monitors = (args: string[]) =>
+      objects(template(args)).filter((o) => o.kind === 'ServiceMonitor').length;
+    expect(monitors([])).toBe(0);
+    expect(monitors(['--api-versions', 'monitoring.coreos.com/v1'])).toBe(3);
+    expect(
+      monitors([
+        '--api-versions',
+        'monitoring.coreos.com/v1',
+        '--set',
+        'serviceMonitor.enabled=false',
+      ]),
+    ).toBe(0);
+    expect(monitors(['--set', 'serviceMonitor.enabled=true'])).toBe(3);
+  });
+
   it('refuses wrong values with a readable message', () => {
     expect(helmError(['--set', 'model.source=s3'])).toMatch(/model\.source|source/);
     expect(helmError(['--set', 'decoder.port=70000'])).toMatch(/port/);
