@@ -391,7 +391,12 @@ describe('gateway refusals, in OpenAI error shapes', () => {
       expect(((await big.json()) as { error: { code: string } }).error.code).toBe('body_too_large');
       expect((await send(chat('hi'))).status).toBe(200);
       expect((await send(chat('hi'))).status).toBe(200);
-      const limited = await send(chat('hi'));
+      // The same key spelled with extra spaces is the same client.
+      const limited = await fetch(`${small.base}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer   ${KEY} ` },
+        body: JSON.stringify(chat('hi')),
+      });
       expect(limited.status).toBe(429);
       expect(Number(limited.headers.get('retry-after'))).toBeGreaterThan(0);
       expect(((await limited.json()) as { error: { type: string } }).error.type).toBe(

@@ -350,9 +350,14 @@ export function createGateway(o: GatewayOptions) {
     }),
     async (c) => {
       const started = performance.now();
+      // Rate limits per key (the normalized key the auth check accepted), or per client
+      // address when no keys are configured.
+      const bearer = c.req.header('authorization');
       const client = keys.enabled
-        ? (c.req.header('authorization') ?? '')
-        : (c.req.header('x-forwarded-for') ?? 'local');
+        ? `key:${createHash('sha256')
+            .update(bearer?.startsWith('Bearer ') ? bearer.slice(7).trim() : '')
+            .digest('hex')}`
+        : `addr:${(c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming?.socket?.remoteAddress ?? 'local'}`;
       const waitRequests = requestRate.retryAfter(client);
       const waitTokens = tokenRate.retryAfter(client);
       if (waitRequests || waitTokens) {
@@ -375,22 +380,31 @@ export function createGateway(o: GatewayOptions) {
           1,
         );
       }
-      let json: unknown;
+      // Counted from here, the body's arrival included, so slow bodies cannot overshoot.
+      inFlight++;
+      let body: ChatCompletionRequest;
       try {
-        json = await c.req.json();
-      } catch {
-        throw invalid('the body is not valid JSON', null, 'invalid_json');
+        let json: unknown;
+        try {
+          json = await c.req.json();
+        } catch {
+          throw invalid('the body is not valid JSON', null, 'invalid_json');
+        }
+        const parsed = ChatCompletionRequest.safeParse(json);
+        if (!parsed.success) throw fromZod(parsed.error);
+        body = parsed.data;
+      } catch (error) {
+        inFlight--;
+        throw error;
       }
-      const parsed = ChatCompletionRequest.safeParse(json);
-      if (!parsed.success) throw fromZod(parsed.error);
-      const body = parsed.data;
       requestRate.add(client, 1);
 
-      inFlight++;
       const controller = new AbortController();
       const clientGone = () => controller.abort(new Error('the client disconnected'));
       c.req.raw.signal.addEventListener('abort', clientGone, { once: true });
-      const requestId = c.req.header('x-request-id') ?? randomUUID();
+      if (c.req.raw.signal.aborted) clientGone();
+      const givenId = c.req.header('x-request-id');
+      const requestId = givenId && /^[\x21-\x7e]{1,128}$/.test(givenId) ? givenId : randomUUID();
       const deadline = Date.now() + config.LOUPE_GATEWAY_REQUEST_TIMEOUT_MS;
       const done = () => {
         inFlight--;
@@ -558,6 +572,8 @@ export function createGateway(o: GatewayOptions) {
           throw error;
         } finally {
           if (!handedOff) {
+            // Work still running for this request (other images of a failed one) stops.
+            controller.abort(new Error('the request has ended'));
             span.end();
             done();
           }

@@ -32,6 +32,12 @@ describe('IncrementalDetokenizer', () => {
     expect(joined).toBe('The answer is 42. ');
   });
 
+  it('stops at the earliest stop string, whatever their order in the list', () => {
+    const { joined, stopped } = stream('one two. three\nfour', ['\n', '.']);
+    expect(stopped).toBe(true);
+    expect(joined).toBe('one two');
+  });
+
   it('holds back a possible stop prefix and releases it when it is not one', () => {
     const { joined, stopped } = stream('alpha STAR beta', ['STOP']);
     expect(stopped).toBe(false);

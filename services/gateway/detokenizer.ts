@@ -36,14 +36,17 @@ export class IncrementalDetokenizer {
     // An incomplete UTF-8 sequence decodes to U+FFFD at the end; wait for the rest.
     let end = text.length;
     if (!final) while (end > this.#emitted && text[end - 1] === '\uFFFD') end--;
+    // The earliest occurrence of any stop string ends the text.
+    let stopAt = -1;
     for (const s of this.stop) {
       const at = text.indexOf(s, Math.max(0, this.#emitted - s.length + 1));
-      if (at >= 0 && at < end + s.length) {
-        this.#stopped = true;
-        const out = text.slice(this.#emitted, Math.max(this.#emitted, at));
-        this.#emitted = Math.max(this.#emitted, at);
-        return out;
-      }
+      if (at >= 0 && at < end + s.length && (stopAt < 0 || at < stopAt)) stopAt = at;
+    }
+    if (stopAt >= 0) {
+      this.#stopped = true;
+      const out = text.slice(this.#emitted, Math.max(this.#emitted, stopAt));
+      this.#emitted = Math.max(this.#emitted, stopAt);
+      return out;
     }
     if (!final) {
       // Hold back the longest tail that is the start of a stop string.

@@ -35,9 +35,16 @@ export class MinuteRate {
     private readonly now: () => number = Date.now,
   ) {}
 
+  #swept = 0;
+
   #window(key: string) {
     const t = this.now();
     const start = Math.floor(t / 60_000) * 60_000;
+    // Forget keys idle for two minutes, once a minute.
+    if (start !== this.#swept) {
+      this.#swept = start;
+      for (const [k, w] of this.#windows) if (start - w.start >= 120_000) this.#windows.delete(k);
+    }
     let w = this.#windows.get(key);
     if (!w || start - w.start >= 120_000) w = { start, current: 0, previous: 0 };
     else if (start !== w.start) w = { start, current: 0, previous: w.current };

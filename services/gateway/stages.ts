@@ -43,6 +43,8 @@ interface Endpoint<C> {
   outstanding: number;
   /** The endpoint's own report of its load (the decoder's Load), when polled. */
   load?: { waiting: number; running: number; kvCacheUsage: number };
+  /** The last load poll failed (polled endpoints only). */
+  loadFailed?: boolean;
 }
 
 /**
@@ -85,6 +87,9 @@ export class EndpointPool<C extends Client> {
   }
 
   #score(e: Endpoint<C>): number {
+    // An endpoint whose load report failed goes last: it is likely down, and failing fast
+    // would otherwise keep its outstanding count, and so its score, at zero.
+    if (e.loadFailed) return 1e9 + e.outstanding;
     return e.outstanding + (e.load ? e.load.waiting + e.load.kvCacheUsage : 0);
   }
 
@@ -176,6 +181,7 @@ function unaryCall<C extends Client, Req, Res>(
     );
     const onAbort = () => call.cancel();
     ctx.signal.addEventListener('abort', onAbort, { once: true });
+    if (ctx.signal.aborted) onAbort();
   });
 }
 
@@ -258,6 +264,7 @@ export class Stages {
           { deadline: new Date(Date.now() + loadIntervalMs) },
           (error, load) => {
             e.load = error ? undefined : load;
+            e.loadFailed = error !== null;
           },
         );
       }
@@ -325,6 +332,7 @@ export class Stages {
     });
     const onAbort = () => stream.cancel();
     ctx.signal.addEventListener('abort', onAbort, { once: true });
+    if (ctx.signal.aborted) queueMicrotask(onAbort);
     let done = false;
     const finish = () => {
       if (done) return;

@@ -157,13 +157,24 @@ export class GrpcServer {
     handler: ServerStreamHandler<Req, Res>,
   ): handleServerStreamingCall<Req, Res> {
     return (call: ServerWritableStream<Req, Res>) => {
+      // Resolves when the transport took the message, or rejects when the call ended first
+      // (a cancelled call never emits 'drain').
       const send = (message: Res) =>
         new Promise<void>((resolve, reject) => {
           const ok = call.write(message, (error: Error | null | undefined) =>
             error ? reject(error) : undefined,
           );
-          if (ok) resolve();
-          else call.once('drain', () => resolve());
+          if (ok) return resolve();
+          const settle = (error?: Error) => {
+            call.off('drain', onDrain);
+            call.off('close', onClose);
+            if (error) reject(error);
+            else resolve();
+          };
+          const onDrain = () => settle();
+          const onClose = () => settle(new ServiceError(status.CANCELLED, 'the call ended'));
+          call.once('drain', onDrain);
+          call.once('close', onClose);
         });
       void this.run(method, call, (ctx) => handler(call.request, ctx, send)).then(
         () => call.end(),
