@@ -12,13 +12,12 @@ import {
 import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
 import { float16ToFloat32 } from '../model/index.js';
 import {
-  GrpcStatus,
   internal,
   invalidArgument,
   resourceExhausted,
-  ServiceError,
   type CallContext,
   type GrpcServer,
+  failureReason,
 } from '../runtime/index.js';
 import type { EngineRequest } from './engine.js';
 import { EngineRejectedError, type EngineClient, type RequestEvent } from './engine-client.js';
@@ -370,12 +369,4 @@ export function registerDecoder(server: GrpcServer, options: DecoderHandlersOpti
     info: server.unary('Info', info),
     load: server.unary('Load', load),
   });
-}
-
-function failureReason(error: unknown): string {
-  if (error instanceof ServiceError) {
-    if (error.reason) return error.reason;
-    return GrpcStatus[error.code].toLowerCase();
-  }
-  return 'internal';
 }

@@ -17,6 +17,7 @@ import {
   unavailable,
   type CallContext,
   type GrpcServer,
+  failureReason,
 } from '../runtime/index.js';
 import { QueueFullError, type Batcher } from './batcher.js';
 import { EmbeddingCache, type CachedEmbeddings } from './cache.js';
@@ -277,14 +278,4 @@ export function registerEncoder(server: GrpcServer, options: EncoderHandlersOpti
     lookup: server.unary('Lookup', lookup),
     info: server.unary('Info', info),
   });
-}
-
-function failureReason(error: unknown): string {
-  if (error instanceof ServiceError) {
-    if (error.reason) return error.reason;
-    if (error.code === GrpcStatus.CANCELLED) return 'cancelled';
-    if (error.code === GrpcStatus.DEADLINE_EXCEEDED) return 'deadline_exceeded';
-    return GrpcStatus[error.code].toLowerCase();
-  }
-  return 'internal';
 }

@@ -9,10 +9,9 @@ import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
 import {
   invalidArgument,
   resourceExhausted,
-  ServiceError,
-  GrpcStatus,
   type CallContext,
   type GrpcServer,
+  failureReason,
 } from '../runtime/index.js';
 import type { PreprocessorMetrics } from './metrics.js';
 import { PreprocessorServiceDefinition } from './wire.js';
@@ -104,14 +103,4 @@ export function registerPreprocessor(
     preprocess: server.unary('Preprocess', preprocess),
     info: server.unary('Info', info),
   });
-}
-
-function failureReason(error: unknown): string {
-  if (error instanceof ServiceError) {
-    if (error.reason) return error.reason;
-    if (error.code === GrpcStatus.CANCELLED) return 'cancelled';
-    if (error.code === GrpcStatus.DEADLINE_EXCEEDED) return 'deadline_exceeded';
-    return GrpcStatus[error.code].toLowerCase();
-  }
-  return 'internal';
 }

@@ -31,6 +31,12 @@ export const deadlineExceeded = (message: string) =>
   new ServiceError(status.DEADLINE_EXCEEDED, message);
 export const cancelled = (message: string) => new ServiceError(status.CANCELLED, message);
 
+/** A failure's label for metrics: its `loupe-reason`, else its status name (`cancelled`, ...). */
+export function failureReason(error: unknown): string {
+  if (error instanceof ServiceError) return error.reason ?? status[error.code].toLowerCase();
+  return 'internal';
+}
+
 /** Maps anything thrown by a handler to the status sent to the caller. */
 export function toStatus(
   error: unknown,
