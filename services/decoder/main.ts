@@ -1,10 +1,10 @@
 // Starts the decoder service: `node dist/services/decoder/main.js`.
 import { basename, resolve } from 'node:path';
 import {
-  ConfigError,
   createLogger,
   createRegistry,
   initTracing,
+  runMain,
   startService,
 } from '../runtime/index.js';
 import { loadDecoderConfig } from './config.js';
@@ -15,16 +15,7 @@ import { registerDecoder } from './server.js';
 const NAME = 'decoder';
 
 async function main(): Promise<void> {
-  let config;
-  try {
-    config = loadDecoderConfig();
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`loupe ${NAME}: ${error.message}\n`);
-      process.exit(2);
-    }
-    throw error;
-  }
+  const config = loadDecoderConfig();
   const logger = createLogger({ service: NAME, level: config.LOUPE_LOG_LEVEL });
   const modelDir = resolve(config.LOUPE_MODEL_DIR);
   const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
@@ -89,9 +80,4 @@ async function main(): Promise<void> {
   });
 }
 
-main().catch((error: unknown) => {
-  process.stderr.write(
-    `loupe ${NAME}: failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-  );
-  process.exit(1);
-});
+runMain(NAME, main);

@@ -1,10 +1,10 @@
 // Starts the encoder service: `node dist/services/encoder/main.js`.
 import { basename, resolve } from 'node:path';
 import {
-  ConfigError,
   createLogger,
   createRegistry,
   initTracing,
+  runMain,
   startService,
 } from '../runtime/index.js';
 import { Batcher } from './batcher.js';
@@ -17,16 +17,7 @@ import { registerEncoder } from './server.js';
 const NAME = 'encoder';
 
 async function main(): Promise<void> {
-  let config;
-  try {
-    config = loadEncoderConfig();
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`loupe ${NAME}: ${error.message}\n`);
-      process.exit(2);
-    }
-    throw error;
-  }
+  const config = loadEncoderConfig();
   const logger = createLogger({ service: NAME, level: config.LOUPE_LOG_LEVEL });
   const modelDir = resolve(config.LOUPE_MODEL_DIR);
   const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
@@ -111,9 +102,4 @@ async function main(): Promise<void> {
   });
 }
 
-main().catch((error: unknown) => {
-  process.stderr.write(
-    `loupe ${NAME}: failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-  );
-  process.exit(1);
-});
+runMain(NAME, main);

@@ -13,6 +13,7 @@ import {
   createRegistry,
   initTracing,
   onShutdownSignal,
+  runMain,
 } from '../runtime/index.js';
 import { createGateway } from './app.js';
 import { apiKeys, loadGatewayConfig } from './config.js';
@@ -23,24 +24,18 @@ const NAME = 'gateway';
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 
 async function main(): Promise<void> {
-  let config;
+  const config = loadGatewayConfig();
   let keys: string[];
   try {
-    config = loadGatewayConfig();
     keys = apiKeys(config);
   } catch (error) {
-    if (error instanceof ConfigError || (error as NodeJS.ErrnoException).code === 'ENOENT') {
-      process.stderr.write(`loupe ${NAME}: ${(error as Error).message}\n`);
-      process.exit(2);
-    }
-    throw error;
+    throw new ConfigError(`LOUPE_GATEWAY_API_KEYS_FILE: ${(error as Error).message}`);
   }
   const logger = createLogger({ service: NAME, level: config.LOUPE_LOG_LEVEL });
   if (keys.length === 0 && !LOOPBACK.has(config.LOUPE_GATEWAY_HOST)) {
-    process.stderr.write(
-      `loupe ${NAME}: no API keys are configured (LOUPE_GATEWAY_API_KEYS or LOUPE_GATEWAY_API_KEYS_FILE), so the gateway only listens on loopback; LOUPE_GATEWAY_HOST is ${config.LOUPE_GATEWAY_HOST}\n`,
+    throw new ConfigError(
+      `no API keys are configured (LOUPE_GATEWAY_API_KEYS or LOUPE_GATEWAY_API_KEYS_FILE), so the gateway only listens on loopback; LOUPE_GATEWAY_HOST is ${config.LOUPE_GATEWAY_HOST}`,
     );
-    process.exit(2);
   }
   if (keys.length === 0)
     logger.warn('no API keys configured: serving without authentication, on loopback only');
@@ -59,8 +54,7 @@ async function main(): Promise<void> {
       decoder: parseEndpoints(config.LOUPE_DECODER_ENDPOINTS),
     };
   } catch (error) {
-    process.stderr.write(`loupe ${NAME}: invalid configuration: ${(error as Error).message}\n`);
-    process.exit(2);
+    throw new ConfigError(`invalid configuration: ${(error as Error).message}`);
   }
   const stages = new Stages(sources, config.LOUPE_GRPC_MAX_MESSAGE_BYTES, { logger });
   const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
@@ -111,9 +105,4 @@ async function main(): Promise<void> {
   });
 }
 
-main().catch((error: unknown) => {
-  process.stderr.write(
-    `loupe ${NAME}: failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-  );
-  process.exit(1);
-});
+runMain(NAME, main);

@@ -1,10 +1,10 @@
 // Starts the preprocessor service: `node dist/services/preprocessor/main.js`.
 import { DEFAULT_IMAGE_PROCESSOR_CONFIG, loadImageProcessorConfig } from '../model/index.js';
 import {
-  ConfigError,
   createLogger,
   createRegistry,
   initTracing,
+  runMain,
   startService,
 } from '../runtime/index.js';
 import { decodeLimits, loadPreprocessorConfig } from './config.js';
@@ -15,16 +15,7 @@ import { registerPreprocessor } from './server.js';
 const NAME = 'preprocessor';
 
 async function main(): Promise<void> {
-  let config;
-  try {
-    config = loadPreprocessorConfig();
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`loupe ${NAME}: ${error.message}\n`);
-      process.exit(2);
-    }
-    throw error;
-  }
+  const config = loadPreprocessorConfig();
   const logger = createLogger({ service: NAME, level: config.LOUPE_LOG_LEVEL });
   const processorConfig = config.LOUPE_MODEL_DIR
     ? loadImageProcessorConfig(config.LOUPE_MODEL_DIR)
@@ -62,9 +53,4 @@ async function main(): Promise<void> {
   });
 }
 
-main().catch((error: unknown) => {
-  process.stderr.write(
-    `loupe ${NAME}: failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-  );
-  process.exit(1);
-});
+runMain(NAME, main);

@@ -1,6 +1,7 @@
 // Starts a service the same way every time: gRPC server with health and reflection, metrics
 // HTTP server, a readiness log line, and graceful shutdown on SIGTERM/SIGINT.
 import type { Tracer } from '@opentelemetry/api';
+import { ConfigError } from './config.js';
 import { GrpcServer } from './grpc-server.js';
 import type { Logger } from './logger.js';
 import { startMetricsServer, type Registry } from './metrics.js';
@@ -79,4 +80,21 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     })());
   if (options.handleSignals ?? true) onShutdownSignal(logger, stop);
   return { grpcPort, metricsPort: metrics.port, server, stop };
+}
+
+/**
+ * Runs a service's entry point: an invalid configuration (ConfigError) stops the process
+ * with exit code 2 and the message naming the variable; any other start failure with 1.
+ */
+export function runMain(name: string, main: () => Promise<void>): void {
+  main().catch((error: unknown) => {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`loupe ${name}: ${error.message}\n`);
+      process.exit(2);
+    }
+    process.stderr.write(
+      `loupe ${name}: failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    );
+    process.exit(1);
+  });
 }
