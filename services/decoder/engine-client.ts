@@ -1,7 +1,8 @@
 // The gRPC thread's handle on the engine thread (engine-worker.ts). Commands go in (add,
 // abort); step reports come out and are routed to each request's own event queue, so RPC
 // handlers never touch engine state.
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '../runtime/index.js';
 import type { EngineRequest, TokenEvent } from './engine.js';
 import type { EngineSetup } from './engine-worker.js';
 
@@ -85,25 +86,11 @@ export class EngineClient {
   }
 
   static async start(setup: EngineSetup): Promise<EngineClient> {
-    const worker = new Worker(new URL('./engine-worker.js', import.meta.url), {
-      workerData: setup,
-    });
-    let onMessage: ((message: EngineMessage) => void) | undefined;
-    let onError: ((error: Error) => void) | undefined;
-    let onExit: ((code: number) => void) | undefined;
-    const info = await new Promise<EngineInfo>((resolve, reject) => {
-      onMessage = (message) => {
-        if (message.kind === 'ready') resolve(message.info);
-        else if (message.kind === 'failed') reject(new Error(message.message));
-      };
-      onError = reject;
-      onExit = (code) => reject(new Error(`decoder engine exited (code ${code})`));
-      worker.on('message', onMessage).on('error', onError).on('exit', onExit);
-    }).catch(async (error: unknown) => {
-      await worker.terminate();
-      throw error;
-    });
-    worker.off('message', onMessage!).off('error', onError!).off('exit', onExit!);
+    const { worker, info } = await startWorker<EngineInfo>(
+      new URL('./engine-worker.js', import.meta.url),
+      setup,
+      'the decoder engine',
+    );
     return new EngineClient(worker, info);
   }
 

@@ -1,7 +1,8 @@
 // The main-thread handle of the vision session's thread (runner-worker.ts): one batch at a
 // time, each answered by a promise. If the thread dies, every waiting run fails and so does
 // each later one, with the reason, so the service reports errors instead of hanging.
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '../runtime/index.js';
 import type { SubImage } from '../model/index.js';
 import type {
   EmbeddingDtype,
@@ -53,26 +54,11 @@ export class VisionRunner {
 
   /** Starts the thread and waits until the model is loaded (or fails to). */
   static async start(setup: RunnerSetup): Promise<VisionRunner> {
-    const worker = new Worker(new URL('./runner-worker.js', import.meta.url), {
-      workerData: setup,
-    });
-    let onMessage: ((message: RunnerMessage) => void) | undefined;
-    let onError: ((error: Error) => void) | undefined;
-    let onExit: ((code: number) => void) | undefined;
-    const info = await new Promise<RunnerInfo>((resolve, reject) => {
-      onMessage = (message) => {
-        if (message.kind === 'ready') resolve(message.info);
-        else if (message.kind === 'failed') reject(new Error(message.message));
-      };
-      onError = reject;
-      onExit = (code) => reject(new Error(`vision thread exited (code ${code})`));
-      worker.on('message', onMessage).on('error', onError).on('exit', onExit);
-    }).catch(async (error: unknown) => {
-      await worker.terminate();
-      throw error;
-    });
-    // Only these three: Worker keeps listeners of its own.
-    worker.off('message', onMessage!).off('error', onError!).off('exit', onExit!);
+    const { worker, info } = await startWorker<RunnerInfo>(
+      new URL('./runner-worker.js', import.meta.url),
+      setup,
+      'the vision thread',
+    );
     return new VisionRunner(worker, info);
   }
 

@@ -12,3 +12,4 @@ export * from './service.js';
 export * from './paths.js';
 export * from './proto-writer.js';
 export * from './shutdown.js';
+export * from './worker.js';
