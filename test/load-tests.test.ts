@@ -23,8 +23,9 @@ describe('k6 scenarios', () => {
     ]);
     for (const name of names) {
       const text = readFileSync(join(dir, `${name}.ts`), 'utf8');
-      expect(text, name).toMatch(/export const options: Options = \{/);
-      expect(text, name).toMatch(/thresholds:/);
+      expect(text, name).toMatch(/export const options: Options = /);
+      if (name !== 'decoder-grpc') expect(text, name).toContain(`scenarioOptions('${name}')`);
+      else expect(text).toMatch(/thresholds:/);
       expect(text, name).toMatch(/export default function \(\): void \{/);
     }
   });

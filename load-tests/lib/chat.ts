@@ -10,14 +10,6 @@ export const tpot = new Trend('loupe_tpot', true);
 export const outputTokens = new Counter('loupe_output_tokens');
 export const errors = new Counter('loupe_errors');
 
-/** The thresholds every scenario keeps (a failed threshold fails the run). */
-export const THRESHOLDS = {
-  http_req_failed: ['rate<0.01'],
-  loupe_errors: ['count<1'],
-  loupe_ttft: ['p(95)<5000'],
-  loupe_tpot: ['p(95)<500'],
-};
-
 interface Usage {
   completion_tokens: number;
 }

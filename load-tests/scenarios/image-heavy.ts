@@ -1,28 +1,10 @@
-// image-heavy: several large images per request, split on, never cached: the encoder's worst
-// case (5 sub-images per image).
+// image-heavy: 3 large uncached images per request, split on: the encoder's worst case.
+// The request mix, the arrival rate and the thresholds are in lib/profiles.ts.
 import type { Options } from 'k6/options';
-import { chat } from '../lib/chat.ts';
-import { DURATION, RATE } from '../lib/config.ts';
-import { chatBody } from '../lib/payloads.ts';
+import { iteration, scenarioOptions } from '../lib/scenario.ts';
 
-export const options: Options = {
-  scenarios: {
-    images: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: DURATION,
-      preAllocatedVUs: Math.max(4, RATE * 8),
-      maxVUs: Math.max(16, RATE * 40),
-    },
-  },
-  thresholds: {
-    http_req_failed: ['rate<0.01'],
-    loupe_errors: ['count<1'],
-    loupe_ttft: ['p(95)<20000'],
-  },
-};
+export const options: Options = scenarioOptions('image-heavy');
 
 export default function (): void {
-  chat(chatBody({ images: 3, size: 'large', cached: false, split: true, maxTokens: 16 }));
+  iteration('image-heavy');
 }

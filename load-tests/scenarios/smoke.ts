@@ -1,15 +1,10 @@
-// smoke: one virtual user, a few requests of each kind; run it first against a new deployment.
+// smoke: one request a second for 5 s, text and 1-image: run it first against a new deployment.
+// The request mix, the arrival rate and the thresholds are in lib/profiles.ts.
 import type { Options } from 'k6/options';
-import { chat, THRESHOLDS } from '../lib/chat.ts';
-import { chatBody } from '../lib/payloads.ts';
+import { iteration, scenarioOptions } from '../lib/scenario.ts';
 
-export const options: Options = {
-  vus: 1,
-  iterations: 3,
-  thresholds: THRESHOLDS,
-};
+export const options: Options = scenarioOptions('smoke');
 
 export default function (): void {
-  chat(chatBody());
-  chat(chatBody({ images: 1 }));
+  iteration('smoke');
 }
