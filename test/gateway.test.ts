@@ -3,7 +3,7 @@
 import { execFile } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -282,6 +282,72 @@ describe('gateway, end to end with the openai SDK', () => {
       if (Date.now() > until) throw new Error(`decoder still running ${load.running}`);
       await new Promise((r) => setTimeout(r, 20));
     }
+  });
+});
+
+describe('the local load harness (npm run load)', () => {
+  const load = (args: string[]) =>
+    promisify(execFile)(
+      process.execPath,
+      [join(repoRoot, 'dist', 'services', 'loadgen', 'main.js'), ...args],
+      {
+        env: { ...process.env, LOUPE_API_KEY: KEY },
+      },
+    ).then(
+      (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+      (e: { code: number; stdout: string; stderr: string }) => e,
+    );
+
+  it('runs the smoke scenario against the stack, writes JSON and an SVG chart, and passes its thresholds', async () => {
+    const out = mkdtempSync(join(tmpdir(), 'loupe-load-'));
+    try {
+      const r = await load([
+        '--scenario',
+        'smoke',
+        '--rate',
+        '2',
+        '--duration',
+        '2',
+        '--url',
+        base,
+        '--out',
+        out,
+      ]);
+      expect(r.code, r.stderr + r.stdout).toBe(0);
+      expect(r.stdout).toMatch(/thresholds: all held/);
+      const files = readdirSync(out);
+      const json = JSON.parse(
+        readFileSync(
+          join(
+            out,
+            files.find((f) => f.endsWith('.json'))!,
+          ),
+          'utf8',
+        ),
+      ) as {
+        stages: Array<{ requests: number; errorRate: number; ttft: { p50: number } }>;
+      };
+      expect(json.stages[0]!.requests).toBeGreaterThanOrEqual(3);
+      expect(json.stages[0]!.errorRate).toBe(0);
+      expect(json.stages[0]!.ttft.p50).toBeGreaterThan(0);
+      expect(
+        readFileSync(
+          join(
+            out,
+            files.find((f) => f.endsWith('.svg'))!,
+          ),
+          'utf8',
+        ),
+      ).toMatch(/^<svg [^>]*>/);
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a non-loopback target unless told, before sending anything', async () => {
+    const r = await load(['--scenario', 'smoke', '--url', 'http://10.0.0.1:8080']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/not a loopback address; pass --allow-remote/);
   });
 });
 
