@@ -8,6 +8,14 @@ import { repoRoot } from './helpers/service-process.js';
 const dir = join(repoRoot, 'load-tests', 'scenarios');
 
 describe('k6 scenarios', () => {
+  it('has the xk6-sse entry point for true streaming TTFT', () => {
+    const text = readFileSync(join(repoRoot, 'load-tests', 'sse.ts'), 'utf8');
+    expect(text).toMatch(/export const options: Options = scenarioOptions\(name\)/);
+    expect(readFileSync(join(repoRoot, 'load-tests', 'lib', 'chat-sse.ts'), 'utf8')).toMatch(
+      /from 'k6\/x\/sse'/,
+    );
+  });
+
   it('has every named scenario, each exporting options (with thresholds) and a default function', () => {
     const names = readdirSync(dir)
       .map((f) => f.replace(/\.ts$/, ''))

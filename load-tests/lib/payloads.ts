@@ -20,10 +20,14 @@ function imageUrl(size: 'small' | 'large', cached: boolean): string {
 }
 
 /** A chat body for one request of `mix`, drawn at random by share. */
+export function chatRequestK6(
+  mix: readonly Mix[],
+  settings: { model: string; maxTokens: number; stream: boolean },
+): string {
+  return chatRequest(pick(mix, Math.random()), imageUrl, settings);
+}
+
+/** The same, with the run's settings (`MODEL`, `MAX_TOKENS`, `STREAM`). */
 export function chatBody(mix: readonly Mix[]): string {
-  return chatRequest(pick(mix, Math.random()), imageUrl, {
-    model: MODEL,
-    maxTokens: MAX_TOKENS,
-    stream: STREAM,
-  });
+  return chatRequestK6(mix, { model: MODEL, maxTokens: MAX_TOKENS, stream: STREAM });
 }
