@@ -26,6 +26,41 @@ describe('IncrementalDetokenizer', () => {
     for (const p of pieces) expect(p).not.toContain('\uFFFD');
   });
 
+  it('joins to the whole decode of a long mixed text, with either tokenizer', () => {
+    const words = [
+      'The',
+      'quick',
+      'brown',
+      'fox',
+      'Café',
+      '☕',
+      '東京',
+      '🚀',
+      'naïve',
+      '—',
+      'done.',
+      '\n',
+      '42',
+      'jumps',
+    ];
+    let seed = 7;
+    const text = Array.from({ length: 400 }, () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return words[seed % words.length];
+    }).join(' ');
+    for (const dir of ['tokenizer', 'tokenizer-metaspace']) {
+      const t = loadTokenizer(
+        new URL(`../../test/fixtures/text/${dir}/`, import.meta.url).pathname,
+      );
+      const ids = t.encode(text, { addSpecialTokens: false });
+      const d = new IncrementalDetokenizer(t);
+      const pieces = ids.map((id) => d.push(id));
+      pieces.push(d.finish());
+      expect(pieces.join(''), dir).toBe(t.decode(ids, { skipSpecialTokens: true }));
+      for (const p of pieces) expect(p).not.toContain('\uFFFD');
+    }
+  });
+
   it('ends at a stop string, without it and without what follows', () => {
     const { joined, stopped } = stream('The answer is 42. STOP and then more text', ['STOP']);
     expect(stopped).toBe(true);

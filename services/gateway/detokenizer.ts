@@ -2,11 +2,20 @@
 // UTF-8 character split across tokens is held back until it is whole, and stop strings end
 // the text (they are not shown, and neither is anything after them). Text that could still
 // turn out to be the start of a stop string is held back until it cannot.
+//
+// Each token costs a decode of a short window, not of the whole answer: the window starts at
+// the previous chunk's first token, so the tokenizer sees the same leading context both times
+// (the prefix offset of vLLM's incremental detokenizer), and only the difference is new text.
 import type { TextTokenizer } from '../model/index.js';
 
 export class IncrementalDetokenizer {
   readonly #ids: number[] = [];
-  /** Characters of the decoded text already handed out. */
+  /** The text decoded so far (complete characters only). */
+  #text = '';
+  /** Token indices: the window decoded for context starts at prefix, new tokens at read. */
+  #prefixOffset = 0;
+  #readOffset = 0;
+  /** Characters of #text already handed out. */
   #emitted = 0;
   #stopped = false;
 
@@ -31,11 +40,25 @@ export class IncrementalDetokenizer {
     return this.#stopped ? '' : this.#take(true);
   }
 
-  #take(final: boolean): string {
-    const text = this.tokenizer.decode(this.#ids, { skipSpecialTokens: true });
+  /** Appends the new tokens' text to #text, unless it ends inside a character (then waits). */
+  #decodeNew(final: boolean): void {
+    const decode = (from: number, to?: number) =>
+      this.tokenizer.decode(this.#ids.slice(from, to), { skipSpecialTokens: true });
+    const prefix = decode(this.#prefixOffset, this.#readOffset);
+    const window = decode(this.#prefixOffset);
     // An incomplete UTF-8 sequence decodes to U+FFFD at the end; wait for the rest.
+    if (window.length <= prefix.length || (!final && window.endsWith('\uFFFD'))) return;
+    this.#text += window.slice(prefix.length);
+    // Move the window's start only to a clean character boundary: invalid bytes in the
+    // previous chunk (U+FFFD) may still combine with the bytes after them.
+    if (!prefix.includes('\uFFFD')) this.#prefixOffset = this.#readOffset;
+    this.#readOffset = this.#ids.length;
+  }
+
+  #take(final: boolean): string {
+    this.#decodeNew(final);
+    const text = this.#text;
     let end = text.length;
-    if (!final) while (end > this.#emitted && text[end - 1] === '\uFFFD') end--;
     // The earliest occurrence of any stop string ends the text.
     let stopAt = -1;
     for (const s of this.stop) {
