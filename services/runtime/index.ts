@@ -13,3 +13,4 @@ export * from './paths.js';
 export * from './proto-writer.js';
 export * from './shutdown.js';
 export * from './worker.js';
+export * from './bench-service.js';

@@ -9,11 +9,10 @@
 // Closed loop: each stream sends its next request when the last ends; 2 × streams requests
 // per level (at least 4), after one warm-up request per stream. BENCH_THREADS (default
 // availableParallelism()) sets ONNX Runtime's intra-op threads and torch.set_num_threads.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { credentials, Metadata } from '@grpc/grpc-js';
 import {
   DecoderClient,
@@ -21,7 +20,7 @@ import {
   type GenerateResponse,
 } from '../../../proto/gen/loupe/v1/decoder.js';
 import { seededUniform, writeTinyModel } from '../../model/index.js';
-import { clientChannelOptions, packageRoot } from '../../runtime/index.js';
+import { clientChannelOptions, packageRoot, startBenchService } from '../../runtime/index.js';
 
 const THREADS = Number(process.env.BENCH_THREADS ?? availableParallelism());
 const STREAMS = [1, 4, 16];
@@ -43,39 +42,16 @@ function prompts(vocab: number): number[][] {
 }
 
 async function startDecoder(modelDir: string) {
-  const child = spawn(process.execPath, [join(root, 'dist', 'services', 'decoder', 'main.js')], {
-    env: {
-      ...process.env,
-      LOUPE_MODEL_DIR: modelDir,
-      LOUPE_DECODER_HOST: '127.0.0.1',
-      LOUPE_DECODER_PORT: '0',
-      LOUPE_DECODER_METRICS_PORT: '0',
-      LOUPE_DECODER_THREADS: String(THREADS),
-      LOUPE_DECODER_MAX_RUNNING: String(Math.max(...STREAMS)),
-      LOUPE_DECODER_MAX_CONTEXT: String(Math.max(...PROMPT_LENGTHS) + MAX_NEW_TOKENS),
-      LOUPE_LOG_LEVEL: 'info', // the ready line is info
-    },
-    stdio: ['ignore', 'pipe', 'inherit'],
+  const service = await startBenchService('decoder', {
+    LOUPE_MODEL_DIR: modelDir,
+    LOUPE_DECODER_HOST: '127.0.0.1',
+    LOUPE_DECODER_PORT: '0',
+    LOUPE_DECODER_METRICS_PORT: '0',
+    LOUPE_DECODER_THREADS: String(THREADS),
+    LOUPE_DECODER_MAX_RUNNING: String(Math.max(...STREAMS)),
+    LOUPE_DECODER_MAX_CONTEXT: String(Math.max(...PROMPT_LENGTHS) + MAX_NEW_TOKENS),
   });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const port = await new Promise<number>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      try {
-        const event = JSON.parse(line) as { event?: string; grpcPort?: number };
-        if (event.event === 'ready') resolve(Number(event.grpcPort));
-      } catch {
-        // not JSON
-      }
-    });
-    void exited.then(() => reject(new Error('the decoder exited before it was ready')));
-  });
-  return {
-    address: `127.0.0.1:${port}`,
-    stop: async () => {
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
+  return { address: `127.0.0.1:${Number(service.ready.grpcPort)}`, stop: service.stop };
 }
 
 /** Generates one request; resolves with its token count and time to first token (ms). */

@@ -9,16 +9,14 @@
 // Closed loop: `concurrency` callers each send their next request when the last returns,
 // max(8, 2 × concurrency) requests per level after one warm-up request per caller.
 // BENCH_THREADS (default availableParallelism()) sets the session's intra-op threads.
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { credentials, Metadata } from '@grpc/grpc-js';
 import { EncoderClient, type EncodeRequest } from '../../../proto/gen/loupe/v1/encoder.js';
 import { Dtype } from '../../../proto/gen/loupe/v1/tensor.js';
 import { loadImageProcessorConfig, preprocessImage, writeTinyModel } from '../../model/index.js';
-import { clientChannelOptions, packageRoot } from '../../runtime/index.js';
+import { clientChannelOptions, packageRoot, startBenchService } from '../../runtime/index.js';
 
 const THREADS = Number(process.env.BENCH_THREADS ?? availableParallelism());
 const IMAGE = process.env.BENCH_IMAGE ?? 'webp-lossy-640x480.webp';
@@ -42,49 +40,20 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
 
-async function startEncoder(
-  modelDir: string,
-  env: Record<string, string>,
-): Promise<{ address: string; metricsPort: number; stop: () => Promise<void> }> {
-  const child = spawn(process.execPath, [join(root, 'dist', 'services', 'encoder', 'main.js')], {
-    env: {
-      ...process.env,
-      LOUPE_MODEL_DIR: modelDir,
-      LOUPE_ENCODER_HOST: '127.0.0.1',
-      LOUPE_ENCODER_PORT: '0',
-      LOUPE_ENCODER_METRICS_PORT: '0',
-      LOUPE_ENCODER_THREADS: String(THREADS),
-      LOUPE_ENCODER_MAX_QUEUE: '256',
-      LOUPE_LOG_LEVEL: 'info',
-      ...env,
-    },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const ready = await new Promise<{ grpcPort: number; metricsPort: number }>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      try {
-        const event = JSON.parse(line) as {
-          event?: string;
-          grpcPort?: number;
-          metricsPort?: number;
-        };
-        if (event.event === 'ready') {
-          resolve({ grpcPort: Number(event.grpcPort), metricsPort: Number(event.metricsPort) });
-        }
-      } catch {
-        // not JSON
-      }
-    });
-    void exited.then(() => reject(new Error('the encoder exited before it was ready')));
+async function startEncoder(modelDir: string, env: Record<string, string>) {
+  const service = await startBenchService('encoder', {
+    LOUPE_MODEL_DIR: modelDir,
+    LOUPE_ENCODER_HOST: '127.0.0.1',
+    LOUPE_ENCODER_PORT: '0',
+    LOUPE_ENCODER_METRICS_PORT: '0',
+    LOUPE_ENCODER_THREADS: String(THREADS),
+    LOUPE_ENCODER_MAX_QUEUE: '256',
+    ...env,
   });
   return {
-    address: `127.0.0.1:${ready.grpcPort}`,
-    metricsPort: ready.metricsPort,
-    stop: async () => {
-      child.kill('SIGTERM');
-      await exited;
-    },
+    address: `127.0.0.1:${Number(service.ready.grpcPort)}`,
+    metricsPort: Number(service.ready.metricsPort),
+    stop: service.stop,
   };
 }
 

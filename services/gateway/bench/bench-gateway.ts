@@ -4,11 +4,9 @@
 // beside the same work in-process (preprocess, encode, greedy generation with sessions
 // already loaded), in the same run; then the gateway's throughput for requests whose image
 // the encoder has cached, at concurrency 8. BENCH_THREADS sets every session's threads.
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import {
   buildVisionGraph,
   createSession,
@@ -24,7 +22,7 @@ import {
   preprocessImage,
   writeTinyModel,
 } from '../../model/index.js';
-import { packageRoot } from '../../runtime/index.js';
+import { packageRoot, startBenchService, type BenchService } from '../../runtime/index.js';
 
 const THREADS = String(Number(process.env.BENCH_THREADS ?? availableParallelism()));
 const IMAGE = 'webp-lossy-640x480.webp';
@@ -32,36 +30,8 @@ const MAX_TOKENS = 16;
 const ITERATIONS = 5;
 const root = packageRoot();
 
-interface Running {
-  ready: Record<string, unknown>;
-  stop(): Promise<void>;
-}
-
-async function start(name: string, env: Record<string, string>): Promise<Running> {
-  const child = spawn(process.execPath, [join(root, 'dist', 'services', name, 'main.js')], {
-    env: { ...process.env, LOUPE_LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      try {
-        const event = JSON.parse(line) as Record<string, unknown>;
-        if (event.event === 'ready') resolve(event);
-      } catch {
-        // not JSON
-      }
-    });
-    void exited.then(() => reject(new Error(`${name} exited before it was ready`)));
-  });
-  return {
-    ready,
-    stop: async () => {
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
+const start = startBenchService;
+type Running = BenchService;
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 

@@ -2,15 +2,14 @@
 // concurrency 1 and 8 on a fixed image set, beside the reference Idefics2ImageProcessor
 // (transformers, PIL) on the same images in the same run when Python with transformers is
 // available (LOUPE_REFERENCE_PYTHON, else python3).
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { credentials } from '@grpc/grpc-js';
 import { PreprocessorClient } from '../../../proto/gen/loupe/v1/preprocessor.js';
 import { DEFAULT_IMAGE_PROCESSOR_CONFIG, preprocessImage } from '../../model/index.js';
-import { clientChannelOptions, packageRoot } from '../../runtime/index.js';
+import { clientChannelOptions, packageRoot, startBenchService } from '../../runtime/index.js';
 import { PreprocessPool } from '../pool.js';
 
 const IMAGES = [
@@ -42,39 +41,12 @@ function percentile(sorted: number[], p: number): number {
 }
 
 async function startService(): Promise<{ address: string; stop: () => Promise<void> }> {
-  const child = spawn(
-    process.execPath,
-    [join(root, 'dist', 'services', 'preprocessor', 'main.js')],
-    {
-      env: {
-        ...process.env,
-        LOUPE_PREPROCESSOR_HOST: '127.0.0.1',
-        LOUPE_PREPROCESSOR_PORT: '0',
-        LOUPE_PREPROCESSOR_METRICS_PORT: '0',
-        LOUPE_LOG_LEVEL: 'info',
-      },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
-  );
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const port = await new Promise<number>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      try {
-        const event = JSON.parse(line) as { event?: string; grpcPort?: number };
-        if (event.event === 'ready') resolve(Number(event.grpcPort));
-      } catch {
-        // not JSON
-      }
-    });
-    void exited.then(() => reject(new Error('preprocessor exited before it was ready')));
+  const service = await startBenchService('preprocessor', {
+    LOUPE_PREPROCESSOR_HOST: '127.0.0.1',
+    LOUPE_PREPROCESSOR_PORT: '0',
+    LOUPE_PREPROCESSOR_METRICS_PORT: '0',
   });
-  return {
-    address: `127.0.0.1:${port}`,
-    stop: async () => {
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
+  return { address: `127.0.0.1:${Number(service.ready.grpcPort)}`, stop: service.stop };
 }
 
 /** Runs every image `rounds` times through `process`, `concurrency` at a time. */
