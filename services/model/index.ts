@@ -5,6 +5,7 @@ export * from './config/index.js';
 export * from './convert/index.js';
 export * from './image/index.js';
 export * from './onnx/index.js';
+export * from './quant/index.js';
 export * from './safetensors/index.js';
 export * from './text/index.js';
 export * from './text-model/index.js';

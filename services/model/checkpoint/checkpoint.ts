@@ -5,6 +5,12 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseIdefics2Config, type Idefics2Config } from '../config/index.js';
+import {
+  gptqShapes,
+  parseQuantizationConfig,
+  type QuantizationConfig,
+  quantizedLinears,
+} from '../quant/quantization-config.js';
 import { readSafetensorsHeader, type SafetensorsDtype } from '../safetensors/index.js';
 import { expectedTensors } from './expected-tensors.js';
 
@@ -26,8 +32,14 @@ export interface Checkpoint {
   config: Idefics2Config;
   /** Every expected tensor, by its stored name. */
   tensors: ReadonlyMap<string, TensorLocation>;
-  /** The weights' dtype (the most common one when they are mixed). */
+  /** The float weights' dtype (the most common one when they are mixed). */
   dtype: SafetensorsDtype;
+  /**
+   * GPTQ quantization (config.json's `quantization_config`), or null for a float checkpoint.
+   * The quantized linears' `.weight` is then absent from `tensors`; their `.qweight`,
+   * `.qzeros`, `.scales` and `.g_idx` are there instead (docs/quantization.md).
+   */
+  quantization: QuantizationConfig | null;
 }
 
 export class CheckpointError extends Error {
@@ -77,8 +89,11 @@ function weightFiles(dir: string): {
 export function openCheckpoint(dir: string): Checkpoint {
   const configPath = join(dir, 'config.json');
   let config: Idefics2Config;
+  let quantization: QuantizationConfig | null;
   try {
-    config = parseIdefics2Config(readJson(configPath), configPath);
+    const raw = readJson(configPath);
+    config = parseIdefics2Config(raw, configPath);
+    quantization = parseQuantizationConfig(raw, configPath);
   } catch (error) {
     throw error instanceof CheckpointError ? error : new CheckpointError((error as Error).message);
   }
@@ -107,17 +122,55 @@ export function openCheckpoint(dir: string): Checkpoint {
 
   const tensors = new Map<string, TensorLocation>();
   const dtypeCounts = new Map<SafetensorsDtype, number>();
-  for (const [name, shape] of expectedTensors(config)) {
+  const floats = expectedTensors(config);
+  if (quantization) {
+    const tied = config.tieWordEmbeddings || config.text.tieWordEmbeddings;
+    if (quantization.lmHead && tied) {
+      throw new CheckpointError(
+        `${configPath}: quantization_config.lm_head is true but the embeddings are tied (lm_head is embed_tokens, which stays float)`,
+      );
+    }
+    for (const linear of quantizedLinears(config, quantization)) {
+      floats.delete(`${linear.name}.weight`);
+      const { k } = linear;
+      if (k % quantization.groupSize !== 0) {
+        throw new CheckpointError(
+          `${configPath}: group_size ${quantization.groupSize} does not divide ${linear.name}'s input dimension ${k}`,
+        );
+      }
+      const shapes = gptqShapes(linear, quantization);
+      const parts: [string, readonly number[], readonly SafetensorsDtype[], boolean][] = [
+        ['qweight', shapes.qweight, ['I32'], true],
+        ['qzeros', shapes.qzeros, ['I32'], true],
+        ['scales', shapes.scales, ['F16', 'F32'], true],
+        ['g_idx', shapes.g_idx, ['I32'], false],
+      ];
+      for (const [part, shape, dtypes, required] of parts) {
+        const name = `${linear.name}.${part}`;
+        const location = stored.get(name);
+        if (!location) {
+          if (!required) continue;
+          throw new CheckpointError(
+            `tensor ${name} [${shape.join(', ')}] is missing from ${index ? `${index.path} (weight_map) and its shards` : files[0]} (a ${quantization.bits}-bit GPTQ checkpoint stores qweight, qzeros, scales and g_idx for each quantized linear)`,
+          );
+        }
+        checkShape(name, location, shape);
+        if (!dtypes.includes(location.dtype)) {
+          throw new CheckpointError(
+            `tensor ${name} in ${location.file} is ${location.dtype}; GPTQ stores it as ${dtypes.join(' or ')}`,
+          );
+        }
+        tensors.set(name, location);
+      }
+    }
+  }
+  for (const [name, shape] of floats) {
     const location = stored.get(name);
     if (!location) {
       const where = index ? `${index.path} (weight_map) and its shards` : files[0];
       throw new CheckpointError(`tensor ${name} [${shape.join(', ')}] is missing from ${where}`);
     }
-    if (location.shape.length !== shape.length || location.shape.some((d, i) => d !== shape[i])) {
-      throw new CheckpointError(
-        `tensor ${name} in ${location.file} has shape [${location.shape.join(', ')}], but config.json implies [${shape.join(', ')}]`,
-      );
-    }
+    checkShape(name, location, shape);
     if (!WEIGHT_DTYPES.includes(location.dtype)) {
       throw new CheckpointError(
         `tensor ${name} in ${location.file} is ${location.dtype}; weights must be one of ${WEIGHT_DTYPES.join(', ')}`,
@@ -127,5 +180,13 @@ export function openCheckpoint(dir: string): Checkpoint {
     dtypeCounts.set(location.dtype, (dtypeCounts.get(location.dtype) ?? 0) + 1);
   }
   const dtype = [...dtypeCounts.entries()].sort((a, b) => b[1] - a[1])[0]![0];
-  return { dir, config, tensors, dtype };
+  return { dir, config, tensors, dtype, quantization };
+}
+
+function checkShape(name: string, location: TensorLocation, shape: readonly number[]): void {
+  if (location.shape.length !== shape.length || location.shape.some((d, i) => d !== shape[i])) {
+    throw new CheckpointError(
+      `tensor ${name} in ${location.file} has shape [${location.shape.join(', ')}], but config.json implies [${shape.join(', ')}]`,
+    );
+  }
 }

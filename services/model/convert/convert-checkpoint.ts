@@ -1,6 +1,10 @@
-// `loupe convert`: rewrites a checkpoint's weights in float32 or float16, one tensor at a time
-// (a 33 GB checkpoint never sits in memory), for execution providers that cannot run its dtype
-// directly (bfloat16 on CPU). Shard names, the index and every other file carry over.
+// `loupe convert`: rewrites a checkpoint's float weights in float32 or float16 and, with
+// `bits`, quantizes the text decoder's linear layers to 4- or 8-bit GPTQ (round to nearest,
+// docs/quantization.md), one tensor at a time: a 33 GB checkpoint never sits in memory.
+// Shard names, the index and every other file carry over.
+//
+// Nothing half-written ever looks like a checkpoint: the output is written into a sibling
+// folder `<out>.partial-<pid>` and renamed to `<out>` at the end; a failure removes it.
 import {
   closeSync,
   copyFileSync,
@@ -10,17 +14,29 @@ import {
   readdirSync,
   readFileSync,
   readSync,
+  renameSync,
+  rmSync,
   statSync,
   writeFileSync,
   writeSync,
 } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { openCheckpoint } from '../checkpoint/index.js';
+import { checkGptqShape, GptqLayoutError, quantizeGptq, type GptqTensors } from '../quant/gptq.js';
+import {
+  gptqShapes,
+  type QuantBits,
+  type QuantizationConfig,
+  quantizationConfigJson,
+  quantizedLinears,
+  type QuantizedLinearSpec,
+} from '../quant/quantization-config.js';
 import {
   encodeSafetensorsLayout,
   readSafetensorsHeader,
   type SafetensorsDtype,
   type SafetensorsEntry,
+  type TensorLayout,
 } from '../safetensors/index.js';
 import { bfloat16ToFloat32, float16ToFloat32, float32ToFloat16 } from './half.js';
 
@@ -33,10 +49,26 @@ export class ConvertError extends Error {
   override readonly name = 'ConvertError';
 }
 
+export interface QuantizeOptions {
+  bits: QuantBits;
+  /** Default 128. */
+  groupSize?: number;
+  /** Default false (a zero point per group). */
+  sym?: boolean;
+  /** Quantize lm_head too. Default false. */
+  lmHead?: boolean;
+}
+
 export interface ConvertOptions {
   from: string;
   to: string;
-  dtype: TargetDtype;
+  /** The float tensors' dtype in the output. Default float32. */
+  dtype?: TargetDtype;
+  quantize?: QuantizeOptions;
+  /** Replace a non-empty `to`. */
+  force?: boolean;
+  /** Called after each tensor with the source bytes done and in all. */
+  onProgress?: (done: number, total: number) => void;
 }
 
 export interface ConvertSummary {
@@ -44,30 +76,30 @@ export interface ConvertSummary {
   tensors: number;
   /** Bytes of tensor data written. */
   bytes: number;
+  /** Bytes of tensor data read. */
+  sourceBytes: number;
+}
+
+function readFloats(source: Buffer, from: SafetensorsDtype): Float32Array {
+  if (from === 'F32')
+    return new Float32Array(source.buffer, source.byteOffset, source.byteLength / 4);
+  const bits = new Uint16Array(source.buffer, source.byteOffset, source.byteLength / 2);
+  const widen = from === 'BF16' ? bfloat16ToFloat32 : float16ToFloat32;
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = widen(bits[i]!);
+  return out;
 }
 
 /** Converts the elements of one floating-point tensor. */
 function convertTensor(source: Buffer, from: SafetensorsDtype, to: SafetensorsDtype): Uint8Array {
   if (from === to) return source;
-  const n = source.byteLength / (from === 'F32' ? 4 : 2);
-  const read =
-    from === 'F32'
-      ? (() => {
-          const values = new Float32Array(source.buffer, source.byteOffset, n);
-          return (i: number) => values[i]!;
-        })()
-      : (() => {
-          const bits = new Uint16Array(source.buffer, source.byteOffset, n);
-          const widen = from === 'BF16' ? bfloat16ToFloat32 : float16ToFloat32;
-          return (i: number) => widen(bits[i]!);
-        })();
   if (to === 'F32') {
-    const out = new Float32Array(n);
-    for (let i = 0; i < n; i++) out[i] = read(i);
-    return new Uint8Array(out.buffer);
+    const out = readFloats(source, from);
+    return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
   }
-  const out = new Uint16Array(n);
-  for (let i = 0; i < n; i++) out[i] = float32ToFloat16(read(i));
+  const values = readFloats(source, from);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = float32ToFloat16(values[i]!);
   return new Uint8Array(out.buffer);
 }
 
@@ -84,82 +116,249 @@ function readRange(fd: number, offset: number, length: number): Buffer {
   return buffer;
 }
 
-function convertFile(
-  source: string,
-  target: string,
-  dtype: SafetensorsDtype,
-): { tensors: number; bytes: number } {
-  const header = readSafetensorsHeader(source);
-  const entries = Object.entries(header.tensors);
-  const outDtype = (entry: SafetensorsEntry) =>
-    FLOATS.includes(entry.dtype) ? dtype : entry.dtype;
-  const layout = Object.fromEntries(
-    entries.map(([name, e]) => [name, { dtype: outDtype(e), shape: e.shape }]),
-  );
-  const {
-    header: outHeader,
-    order,
-    dataLength,
-  } = encodeSafetensorsLayout(layout, { metadata: header.metadata });
-  const input = openSync(source, 'r');
-  const output = openSync(target, 'w');
-  try {
-    writeAll(output, outHeader);
-    for (const name of order) {
-      const entry = header.tensors[name]!;
-      const bytes = readRange(input, entry.offset, entry.byteLength);
-      writeAll(
-        output,
-        FLOATS.includes(entry.dtype) ? convertTensor(bytes, entry.dtype, dtype) : bytes,
-      );
-    }
-  } finally {
-    closeSync(input);
-    closeSync(output);
-  }
-  return { tensors: entries.length, bytes: dataLength };
-}
-
 function writeAll(fd: number, bytes: Uint8Array): void {
   let done = 0;
   while (done < bytes.byteLength) done += writeSync(fd, bytes, done, bytes.byteLength - done);
 }
 
-export function convertCheckpoint({ from, to, dtype }: ConvertOptions): ConvertSummary {
-  if (!(dtype in TARGET))
-    throw new ConvertError(`--dtype must be float32 or float16, got "${dtype}"`);
-  // Validates the config and every tensor before anything is written.
-  const checkpoint = openCheckpoint(from);
-  if (existsSync(to) && readdirSync(to).length > 0)
-    throw new ConvertError(`${to} exists and is not empty`);
-  mkdirSync(to, { recursive: true });
+const bytesOf = (a: Int32Array | Uint16Array) =>
+  new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
-  const target = TARGET[dtype];
-  const weightFiles = [...new Set([...checkpoint.tensors.values()].map((t) => t.file))];
-  const summary: ConvertSummary = { files: [], tensors: 0, bytes: 0 };
-  for (const file of weightFiles) {
-    const name = file.slice(from.length).replace(/^[/\\]/, '');
-    const { tensors, bytes } = convertFile(file, join(to, name), target);
-    summary.files.push(name);
-    summary.tensors += tensors;
-    summary.bytes += bytes;
-  }
-  for (const name of readdirSync(from)) {
-    const path = join(from, name);
-    if (summary.files.includes(name) || !statSync(path).isFile()) continue;
-    if (name === 'model.safetensors.index.json') {
-      const index = JSON.parse(readFileSync(path, 'utf8')) as {
-        metadata?: Record<string, unknown>;
-      };
-      index.metadata = { ...index.metadata, total_size: summary.bytes };
-      writeFileSync(join(to, name), JSON.stringify(index, null, 2) + '\n');
-    } else if (name === 'config.json') {
-      const config = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
-      config.torch_dtype = dtype;
-      writeFileSync(join(to, name), JSON.stringify(config, null, 2) + '\n');
-    } else if (!name.endsWith('.safetensors')) {
-      copyFileSync(path, join(to, name));
+interface FileContext {
+  dtype: SafetensorsDtype;
+  quant: QuantizationConfig | undefined;
+  /** Quantized linears by the name of their float weight. */
+  linears: ReadonlyMap<string, QuantizedLinearSpec>;
+  /** Working folder for the scales spill file. */
+  work: string;
+  progress: (bytes: number) => void;
+}
+
+/**
+ * One shard. Quantized linears become four tensors each; the safetensors layout puts every
+ * 4-byte tensor before the 2-byte ones, so a linear's qweight, qzeros and g_idx are written
+ * when it is quantized and its float16 scales are spilled to a side file, then copied in
+ * order once the 2-byte tensors start. Memory: one tensor and its quantized form.
+ */
+function convertFile(
+  source: string,
+  target: string,
+  { dtype, quant, linears, work, progress }: FileContext,
+): { tensors: number; bytes: number; names: string[] } {
+  const header = readSafetensorsHeader(source);
+  const entries = Object.entries(header.tensors);
+  const layout: Record<string, TensorLayout> = {};
+  /** Output name -> how to make it. */
+  const plan = new Map<string, { from: string; part?: keyof GptqTensors }>();
+  for (const [name, e] of entries) {
+    const linear = quant ? linears.get(name) : undefined;
+    if (linear && quant) {
+      const shapes = gptqShapes(linear, quant);
+      const module = linear.name;
+      layout[`${module}.qweight`] = { dtype: 'I32', shape: shapes.qweight };
+      layout[`${module}.qzeros`] = { dtype: 'I32', shape: shapes.qzeros };
+      layout[`${module}.g_idx`] = { dtype: 'I32', shape: shapes.g_idx };
+      layout[`${module}.scales`] = { dtype: 'F16', shape: shapes.scales };
+      for (const part of ['qweight', 'qzeros', 'gIdx', 'scales'] as const)
+        plan.set(`${module}.${part === 'gIdx' ? 'g_idx' : part}`, { from: name, part });
+    } else {
+      layout[name] = { dtype: FLOATS.includes(e.dtype) ? dtype : e.dtype, shape: e.shape };
+      plan.set(name, { from: name });
     }
   }
-  return summary;
+  const {
+    header: outHeader,
+    order,
+    dataLength,
+  } = encodeSafetensorsLayout(layout, {
+    metadata: header.metadata,
+  });
+  const spillPath = join(work, `.scales-${basename(target)}`);
+  const input = openSync(source, 'r');
+  const output = openSync(target, 'w');
+  const spill = openSync(spillPath, 'w+');
+  let spillWrite = 0;
+  let spillRead = 0;
+  let current: { from: string; parts: GptqTensors } | undefined;
+  try {
+    writeAll(output, outHeader);
+    for (const name of order) {
+      const { from, part } = plan.get(name)!;
+      const entry: SafetensorsEntry = header.tensors[from]!;
+      if (part === undefined) {
+        const bytes = readRange(input, entry.offset, entry.byteLength);
+        writeAll(
+          output,
+          FLOATS.includes(entry.dtype) ? convertTensor(bytes, entry.dtype, dtype) : bytes,
+        );
+        progress(entry.byteLength);
+      } else if (part === 'scales') {
+        const length = (layout[name]!.shape as number[]).reduce((a, b) => a * b, 1) * 2;
+        const bytes = Buffer.alloc(length);
+        let done = 0;
+        while (done < length) {
+          const n = readSync(spill, bytes, done, length - done, spillRead + done);
+          if (n === 0) throw new ConvertError(`scales spill file ${spillPath} is short`);
+          done += n;
+        }
+        spillRead += length;
+        writeAll(output, bytes);
+      } else {
+        if (current?.from !== from) {
+          const linear = linears.get(from)!;
+          if (!FLOATS.includes(entry.dtype))
+            throw new ConvertError(`${from} is ${entry.dtype}, not a float weight to quantize`);
+          const weight = readFloats(readRange(input, entry.offset, entry.byteLength), entry.dtype);
+          const parts = quantizeGptq(weight, {
+            n: linear.n,
+            k: linear.k,
+            bits: quant!.bits,
+            groupSize: quant!.groupSize,
+            sym: quant!.sym,
+          });
+          const scales = bytesOf(parts.scales);
+          let done = 0;
+          while (done < scales.byteLength)
+            done += writeSync(spill, scales, done, scales.byteLength - done, spillWrite + done);
+          spillWrite += scales.byteLength;
+          current = { from, parts };
+          progress(entry.byteLength);
+        }
+        writeAll(output, bytesOf(current.parts[part] as Int32Array));
+      }
+    }
+  } finally {
+    closeSync(input);
+    closeSync(output);
+    closeSync(spill);
+    rmSync(spillPath, { force: true });
+  }
+  return { tensors: order.length, bytes: dataLength, names: order };
+}
+
+function validateQuantize(q: QuantizeOptions): QuantizationConfig {
+  if (q.bits !== 4 && q.bits !== 8)
+    throw new ConvertError(`--bits must be 4 or 8, got ${String(q.bits)}`);
+  const groupSize = q.groupSize ?? 128;
+  if (groupSize !== 32 && groupSize !== 64 && groupSize !== 128)
+    throw new ConvertError(`--group-size must be 32, 64 or 128, got ${String(groupSize)}`);
+  return {
+    method: 'gptq',
+    bits: q.bits,
+    groupSize,
+    sym: q.sym ?? false,
+    lmHead: q.lmHead ?? false,
+  };
+}
+
+export function convertCheckpoint({
+  from,
+  to,
+  dtype = 'float32',
+  quantize,
+  force = false,
+  onProgress,
+}: ConvertOptions): ConvertSummary {
+  if (!(dtype in TARGET))
+    throw new ConvertError(`--dtype must be float32 or float16, got "${dtype}"`);
+  const quant = quantize ? validateQuantize(quantize) : undefined;
+  // Validates the config and every tensor before anything is written.
+  const checkpoint = openCheckpoint(from);
+  if (quant && checkpoint.quantization) {
+    throw new ConvertError(
+      `${from} is already quantized (${checkpoint.quantization.bits}-bit GPTQ); convert its float original instead`,
+    );
+  }
+  const linears = new Map<string, QuantizedLinearSpec>();
+  if (quant) {
+    const tied = checkpoint.config.tieWordEmbeddings || checkpoint.config.text.tieWordEmbeddings;
+    if (quant.lmHead && tied) {
+      throw new ConvertError(
+        `--lm-head: ${from} ties lm_head to embed_tokens, which stays float for the embedding lookup`,
+      );
+    }
+    for (const linear of quantizedLinears(checkpoint.config, quant)) {
+      try {
+        checkGptqShape({ ...linear, bits: quant.bits, groupSize: quant.groupSize }, linear.name);
+      } catch (error) {
+        if (error instanceof GptqLayoutError) throw new ConvertError(error.message);
+        throw error;
+      }
+      linears.set(`${linear.name}.weight`, linear);
+    }
+  }
+  const out = resolve(to);
+  const replacing = existsSync(out) && readdirSync(out).length > 0;
+  if (replacing && !force)
+    throw new ConvertError(`${to} exists and is not empty (pass --force to replace it)`);
+  if (resolve(from) === out) throw new ConvertError('--out must differ from --model');
+  const work = join(dirname(out), `.${basename(out)}.partial-${process.pid}`);
+  try {
+    mkdirSync(work, { recursive: true });
+  } catch (error) {
+    throw new ConvertError(`cannot write the output next to ${to}: ${(error as Error).message}`);
+  }
+
+  try {
+    const target = TARGET[dtype];
+    const weightFiles = [...new Set([...checkpoint.tensors.values()].map((t) => t.file))];
+    const total = weightFiles.reduce((sum, f) => sum + statSync(f).size, 0);
+    let done = 0;
+    const progress = (bytes: number) => {
+      done += bytes;
+      onProgress?.(done, total);
+    };
+    const summary: ConvertSummary = { files: [], tensors: 0, bytes: 0, sourceBytes: total };
+    const weightMap: Record<string, string> = {};
+    for (const file of weightFiles) {
+      const name = file.slice(checkpoint.dir.length).replace(/^[/\\]/, '');
+      const { tensors, bytes, names } = convertFile(file, join(work, name), {
+        dtype: target,
+        quant,
+        linears,
+        work,
+        progress,
+      });
+      for (const tensor of names) weightMap[tensor] = name;
+      summary.files.push(name);
+      summary.tensors += tensors;
+      summary.bytes += bytes;
+    }
+    for (const name of readdirSync(from)) {
+      const path = join(from, name);
+      if (summary.files.includes(name) || !statSync(path).isFile()) continue;
+      if (name === 'model.safetensors.index.json') {
+        const index = JSON.parse(readFileSync(path, 'utf8')) as {
+          metadata?: Record<string, unknown>;
+        };
+        writeFileSync(
+          join(work, name),
+          JSON.stringify(
+            { metadata: { ...index.metadata, total_size: summary.bytes }, weight_map: weightMap },
+            null,
+            2,
+          ) + '\n',
+        );
+      } else if (name === 'config.json') {
+        const config = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+        config.torch_dtype = dtype;
+        if (quant) config.quantization_config = quantizationConfigJson(quant);
+        writeFileSync(join(work, name), JSON.stringify(config, null, 2) + '\n');
+      } else if (!name.endsWith('.safetensors')) {
+        copyFileSync(path, join(work, name));
+      }
+    }
+    if (replacing) rmSync(out, { recursive: true, force: true });
+    else if (existsSync(out)) rmSync(out, { recursive: true, force: true }); // an empty folder
+    renameSync(work, out);
+    return summary;
+  } catch (error) {
+    rmSync(work, { recursive: true, force: true });
+    if (error instanceof GptqLayoutError) throw new ConvertError(error.message);
+    if (error instanceof ConvertError) throw error;
+    const e = error as NodeJS.ErrnoException;
+    if (e.code === 'ENOSPC' || e.code === 'EACCES' || e.code === 'EROFS' || e.code === 'EPERM')
+      throw new ConvertError(`cannot write ${to}: ${e.message}`);
+    throw error;
+  }
 }

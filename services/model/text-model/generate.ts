@@ -19,7 +19,7 @@ import type * as ort from 'onnxruntime-node';
 import type { Checkpoint } from '../checkpoint/index.js';
 import { createSession, makeTensor, readOutput, type SessionOptions } from '../onnx/index.js';
 import { spliceImageRows, TokenEmbeddings } from './embeddings.js';
-import { buildTextGraph, cacheNames, type TextGraph } from './text-graph.js';
+import { buildTextGraph, cacheNames, type TextGraph, type TextGraphOptions } from './text-graph.js';
 
 export interface TextModel {
   graph: TextGraph;
@@ -31,14 +31,25 @@ export interface TextModel {
 
 export interface LoadTextModelOptions {
   session?: SessionOptions;
+  /**
+   * For quantized checkpoints: int8 activations (MatMulNBits accuracy level 4, faster, not
+   * equal to the float model) and where the packed weights go. The float type follows the
+   * execution provider: float16 on `cuda`, float32 on `cpu`.
+   */
+  quantized?: { int8Activations?: boolean; weightCacheDir?: string };
 }
 
 /** Builds the text graph, opens it, and loads the embedding table. */
 export async function loadTextModel(
   checkpoint: Checkpoint,
-  { session: sessionOptions = {} }: LoadTextModelOptions = {},
+  { session: sessionOptions = {}, quantized = {} }: LoadTextModelOptions = {},
 ): Promise<TextModel> {
-  const graph = buildTextGraph(checkpoint);
+  const graphOptions: TextGraphOptions = {
+    quantizedFloatType: sessionOptions.executionProvider === 'cuda' ? 'float16' : 'float32',
+    accuracyLevel: quantized.int8Activations ? 4 : 0,
+    ...(quantized.weightCacheDir === undefined ? {} : { weightCacheDir: quantized.weightCacheDir }),
+  };
+  const graph = buildTextGraph(checkpoint, graphOptions);
   const embeddings = TokenEmbeddings.load(checkpoint);
   const session = await createSession(graph.model, sessionOptions);
   return {

@@ -11,4 +11,10 @@ export {
   type Prompt,
   type TextModel,
 } from './generate.js';
-export { buildTextGraph, cacheNames, rotaryCaches, type TextGraph } from './text-graph.js';
+export {
+  buildTextGraph,
+  cacheNames,
+  rotaryCaches,
+  type TextGraph,
+  type TextGraphOptions,
+} from './text-graph.js';

@@ -62,6 +62,12 @@ import {
   onnxDataType,
   type OnnxModel,
 } from '../onnx/index.js';
+import {
+  packedNames,
+  packTextWeights,
+  type PackedTextWeights,
+  resolveWeightCacheDir,
+} from '../quant/index.js';
 
 export interface TextGraph {
   /** The model in memory, its weights read in place from the checkpoint's files. */
@@ -75,6 +81,24 @@ export interface TextGraph {
   type: GraphFloatType;
   /** Element type of past_key_L/past_value_L and present_*: `type`. */
   cacheType: GraphFloatType;
+  /** Bytes of weights the graph holds (quantized ones as stored, with scales and zeros). */
+  weightBytes: number;
+  /** What the weights are, for logs and Info: `float32`, `gptq-4bit-g128-sym`, ... */
+  weightFormat: string;
+  /** For a quantized checkpoint: the packed weights file and whether it was reused. */
+  packed?: { path: string; reused: boolean };
+}
+
+export interface TextGraphOptions {
+  /**
+   * The float type of a quantized checkpoint's graph (activations, KV cache, scales): float32
+   * (default; the CPU provider) or float16 (CUDA). A float checkpoint computes in its dtype.
+   */
+  quantizedFloatType?: GraphFloatType;
+  /** MatMulNBits accuracy_level: 0 computes in the float type (default), 4 in int8 activations. */
+  accuracyLevel?: 0 | 4;
+  /** Where a quantized checkpoint's packed weights go (see resolveWeightCacheDir). */
+  weightCacheDir?: string;
 }
 
 /** Names of the cache inputs and outputs of layer `layer`. */
@@ -113,8 +137,12 @@ export function rotaryCaches(
 }
 
 /** Builds the text decoder graph of `checkpoint` (in memory; open it with createSession). */
-export function buildTextGraph(checkpoint: Checkpoint): TextGraph {
+export function buildTextGraph(
+  checkpoint: Checkpoint,
+  { quantizedFloatType = 'float32', accuracyLevel = 0, weightCacheDir }: TextGraphOptions = {},
+): TextGraph {
   const t = checkpoint.config.text;
+  const quant = checkpoint.quantization;
   const tied = checkpoint.config.tieWordEmbeddings || t.tieWordEmbeddings;
   const headDim = t.headDim;
   if (headDim % 16 !== 0) {
@@ -122,20 +150,68 @@ export function buildTextGraph(checkpoint: Checkpoint): TextGraph {
       `text head_dim must be a multiple of 16 for GroupQueryAttention with rotary on CPU, got ${headDim}`,
     );
   }
-  const type = graphFloatType(checkpoint.dtype);
+  const type = quant ? quantizedFloatType : graphFloatType(checkpoint.dtype);
   const g = new GraphBuilder({ name: 'idefics2-text' });
 
-  const weights = new CheckpointWeights(checkpoint, type, 'the text graph');
-  /** An initializer read in place from the checkpoint (all of the checkpoint's dtype). */
-  const weight = (name: string): string => weights.add(g, name);
-  const linear = (x: string, name: string, output?: string) =>
-    g.node1({
-      opType: 'FusedMatMul',
-      domain: 'com.microsoft',
-      inputs: [x, weight(name)],
-      attributes: { transB: attr.int(1) },
-      ...(output === undefined ? {} : { output }),
+  // Float checkpoints: initializers read in place from the safetensors files (all of the
+  // checkpoint's dtype). Quantized ones: everything from the packed weights file.
+  const inPlace = quant ? undefined : new CheckpointWeights(checkpoint, type, 'the text graph');
+  const packed: PackedTextWeights | undefined = quant
+    ? packTextWeights(checkpoint, {
+        type,
+        cacheDir: resolveWeightCacheDir(checkpoint.dir, weightCacheDir),
+      })
+    : undefined;
+  let weightBytes = 0;
+  const weight = (name: string): string => {
+    if (inPlace) {
+      weightBytes += checkpoint.tensors.get(name)?.byteLength ?? 0;
+      return inPlace.add(g, name);
+    }
+    const p = packed!.tensors.get(name);
+    if (!p) throw new Error(`packed weights ${packed!.file} have no tensor ${name}`);
+    weightBytes += p.length;
+    return g.externalInitializer(name, p.type, p.dims, {
+      location: packed!.file,
+      offset: p.offset,
+      length: p.length,
     });
+  };
+  /** x [.., in] times the linear layer `module` (HF weight [out, in]) -> [.., out]. */
+  const linear = (x: string, module: string, output?: string) => {
+    const out = output === undefined ? {} : { output };
+    if (!packed?.quantized.has(module)) {
+      return g.node1({
+        opType: 'FusedMatMul',
+        domain: 'com.microsoft',
+        inputs: [x, weight(`${module}.weight`)],
+        attributes: { transB: attr.int(1) },
+        ...out,
+      });
+    }
+    const names = packedNames(module);
+    const b = packed.tensors.get(names.b)!;
+    const [n, , blob] = b.dims as [number, number, number];
+    const bits = quant!.bits;
+    return g.node1({
+      opType: 'MatMulNBits',
+      domain: 'com.microsoft',
+      inputs: [
+        x,
+        weight(names.b),
+        weight(names.scales),
+        ...(packed.tensors.has(names.zeroPoints) ? [weight(names.zeroPoints)] : []),
+      ],
+      attributes: {
+        K: attr.int((b.dims[1]! * blob * 8) / bits),
+        N: attr.int(n),
+        bits: attr.int(bits),
+        block_size: attr.int(quant!.groupSize),
+        accuracy_level: attr.int(accuracyLevel),
+      },
+      ...out,
+    });
+  };
   const rmsNorm = (x: string, name: string) =>
     g.node1({
       opType: 'SimplifiedLayerNormalization',
@@ -190,9 +266,9 @@ export function buildTextGraph(checkpoint: Checkpoint): TextGraph {
     const pastKey = g.input(names.pastKey, type, cacheDims);
     const pastValue = g.input(names.pastValue, type, cacheDims);
     const n1 = rmsNorm(x, `${p}input_layernorm.weight`);
-    const q = rope(linear(n1, `${p}self_attn.q_proj.weight`), t.numAttentionHeads);
-    const k = rope(linear(n1, `${p}self_attn.k_proj.weight`), t.numKeyValueHeads, names.newKey);
-    const v = linear(n1, `${p}self_attn.v_proj.weight`, names.newValue);
+    const q = rope(linear(n1, `${p}self_attn.q_proj`), t.numAttentionHeads);
+    const k = rope(linear(n1, `${p}self_attn.k_proj`), t.numKeyValueHeads, names.newKey);
+    const v = linear(n1, `${p}self_attn.v_proj`, names.newValue);
     const newDims = ['batch', 'seq', t.numKeyValueHeads * headDim];
     g.output(names.newKey, type, newDims);
     g.output(names.newValue, type, newDims);
@@ -206,17 +282,17 @@ export function buildTextGraph(checkpoint: Checkpoint): TextGraph {
     const presentDims = ['batch', t.numKeyValueHeads, 'present', headDim];
     g.output(names.presentKey, type, presentDims);
     g.output(names.presentValue, type, presentDims);
-    x = g.node1({ opType: 'Add', inputs: [x, linear(attention!, `${p}self_attn.o_proj.weight`)] });
+    x = g.node1({ opType: 'Add', inputs: [x, linear(attention!, `${p}self_attn.o_proj`)] });
 
     const n2 = rmsNorm(x, `${p}post_attention_layernorm.weight`);
-    const gate = linear(n2, `${p}mlp.gate_proj.weight`);
-    const up = linear(n2, `${p}mlp.up_proj.weight`);
+    const gate = linear(n2, `${p}mlp.gate_proj`);
+    const up = linear(n2, `${p}mlp.up_proj`);
     const silu = g.node1({
       opType: 'Mul',
       inputs: [gate, g.node1({ opType: 'Sigmoid', inputs: [gate] })],
     });
     const hiddenMlp = g.node1({ opType: 'Mul', inputs: [silu, up] });
-    x = g.node1({ opType: 'Add', inputs: [x, linear(hiddenMlp, `${p}mlp.down_proj.weight`)] });
+    x = g.node1({ opType: 'Add', inputs: [x, linear(hiddenMlp, `${p}mlp.down_proj`)] });
   }
 
   // [batch, seq, hidden] -> the rows at logit_positions [batch, keep, hidden]; the norm and the
@@ -233,19 +309,16 @@ export function buildTextGraph(checkpoint: Checkpoint): TextGraph {
     attributes: { batch_dims: attr.int(1) },
   });
   const normed = rmsNorm(picked, 'model.text_model.norm.weight');
-  const head = tied ? 'model.text_model.embed_tokens.weight' : 'lm_head.weight';
-  const logits = g.node1({
-    opType: 'FusedMatMul',
-    domain: 'com.microsoft',
-    inputs: [normed, weight(head)],
-    attributes: { transB: attr.int(1) },
-    ...(type === 'float32' ? { output: 'logits' } : {}),
-  });
+  const head = tied ? 'model.text_model.embed_tokens' : 'lm_head';
+  const logits = linear(normed, head, type === 'float32' ? 'logits' : undefined);
   if (type === 'float16') cast(logits, 'float32', 'logits');
   g.output('logits', 'float32', ['batch', 'keep', t.vocabSize]);
 
+  const name = `text graph of ${checkpoint.dir}`;
   return {
-    model: weights.model(g, `text graph of ${checkpoint.dir}`),
+    model: inPlace
+      ? inPlace.model(g, name)
+      : { name, bytes: g.toBytes(), externalDataDir: packed!.dir },
     layers: t.numHiddenLayers,
     kvHeads: t.numKeyValueHeads,
     headDim,
@@ -253,5 +326,10 @@ export function buildTextGraph(checkpoint: Checkpoint): TextGraph {
     vocab: t.vocabSize,
     type,
     cacheType: type,
+    weightBytes,
+    weightFormat: quant
+      ? `gptq-${quant.bits}bit-g${quant.groupSize}-${quant.sym ? 'sym' : 'asym'}${quant.lmHead ? '+lm_head' : ''}`
+      : type,
+    ...(packed ? { packed: { path: `${packed.dir}/${packed.file}`, reused: packed.reused } } : {}),
   };
 }
