@@ -33,6 +33,17 @@ export const decoderEnvSchema = z.object({
   LOUPE_DECODER_MAX_WAITING: intVar(64, { min: 0, max: 100_000 }),
   /** Most prompt tokens per prefill step (longer prompts are prefilled in chunks). */
   LOUPE_DECODER_MAX_PREFILL_TOKENS: intVar(512, { min: 1, max: 131_072 }),
+  /**
+   * Quantized (GPTQ) checkpoints: `float` computes what the float model computes with the
+   * dequantized weights; `int8` quantizes activations too (MatMulNBits accuracy level 4):
+   * faster on CPU, not equal to the float model.
+   */
+  LOUPE_DECODER_QUANT_ACTIVATIONS: enumVar(['float', 'int8'], 'float'),
+  /**
+   * Where a quantized checkpoint's repacked text weights are written once and reused; default
+   * `.loupe-cache` in the checkpoint when writable, else the system's temporary folder.
+   */
+  LOUPE_WEIGHT_CACHE_DIR: optionalStringVar(),
   /** Deadline applied to calls that carry none, ms. */
   LOUPE_DECODER_DEFAULT_DEADLINE_MS: intVar(600_000, { min: 1, max: 86_400_000 }),
 });

@@ -18,6 +18,12 @@ export interface EngineInfo {
   hiddenSize: number;
   imageTokenId: number;
   eosTokenIds: number[];
+  /** `float32`, `float16`, `gptq-4bit-g128-sym`, ... */
+  weightFormat: string;
+  /** Bytes of the text model's weights as loaded (quantized ones as stored). */
+  weightBytes: number;
+  /** A quantized checkpoint's packed weights file and whether it was reused. */
+  packedWeights?: { path: string; reused: boolean };
 }
 
 export type EngineCommand = { kind: 'add'; request: EngineRequest } | { kind: 'abort'; id: string };

@@ -16,6 +16,8 @@ export interface EngineSetup {
   modelDir: string;
   executionProvider: ExecutionProvider;
   intraOpThreads: number;
+  /** For GPTQ checkpoints: int8 activations, and where the packed weights go. */
+  quantized: { int8Activations: boolean; weightCacheDir?: string };
   engine: Omit<EngineOptions, 'eosTokenIds'>;
 }
 
@@ -30,6 +32,7 @@ async function main(): Promise<void> {
     const eos = eosTokenIds(setup.modelDir);
     const model = await loadTextModel(checkpoint, {
       session: { executionProvider: setup.executionProvider, intraOpThreads: setup.intraOpThreads },
+      quantized: setup.quantized,
     });
     engine = new Engine(model, { ...setup.engine, eosTokenIds: eos });
     post({
@@ -39,6 +42,9 @@ async function main(): Promise<void> {
         hiddenSize: model.graph.hidden,
         imageTokenId: model.imageTokenId,
         eosTokenIds: eos,
+        weightFormat: model.graph.weightFormat,
+        weightBytes: model.graph.weightBytes,
+        ...(model.graph.packed ? { packedWeights: model.graph.packed } : {}),
       },
     });
   } catch (error) {

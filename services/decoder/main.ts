@@ -24,6 +24,10 @@ async function main(): Promise<void> {
     modelDir,
     executionProvider: config.LOUPE_DECODER_EXECUTION_PROVIDER,
     intraOpThreads: config.LOUPE_DECODER_THREADS,
+    quantized: {
+      int8Activations: config.LOUPE_DECODER_QUANT_ACTIVATIONS === 'int8',
+      ...(config.LOUPE_WEIGHT_CACHE_DIR ? { weightCacheDir: config.LOUPE_WEIGHT_CACHE_DIR } : {}),
+    },
     engine: {
       maxRunning: config.LOUPE_DECODER_MAX_RUNNING,
       maxContext: config.LOUPE_DECODER_MAX_CONTEXT,
@@ -39,11 +43,13 @@ async function main(): Promise<void> {
       executionProvider: config.LOUPE_DECODER_EXECUTION_PROVIDER,
       ms: Math.round(performance.now() - loadStarted),
       ...engine.info,
+      activations: config.LOUPE_DECODER_QUANT_ACTIVATIONS,
     },
-    `text model ${modelId} loaded`,
+    `text model ${modelId} loaded: ${engine.info.weightFormat}, ${(engine.info.weightBytes / 2 ** 20).toFixed(1)} MiB of weights`,
   );
   const registry = createRegistry(NAME);
   const metrics = createDecoderMetrics(registry, () => engine.load);
+  metrics.weightBytes.set({ format: engine.info.weightFormat }, engine.info.weightBytes);
   engine.onStep = ({ kind, batch, ms }) => {
     metrics.batchSize.observe({ step: kind }, batch);
     metrics.stepSeconds.observe({ step: kind }, ms / 1000);

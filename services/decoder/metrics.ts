@@ -13,6 +13,7 @@ export interface DecoderMetrics {
   preemptions: Counter;
   batchSize: Histogram<'step'>;
   stepSeconds: Histogram<'step'>;
+  weightBytes: Gauge<'format'>;
 }
 
 const LATENCY = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
@@ -44,6 +45,12 @@ export function createDecoderMetrics(registry: Registry, load: () => EngineLoad)
     },
   });
   return {
+    weightBytes: new Gauge({
+      name: 'loupe_decoder_model_weight_bytes',
+      help: 'Bytes of the text model weights as loaded (quantized weights as stored), by format.',
+      labelNames: ['format'],
+      registers,
+    }),
     timeToFirstToken: new Histogram({
       name: 'loupe_decoder_time_to_first_token_seconds',
       help: 'From receiving a request to its first token, seconds.',

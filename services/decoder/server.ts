@@ -361,6 +361,8 @@ export function registerDecoder(server: GrpcServer, options: DecoderHandlersOpti
     hiddenSize: engine.info.hiddenSize,
     imageTokenId: engine.info.imageTokenId,
     eosTokenIds: engine.info.eosTokenIds,
+    weightFormat: engine.info.weightFormat,
+    weightBytes: engine.info.weightBytes,
     load: await load(),
   });
 

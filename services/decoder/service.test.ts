@@ -163,6 +163,10 @@ describe('decoder service', () => {
       imageTokenId: IMAGE_TOKEN,
       eosTokenIds: [2, 460],
       load: { waiting: 0, running: 0, kvCacheUsage: 0 },
+      weightFormat: 'float32',
+      // The text graph's float32 weights: 2 layers of q, k, v, o, gate, up, down and two
+      // norms, the final norm and lm_head (embed_tokens stays on the host).
+      weightBytes: 4 * (2 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 64 * 128 + 2 * 64) + 64 + 461 * 64),
     });
   });
 

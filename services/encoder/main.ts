@@ -36,7 +36,7 @@ async function main(): Promise<void> {
       ms: Math.round(performance.now() - loadStarted),
       ...runner.info,
     },
-    `vision model ${modelId} loaded`,
+    `vision model ${modelId} loaded: ${runner.info.weightFormat}, ${(runner.info.weightBytes / 2 ** 20).toFixed(1)} MiB of weights`,
   );
 
   const registry = createRegistry(NAME);
@@ -63,6 +63,7 @@ async function main(): Promise<void> {
     cacheBytes: () => cache?.bytes ?? 0,
     cacheEntries: () => cache?.size ?? 0,
   });
+  metrics.weightBytes.set({ format: runner.info.weightFormat }, runner.info.weightBytes);
   const limits = {
     maxSubImages: config.LOUPE_ENCODER_MAX_SUB_IMAGES,
     maxBatch: config.LOUPE_ENCODER_MAX_BATCH,

@@ -11,6 +11,7 @@ export interface EncoderMetrics {
   cacheMisses: Counter;
   cacheEvictions: Counter;
   inFlight: Gauge;
+  weightBytes: Gauge<'format'>;
 }
 
 export interface EncoderGauges {
@@ -48,6 +49,12 @@ export function createEncoderMetrics(registry: Registry, gauges: EncoderGauges):
     },
   });
   return {
+    weightBytes: new Gauge({
+      name: 'loupe_encoder_model_weight_bytes',
+      help: 'Bytes of the vision tower and connector weights as loaded, by format.',
+      labelNames: ['format'],
+      registers: [registry],
+    }),
     requests: new Counter({
       name: 'loupe_encoder_requests_total',
       help: 'Encode and Lookup calls answered, by outcome (computed, cache_hit, not_found, failed).',

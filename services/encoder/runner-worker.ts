@@ -29,6 +29,10 @@ export interface RunnerInfo {
   patchSize: number;
   /** Largest side the position embedding covers: patches per side × patch size. */
   maxSide: number;
+  /** The vision weights' dtype: `float32` or `float16`. */
+  weightFormat: string;
+  /** Bytes of the vision tower's and connector's weights. */
+  weightBytes: number;
 }
 
 export type EmbeddingDtype = 'float16' | 'float32';
@@ -61,7 +65,8 @@ async function main(): Promise<void> {
   let geometry;
   try {
     const checkpoint = openCheckpoint(setup.modelDir);
-    session = await createSession(buildVisionGraph(checkpoint), {
+    const graph = buildVisionGraph(checkpoint);
+    session = await createSession(graph, {
       executionProvider: setup.executionProvider,
       intraOpThreads: setup.intraOpThreads,
     });
@@ -71,6 +76,8 @@ async function main(): Promise<void> {
       tokensPerSubImage: checkpoint.config.perceiver.nLatents,
       patchSize: geometry.patchSize,
       maxSide: geometry.patchSize * geometry.numPatchesPerSide,
+      weightFormat: checkpoint.dtype === 'F16' ? 'float16' : 'float32',
+      weightBytes: graph.weightBytes ?? 0,
     };
     port.postMessage({ kind: 'ready', info } satisfies RunnerMessage);
   } catch (error) {

@@ -271,6 +271,8 @@ export function registerEncoder(server: GrpcServer, options: EncoderHandlersOpti
     maxSubImagesPerRequest: limits.maxSubImages,
     maxBatchSubImages: limits.maxBatch,
     maxQueue: limits.maxQueue,
+    weightFormat: model.weightFormat,
+    weightBytes: model.weightBytes,
   });
 
   server.addService('loupe.v1.Encoder', EncoderServiceDefinition, {

@@ -168,6 +168,8 @@ describe('encoder service', () => {
       maxSubImagesPerRequest: 16,
       maxBatchSubImages: 8,
       maxQueue: 64,
+      weightFormat: 'float32',
+      weightBytes: expect.any(Number),
     });
   });
 

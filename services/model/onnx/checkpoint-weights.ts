@@ -20,6 +20,8 @@ export interface OnnxModel {
   name: string;
   bytes: Uint8Array;
   externalDataDir: string;
+  /** Bytes of weights its initializers read from external data (for logs and Info). */
+  weightBytes?: number;
 }
 
 /** The deepest directory that holds every file of `files` once symlinks are resolved. */
@@ -45,6 +47,7 @@ export function externalDataDir(files: Iterable<string>): string {
 export class CheckpointWeights {
   readonly dir: string;
   readonly #locations = new Map<string, string>();
+  #bytes = 0;
 
   constructor(
     private readonly checkpoint: Checkpoint,
@@ -64,6 +67,7 @@ export class CheckpointWeights {
         `${this.reader} runs the checkpoint's ${this.type} weights; ${name} in ${t.file} is ${t.dtype} (mixed dtypes: rewrite the checkpoint with \`loupe convert\`)`,
       );
     }
+    this.#bytes += t.byteLength;
     let location = this.#locations.get(t.file);
     if (location === undefined) {
       location = relative(this.dir, realpathSync(t.file)).split(sep).join('/');
@@ -78,6 +82,6 @@ export class CheckpointWeights {
 
   /** The finished graph as an in-memory model over these weights. */
   model(g: GraphBuilder, name: string): OnnxModel {
-    return { name, bytes: g.toBytes(), externalDataDir: this.dir };
+    return { name, bytes: g.toBytes(), externalDataDir: this.dir, weightBytes: this.#bytes };
   }
 }

@@ -174,7 +174,13 @@ export interface DecoderInfo {
   hiddenSize: number;
   imageTokenId: number;
   eosTokenIds: number[];
-  load: DecoderLoad | undefined;
+  load:
+    | DecoderLoad
+    | undefined;
+  /** "float32", "float16", or "gptq-4bit-g128-sym" and the like */
+  weightFormat: string;
+  /** bytes of the text model's weights as loaded (quantized as stored) */
+  weightBytes: number;
 }
 
 export interface DecoderLoadRequest {
@@ -1336,6 +1342,8 @@ function createBaseDecoderInfo(): DecoderInfo {
     imageTokenId: 0,
     eosTokenIds: [],
     load: undefined,
+    weightFormat: "",
+    weightBytes: 0,
   };
 }
 
@@ -1368,6 +1376,12 @@ export const DecoderInfo: MessageFns<DecoderInfo> = {
     }
     if (message.load !== undefined) {
       DecoderLoad.encode(message.load, writer.uint32(66).fork()).join();
+    }
+    if (message.weightFormat !== "") {
+      writer.uint32(74).string(message.weightFormat);
+    }
+    if (message.weightBytes !== 0) {
+      writer.uint32(80).uint64(message.weightBytes);
     }
     return writer;
   },
@@ -1459,6 +1473,22 @@ export const DecoderInfo: MessageFns<DecoderInfo> = {
             message.load = DecoderLoad.decode(reader, reader.uint32());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.weightFormat = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.weightBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1509,6 +1539,16 @@ export const DecoderInfo: MessageFns<DecoderInfo> = {
         ? object.eos_token_ids.map((e: any) => globalThis.Number(e))
         : [],
       load: isSet(object.load) ? DecoderLoad.fromJSON(object.load) : undefined,
+      weightFormat: isSet(object.weightFormat)
+        ? globalThis.String(object.weightFormat)
+        : isSet(object.weight_format)
+        ? globalThis.String(object.weight_format)
+        : "",
+      weightBytes: isSet(object.weightBytes)
+        ? globalThis.Number(object.weightBytes)
+        : isSet(object.weight_bytes)
+        ? globalThis.Number(object.weight_bytes)
+        : 0,
     };
   },
 
@@ -1538,6 +1578,12 @@ export const DecoderInfo: MessageFns<DecoderInfo> = {
     if (message.load !== undefined) {
       obj.load = DecoderLoad.toJSON(message.load);
     }
+    if (message.weightFormat !== "") {
+      obj.weightFormat = message.weightFormat;
+    }
+    if (message.weightBytes !== 0) {
+      obj.weightBytes = Math.round(message.weightBytes);
+    }
     return obj;
   },
 
@@ -1556,6 +1602,8 @@ export const DecoderInfo: MessageFns<DecoderInfo> = {
     message.load = (object.load !== undefined && object.load !== null)
       ? DecoderLoad.fromPartial(object.load)
       : undefined;
+    message.weightFormat = object.weightFormat ?? "";
+    message.weightBytes = object.weightBytes ?? 0;
     return message;
   },
 };

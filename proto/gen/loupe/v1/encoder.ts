@@ -64,6 +64,10 @@ export interface EncoderInfo {
   maxSubImagesPerRequest: number;
   maxBatchSubImages: number;
   maxQueue: number;
+  /** the vision tower's weights: "float32" or "float16" */
+  weightFormat: string;
+  /** bytes of the vision tower's and connector's weights */
+  weightBytes: number;
 }
 
 function createBaseEncodeRequest(): EncodeRequest {
@@ -457,6 +461,8 @@ function createBaseEncoderInfo(): EncoderInfo {
     maxSubImagesPerRequest: 0,
     maxBatchSubImages: 0,
     maxQueue: 0,
+    weightFormat: "",
+    weightBytes: 0,
   };
 }
 
@@ -485,6 +491,12 @@ export const EncoderInfo: MessageFns<EncoderInfo> = {
     }
     if (message.maxQueue !== 0) {
       writer.uint32(64).uint32(message.maxQueue);
+    }
+    if (message.weightFormat !== "") {
+      writer.uint32(74).string(message.weightFormat);
+    }
+    if (message.weightBytes !== 0) {
+      writer.uint32(80).uint64(message.weightBytes);
     }
     return writer;
   },
@@ -566,6 +578,22 @@ export const EncoderInfo: MessageFns<EncoderInfo> = {
             message.maxQueue = reader.uint32();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.weightFormat = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.weightBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -620,6 +648,16 @@ export const EncoderInfo: MessageFns<EncoderInfo> = {
         : isSet(object.max_queue)
         ? globalThis.Number(object.max_queue)
         : 0,
+      weightFormat: isSet(object.weightFormat)
+        ? globalThis.String(object.weightFormat)
+        : isSet(object.weight_format)
+        ? globalThis.String(object.weight_format)
+        : "",
+      weightBytes: isSet(object.weightBytes)
+        ? globalThis.Number(object.weightBytes)
+        : isSet(object.weight_bytes)
+        ? globalThis.Number(object.weight_bytes)
+        : 0,
     };
   },
 
@@ -649,6 +687,12 @@ export const EncoderInfo: MessageFns<EncoderInfo> = {
     if (message.maxQueue !== 0) {
       obj.maxQueue = Math.round(message.maxQueue);
     }
+    if (message.weightFormat !== "") {
+      obj.weightFormat = message.weightFormat;
+    }
+    if (message.weightBytes !== 0) {
+      obj.weightBytes = Math.round(message.weightBytes);
+    }
     return obj;
   },
 
@@ -665,6 +709,8 @@ export const EncoderInfo: MessageFns<EncoderInfo> = {
     message.maxSubImagesPerRequest = object.maxSubImagesPerRequest ?? 0;
     message.maxBatchSubImages = object.maxBatchSubImages ?? 0;
     message.maxQueue = object.maxQueue ?? 0;
+    message.weightFormat = object.weightFormat ?? "";
+    message.weightBytes = object.weightBytes ?? 0;
     return message;
   },
 };
@@ -788,6 +834,17 @@ export type DeepPartial<T> = T extends Builtin ? T
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 export type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;

@@ -1,0 +1,178 @@
+// The encoder and decoder serving a GPTQ checkpoint (`loupe convert --bits 4`) as a user runs
+// them: real processes on loopback, Info and metrics report what was loaded, the decoder's
+// greedy tokens equal the reference's on the dequantized weights (test/fixtures/model/quant),
+// and a restart reuses the packed weights instead of repacking them.
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { credentials, Metadata } from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  DecoderClient,
+  type GenerateRequest,
+  type GenerateResponse,
+} from '../proto/gen/loupe/v1/decoder.js';
+import { EncoderClient } from '../proto/gen/loupe/v1/encoder.js';
+import { Dtype } from '../proto/gen/loupe/v1/tensor.js';
+import { convertCheckpoint, readSafetensors, writeTinyModel } from '../services/model/index.js';
+import { call, clientOptions } from './helpers/grpc.js';
+import { fixturesDir } from './helpers/fixtures.js';
+import {
+  builtService,
+  ephemeralPorts,
+  startServiceProcess,
+  stopServiceProcesses,
+  type ServiceProcess,
+} from './helpers/service-process.js';
+
+const CASE = 'tiny-q4-g32-asym';
+const FORMAT = 'gptq-4bit-g32-asym';
+const IMAGE_TOKEN = 459;
+const HIDDEN = 64;
+const quantDir = join(fixturesDir, 'model', 'quant');
+const expected = JSON.parse(readFileSync(join(quantDir, 'expected.json'), 'utf8')) as {
+  cases: Record<string, { prompts: Record<string, { generated_ids: number[] }> }>;
+};
+
+const work = mkdtempSync(join(tmpdir(), 'loupe-quantized-stages-'));
+const floatDir = join(work, 'tiny-seed0');
+const modelDir = join(work, 'tiny-q4');
+const cacheDir = join(work, 'weight-cache');
+
+function goldenRequest(prompt: string): GenerateRequest {
+  const file = readSafetensors(join(quantDir, `${CASE}-${prompt}.safetensors`));
+  const ids = Array.from(file.get('input_ids')!.data as BigInt64Array, Number);
+  const rows = file.get('image_hidden_states')?.data as Float32Array | undefined;
+  const positions = ids.flatMap((id, i) => (id === IMAGE_TOKEN ? [i] : []));
+  return {
+    promptTokenIds: ids,
+    images: rows
+      ? [
+          {
+            embeddings: {
+              dtype: Dtype.DTYPE_FLOAT32,
+              shape: [positions.length, HIDDEN],
+              data: Buffer.from(rows.buffer, rows.byteOffset, rows.byteLength),
+            },
+            positions,
+          },
+        ]
+      : [],
+    sampling: { temperature: 0 },
+    stopTokenIds: [],
+    maxNewTokens: 32,
+    logprobs: false,
+    topLogprobs: 0,
+  };
+}
+
+function generate(client: DecoderClient, request: GenerateRequest): Promise<number[]> {
+  return new Promise((resolve, reject) => {
+    const stream = client.generate(request, new Metadata(), {
+      deadline: new Date(Date.now() + 60_000),
+    });
+    const ids: number[] = [];
+    stream.on('data', (m: GenerateResponse) => {
+      if (m.event?.$case === 'token') ids.push(m.event.value.id);
+    });
+    stream.on('error', reject);
+    stream.on('end', () => resolve(ids));
+  });
+}
+
+const decoderEnv = () => ({
+  ...ephemeralPorts('DECODER'),
+  LOUPE_MODEL_DIR: modelDir,
+  LOUPE_DECODER_THREADS: '1',
+  LOUPE_DECODER_MAX_RUNNING: '2',
+  LOUPE_DECODER_MAX_CONTEXT: '512',
+  LOUPE_WEIGHT_CACHE_DIR: cacheDir,
+});
+const loaded = (p: ServiceProcess) => p.waitForLog((e) => e.event === 'model_loaded', 1);
+
+beforeAll(() => {
+  writeTinyModel({ out: floatDir, seed: 0 });
+  convertCheckpoint({ from: floatDir, to: modelDir, quantize: { bits: 4, groupSize: 32 } });
+});
+afterAll(async () => {
+  await stopServiceProcesses();
+  rmSync(work, { recursive: true, force: true });
+});
+
+describe('stages on a 4-bit GPTQ checkpoint', () => {
+  let decoder: ServiceProcess;
+  let client: DecoderClient;
+  beforeAll(async () => {
+    decoder = await startServiceProcess(builtService('decoder'), decoderEnv());
+    client = new DecoderClient(decoder.grpcAddress, credentials.createInsecure(), clientOptions);
+  });
+  afterAll(() => client?.close());
+
+  it('the decoder reports the quantized weights in Info, metrics and its start-up log', async () => {
+    const info = await call(client, client.info, {});
+    expect(info.weightFormat).toBe(FORMAT);
+    // 4-bit text weights: well under the float32 text weights of the same model.
+    const t = { hidden: 64, intermediate: 128, layers: 2, kv: 32, vocab: 461 };
+    const floatText =
+      4 *
+      (t.layers * (2 * t.hidden * t.hidden + 2 * t.kv * t.hidden + 3 * t.hidden * t.intermediate) +
+        t.vocab * t.hidden);
+    expect(info.weightBytes).toBeGreaterThan(0);
+    expect(info.weightBytes).toBeLessThan(floatText);
+    const metrics = await (await fetch(`http://127.0.0.1:${decoder.metricsPort}/metrics`)).text();
+    expect(metrics).toMatch(
+      new RegExp(
+        `^loupe_decoder_model_weight_bytes\\{format="${FORMAT}"[^}]*\\} ${info.weightBytes}$`,
+        'm',
+      ),
+    );
+    const log = await loaded(decoder);
+    expect(log).toMatchObject({ weightFormat: FORMAT, weightBytes: info.weightBytes });
+    expect(log.packedWeights).toMatchObject({ reused: false });
+    expect(String(log.msg)).toContain(FORMAT);
+    // The packed weights went where LOUPE_WEIGHT_CACHE_DIR says, not into the checkpoint.
+    expect(readdirSync(cacheDir).some((f) => f.endsWith('.bin'))).toBe(true);
+    expect(existsSync(join(modelDir, '.loupe-cache'))).toBe(false);
+  });
+
+  it.each(['text', 'image'])(
+    'greedy tokens of the %s prompt equal the reference on the dequantized weights',
+    async (prompt) => {
+      const ids = await generate(client, goldenRequest(prompt));
+      expect(ids).toEqual(expected.cases[CASE]!.prompts[prompt]!.generated_ids);
+    },
+  );
+
+  it('a restart reuses the packed weights', async () => {
+    expect(await decoder.stop()).toBe(0);
+    const again = await startServiceProcess(builtService('decoder'), decoderEnv());
+    expect(await loaded(again)).toMatchObject({ packedWeights: { reused: true } });
+    const c = new DecoderClient(again.grpcAddress, credentials.createInsecure(), clientOptions);
+    expect(await generate(c, goldenRequest('text'))).toEqual(
+      expected.cases[CASE]!.prompts.text!.generated_ids,
+    );
+    c.close();
+    expect(await again.stop()).toBe(0);
+  });
+
+  it('the encoder loads the same checkpoint (its vision tower stays float)', async () => {
+    const encoder = await startServiceProcess(builtService('encoder'), {
+      ...ephemeralPorts('ENCODER'),
+      LOUPE_MODEL_DIR: modelDir,
+      LOUPE_ENCODER_THREADS: '1',
+    });
+    const c = new EncoderClient(encoder.grpcAddress, credentials.createInsecure(), clientOptions);
+    const info = await call(c, c.info, {});
+    expect(info.weightFormat).toBe('float32');
+    expect(info.weightBytes).toBeGreaterThan(0);
+    const metrics = await (await fetch(`http://127.0.0.1:${encoder.metricsPort}/metrics`)).text();
+    expect(metrics).toMatch(
+      new RegExp(
+        `^loupe_encoder_model_weight_bytes\\{format="float32"[^}]*\\} ${info.weightBytes}$`,
+        'm',
+      ),
+    );
+    c.close();
+    expect(await encoder.stop()).toBe(0);
+  });
+});
