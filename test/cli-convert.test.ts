@@ -9,6 +9,7 @@ import { openCheckpoint } from '../services/model/index.js';
 import { fixturesDir } from './helpers/fixtures.js';
 import { repoRoot } from './helpers/service-process.js';
 import { writeTinyCheckpoint } from './helpers/tiny-checkpoint.js';
+import { writeTinyModel } from '../services/model/index.js';
 
 const run = promisify(execFile);
 const loupe = (...args: string[]) =>
@@ -56,6 +57,57 @@ describe('loupe convert', () => {
     ).rejects.toMatchObject({
       code: 2,
       stderr: expect.stringMatching(/config\.json is missing/),
+    });
+  });
+
+  it('quantizes to 4-bit GPTQ, quiet off a terminal, printing the peak memory', async () => {
+    const floatDir = join(work, 'tiny-float');
+    writeTinyModel({ out: floatDir, seed: 0 });
+    const out = join(work, 'q4');
+    const { stdout, stderr } = await loupe(
+      'convert',
+      '--model',
+      floatDir,
+      '--out',
+      out,
+      '--bits',
+      '4',
+      '--group-size',
+      '32',
+      '--sym',
+    );
+    expect(stderr).toBe('');
+    const summary = JSON.parse(stdout) as Record<string, unknown>;
+    expect(summary).toMatchObject({
+      dtype: 'float32',
+      quantization: { method: 'gptq', bits: 4, groupSize: 32, sym: true, lmHead: false },
+      files: ['model.safetensors'],
+    });
+    expect(summary.peakRssBytes).toBeGreaterThan(0);
+    expect(summary.bytes).toBeLessThan(summary.sourceBytes as number);
+    expect(openCheckpoint(out).quantization).toMatchObject({ bits: 4, groupSize: 32, sym: true });
+    await expect(
+      loupe('convert', '--model', floatDir, '--out', out, '--bits', '8', '--group-size', '32'),
+    ).rejects.toMatchObject({ stderr: expect.stringMatching(/pass --force to replace it/) });
+  });
+
+  it('refuses bad quantization options with a usage error', async () => {
+    const to = join(work, 'never');
+    await expect(
+      loupe('convert', '--model', from, '--out', to, '--bits', '3'),
+    ).rejects.toMatchObject({
+      code: 2,
+      stderr: expect.stringMatching(/--bits must be 4 or 8, got "3"/),
+    });
+    await expect(
+      loupe('convert', '--model', from, '--out', to, '--bits', '4', '--group-size', '48'),
+    ).rejects.toMatchObject({
+      code: 2,
+      stderr: expect.stringMatching(/--group-size must be 32, 64 or 128/),
+    });
+    await expect(loupe('convert', '--model', from, '--out', to, '--sym')).rejects.toMatchObject({
+      code: 2,
+      stderr: expect.stringMatching(/--dtype float32\|float16, --bits 4\|8, or both/),
     });
   });
 });

@@ -91,11 +91,11 @@ export function quantizeGptq(
       let hi = 0;
       for (let i = j * g; i < (j + 1) * g; i++) {
         const w = weight[base + i]!;
+        if (!Number.isFinite(w)) {
+          throw new GptqLayoutError(`row ${row}, input ${i}: the weight holds NaN or Infinity`);
+        }
         if (w < lo) lo = w;
         if (w > hi) hi = w;
-      }
-      if (!Number.isFinite(lo + hi)) {
-        throw new GptqLayoutError(`row ${row}, group ${j}: the weight holds NaN or Infinity`);
       }
       let zero: number;
       if (sym) {

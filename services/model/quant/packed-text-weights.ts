@@ -228,6 +228,7 @@ export function packTextWeights(
   const existing = readTable(tablePath, binPath);
   if (existing) return { dir: cacheDir, file, ...existing, reused: true, quantized };
 
+  mkdirSync(cacheDir, { recursive: true });
   const suffix = `.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   const tensors = new Map<string, PackedTensor>();
   const fd = openSync(binPath + suffix, 'w');
