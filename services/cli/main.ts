@@ -1,6 +1,7 @@
 // The `loupe` command.
 import { runChat } from './chat-command.js';
 import { runConvert } from './convert-command.js';
+import { runDownload } from './download-command.js';
 import { runEncode } from './encode-command.js';
 import { runGenerate } from './generate-command.js';
 import { runPreprocess } from './preprocess-command.js';
@@ -24,12 +25,16 @@ commands:
                                  greedy decoding in-process; TEXT has one <image> per --image
   encode --model DIR --image FILE [--split on|off] --out FILE.safetensors
                                  image_hidden_states of one image, in-process
-  convert --model DIR --out DIR --dtype float32|float16
+  convert --model DIR --out DIR [--dtype float32|float16] [--bits 4|8 [--group-size 32|64|128]
+          [--sym] [--lm-head]] [--force]
                                  rewrite a checkpoint's weights in another dtype (e.g. bfloat16
-                                 checkpoints for the CPU provider), one tensor at a time
+                                 checkpoints for the CPU provider) and/or quantize its text
+                                 decoder to GPTQ, one tensor at a time
   tiny-model --out DIR [--seed N] [--size tiny|small]
                                  write a complete Idefics2 checkpoint with seeded random weights
                                  and a real tokenizer (tiny: tests; small: benchmarks)
+  download ORG/NAME[@REVISION] --out DIR [--endpoint URL]
+                                 fetch a checkpoint from the Hub (HF_TOKEN, HF_ENDPOINT); resumable
   help                           this text
 `;
 
@@ -41,6 +46,7 @@ const commands: Record<string, (args: string[]) => Promise<number>> = {
   generate: runGenerate,
   encode: runEncode,
   'tiny-model': runTinyModel,
+  download: runDownload,
   help: async () => {
     process.stdout.write(USAGE);
     return 0;
