@@ -290,6 +290,34 @@ describe('openCheckpoint on GPTQ checkpoints', () => {
   });
 });
 
+describe('a GPTQ checkpoint whose float tensors are float16 (as most published ones)', () => {
+  it('runs its text graph in float32 and agrees with the float32-stored one', async () => {
+    const run = async (dtype: 'float32' | 'float16') => {
+      const dir = fresh(`q4-${dtype}`);
+      convertCheckpoint({ from: tiny, to: dir, dtype, quantize: { bits: 4, groupSize: 32 } });
+      const checkpoint = openCheckpoint(dir);
+      expect(checkpoint.dtype).toBe(dtype === 'float32' ? 'F32' : 'F16');
+      const model = await loadTextModel(checkpoint, { session: { intraOpThreads: 1 } });
+      try {
+        expect(model.graph.type).toBe('float32');
+        return (
+          await generateGreedy(model, [{ ids: [1, 306, 272, 284, 291] }], {
+            maxNewTokens: 4,
+            eosTokenIds: [],
+          })
+        ).sequences[0]!.prefillLogits;
+      } finally {
+        await model.release();
+      }
+    };
+    const [f32, f16] = [await run('float32'), await run('float16')];
+    let max = 0;
+    for (let i = 0; i < f32.length; i++) max = Math.max(max, Math.abs(f32[i]! - f16[i]!));
+    // Only the float16 rounding of the norms, lm_head and embeddings differs.
+    expect(max).toBeLessThan(1e-2);
+  });
+});
+
 describe('int8 activations (MatMulNBits accuracy level 4)', () => {
   it('agrees with float activations on the prefill and reports the measured agreement', async () => {
     const dir = fresh('q8');
