@@ -37,6 +37,7 @@ const expected = JSON.parse(readFileSync(join(quantDir, 'expected.json'), 'utf8'
 const work = mkdtempSync(join(tmpdir(), 'loupe-quantized-stages-'));
 const floatDir = join(work, 'tiny-seed0');
 const modelDir = join(work, 'tiny-q4');
+const visionDir = join(work, 'tiny-q4-vision8');
 const cacheDir = join(work, 'weight-cache');
 
 function goldenRequest(prompt: string): GenerateRequest {
@@ -93,6 +94,11 @@ const loaded = (p: ServiceProcess) => p.waitForLog((e) => e.event === 'model_loa
 beforeAll(() => {
   writeTinyModel({ out: floatDir, seed: 0 });
   convertCheckpoint({ from: floatDir, to: modelDir, quantize: { bits: 4, groupSize: 32 } });
+  convertCheckpoint({
+    from: floatDir,
+    to: visionDir,
+    quantize: { bits: 4, groupSize: 32, visionBits: 8 },
+  });
 });
 afterAll(async () => {
   await stopServiceProcesses();
@@ -171,6 +177,24 @@ describe('stages on a 4-bit GPTQ checkpoint', () => {
         `^loupe_encoder_model_weight_bytes\\{format="float32"[^}]*\\} ${info.weightBytes}$`,
         'm',
       ),
+    );
+    c.close();
+    expect(await encoder.stop()).toBe(0);
+  });
+
+  it('the encoder serves a checkpoint whose vision side is 8-bit too', async () => {
+    const encoder = await startServiceProcess(builtService('encoder'), {
+      ...ephemeralPorts('ENCODER'),
+      LOUPE_MODEL_DIR: visionDir,
+      LOUPE_ENCODER_THREADS: '1',
+      LOUPE_WEIGHT_CACHE_DIR: cacheDir,
+    });
+    const c = new EncoderClient(encoder.grpcAddress, credentials.createInsecure(), clientOptions);
+    const info = await call(c, c.info, {});
+    expect(info.weightFormat).toBe('gptq-8bit-g32-sym');
+    expect(await loaded(encoder)).toMatchObject({ weightFormat: 'gptq-8bit-g32-sym' });
+    expect(readdirSync(cacheDir).some((f) => f.startsWith('vision-') && f.endsWith('.bin'))).toBe(
+      true,
     );
     c.close();
     expect(await encoder.stop()).toBe(0);

@@ -20,6 +20,7 @@ export async function runConvert(args: string[]): Promise<number> {
     'group-size': { type: 'string' },
     sym: { type: 'boolean' },
     'lm-head': { type: 'boolean' },
+    'vision-bits': { type: 'string' },
     force: { type: 'boolean' },
   });
   const from = required(values.model, '--model');
@@ -36,14 +37,23 @@ export async function runConvert(args: string[]): Promise<number> {
     const group = values['group-size'] ?? '128';
     if (!['32', '64', '128'].includes(group))
       throw new CliError(`--group-size must be 32, 64 or 128, got "${group}"`);
+    const vision = values['vision-bits'];
+    if (vision !== undefined && vision !== '4' && vision !== '8')
+      throw new CliError(`--vision-bits must be 4 or 8, got "${vision}"`);
     quantize = {
       bits: Number(values.bits) as 4 | 8,
       groupSize: Number(group),
       sym: values.sym ?? false,
       lmHead: values['lm-head'] ?? false,
+      ...(vision === undefined ? {} : { visionBits: Number(vision) as 4 | 8 }),
     };
-  } else if (values['group-size'] !== undefined || values.sym || values['lm-head']) {
-    throw new CliError('--group-size, --sym and --lm-head need --bits');
+  } else if (
+    values['group-size'] !== undefined ||
+    values.sym ||
+    values['lm-head'] ||
+    values['vision-bits'] !== undefined
+  ) {
+    throw new CliError('--group-size, --sym, --lm-head and --vision-bits need --bits');
   }
   const started = performance.now();
   const bar = progressBar(process.stderr, 'convert');

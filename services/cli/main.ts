@@ -26,7 +26,7 @@ commands:
   encode --model DIR --image FILE [--split on|off] --out FILE.safetensors
                                  image_hidden_states of one image, in-process
   convert --model DIR --out DIR [--dtype float32|float16] [--bits 4|8 [--group-size 32|64|128]
-          [--sym] [--lm-head]] [--force]
+          [--sym] [--lm-head] [--vision-bits 8]] [--force]
                                  rewrite a checkpoint's weights in another dtype (e.g. bfloat16
                                  checkpoints for the CPU provider) and/or quantize its text
                                  decoder to GPTQ, one tensor at a time

@@ -39,6 +39,12 @@ export const encoderEnvSchema = z.object({
   LOUPE_ENCODER_CACHE_BYTES: intVar(512 * 1024 * 1024, { min: 0, max: 2 ** 40 }),
   /** Deadline applied to calls that carry none, ms. */
   LOUPE_ENCODER_DEFAULT_DEADLINE_MS: intVar(60_000, { min: 1, max: 3_600_000 }),
+  /**
+   * Where a checkpoint whose vision linears are quantized (`loupe_vision`) has its weights
+   * packed once and reused; default `.loupe-cache` in the checkpoint when writable, else the
+   * system's temporary folder.
+   */
+  LOUPE_WEIGHT_CACHE_DIR: optionalStringVar(),
 });
 
 export type EncoderConfig = Readonly<z.infer<typeof encoderEnvSchema>>;

@@ -26,6 +26,7 @@ async function main(): Promise<void> {
     modelDir,
     executionProvider: config.LOUPE_ENCODER_EXECUTION_PROVIDER,
     intraOpThreads: config.LOUPE_ENCODER_THREADS,
+    ...(config.LOUPE_WEIGHT_CACHE_DIR ? { weightCacheDir: config.LOUPE_WEIGHT_CACHE_DIR } : {}),
   });
   logger.info(
     {

@@ -21,6 +21,8 @@ export interface RunnerSetup {
   modelDir: string;
   executionProvider: ExecutionProvider;
   intraOpThreads: number;
+  /** Where a checkpoint with quantized vision linears has its weights packed. */
+  weightCacheDir?: string;
 }
 
 export interface RunnerInfo {
@@ -65,7 +67,10 @@ async function main(): Promise<void> {
   let geometry;
   try {
     const checkpoint = openCheckpoint(setup.modelDir);
-    const graph = buildVisionGraph(checkpoint);
+    const graph = buildVisionGraph(
+      checkpoint,
+      setup.weightCacheDir === undefined ? {} : { weightCacheDir: setup.weightCacheDir },
+    );
     session = await createSession(graph, {
       executionProvider: setup.executionProvider,
       intraOpThreads: setup.intraOpThreads,
@@ -76,7 +81,7 @@ async function main(): Promise<void> {
       tokensPerSubImage: checkpoint.config.perceiver.nLatents,
       patchSize: geometry.patchSize,
       maxSide: geometry.patchSize * geometry.numPatchesPerSide,
-      weightFormat: checkpoint.dtype === 'F16' ? 'float16' : 'float32',
+      weightFormat: graph.weightFormat ?? 'float32',
       weightBytes: graph.weightBytes ?? 0,
     };
     port.postMessage({ kind: 'ready', info } satisfies RunnerMessage);

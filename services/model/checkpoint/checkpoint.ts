@@ -133,12 +133,12 @@ export function openCheckpoint(dir: string): Checkpoint {
     for (const linear of quantizedLinears(config, quantization)) {
       floats.delete(`${linear.name}.weight`);
       const { k } = linear;
-      if (k % quantization.groupSize !== 0) {
+      if (k % linear.groupSize !== 0) {
         throw new CheckpointError(
-          `${configPath}: group_size ${quantization.groupSize} does not divide ${linear.name}'s input dimension ${k}`,
+          `${configPath}: group_size ${linear.groupSize} does not divide ${linear.name}'s input dimension ${k}`,
         );
       }
-      const shapes = gptqShapes(linear, quantization);
+      const shapes = gptqShapes(linear, linear);
       const parts: [string, readonly number[], readonly SafetensorsDtype[], boolean][] = [
         ['qweight', shapes.qweight, ['I32'], true],
         ['qzeros', shapes.qzeros, ['I32'], true],
@@ -151,7 +151,7 @@ export function openCheckpoint(dir: string): Checkpoint {
         if (!location) {
           if (!required) continue;
           throw new CheckpointError(
-            `tensor ${name} [${shape.join(', ')}] is missing from ${index ? `${index.path} (weight_map) and its shards` : files[0]} (a ${quantization.bits}-bit GPTQ checkpoint stores qweight, qzeros, scales and g_idx for each quantized linear)`,
+            `tensor ${name} [${shape.join(', ')}] is missing from ${index ? `${index.path} (weight_map) and its shards` : files[0]} (a ${linear.bits}-bit GPTQ checkpoint stores qweight, qzeros, scales and g_idx for each quantized linear)`,
           );
         }
         checkShape(name, location, shape);

@@ -57,6 +57,11 @@ export interface QuantizeOptions {
   sym?: boolean;
   /** Quantize lm_head too. Default false. */
   lmHead?: boolean;
+  /**
+   * Quantize the vision tower, connector and perceiver too (Loupe's `loupe_vision`
+   * extension), symmetric, with the same group size. Default none (they stay float).
+   */
+  visionBits?: QuantBits;
 }
 
 export interface ConvertOptions {
@@ -153,7 +158,7 @@ function convertFile(
   for (const [name, e] of entries) {
     const linear = quant ? linears.get(name) : undefined;
     if (linear && quant) {
-      const shapes = gptqShapes(linear, quant);
+      const shapes = gptqShapes(linear, linear);
       const module = linear.name;
       layout[`${module}.qweight`] = { dtype: 'I32', shape: shapes.qweight };
       layout[`${module}.qzeros`] = { dtype: 'I32', shape: shapes.qzeros };
@@ -212,9 +217,9 @@ function convertFile(
           const parts = quantizeGptq(weight, {
             n: linear.n,
             k: linear.k,
-            bits: quant!.bits,
-            groupSize: quant!.groupSize,
-            sym: quant!.sym,
+            bits: linear.bits,
+            groupSize: linear.groupSize,
+            sym: linear.sym,
           });
           const scales = bytesOf(parts.scales);
           let done = 0;
@@ -242,12 +247,15 @@ function validateQuantize(q: QuantizeOptions): QuantizationConfig {
   const groupSize = q.groupSize ?? 128;
   if (groupSize !== 32 && groupSize !== 64 && groupSize !== 128)
     throw new ConvertError(`--group-size must be 32, 64 or 128, got ${String(groupSize)}`);
+  if (q.visionBits !== undefined && q.visionBits !== 4 && q.visionBits !== 8)
+    throw new ConvertError(`--vision-bits must be 4 or 8, got ${String(q.visionBits)}`);
   return {
     method: 'gptq',
     bits: q.bits,
     groupSize,
     sym: q.sym ?? false,
     lmHead: q.lmHead ?? false,
+    vision: q.visionBits ? { bits: q.visionBits, groupSize, sym: true } : null,
   };
 }
 
@@ -279,7 +287,7 @@ export function convertCheckpoint({
     }
     for (const linear of quantizedLinears(checkpoint.config, quant)) {
       try {
-        checkGptqShape({ ...linear, bits: quant.bits, groupSize: quant.groupSize }, linear.name);
+        checkGptqShape(linear, linear.name);
       } catch (error) {
         if (error instanceof GptqLayoutError) throw new ConvertError(error.message);
         throw error;

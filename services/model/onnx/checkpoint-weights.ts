@@ -22,6 +22,8 @@ export interface OnnxModel {
   externalDataDir: string;
   /** Bytes of weights its initializers read from external data (for logs and Info). */
   weightBytes?: number;
+  /** What the weights are: `float32`, `float16`, `gptq-8bit-g128-sym`, ... */
+  weightFormat?: string;
 }
 
 /** The deepest directory that holds every file of `files` once symlinks are resolved. */
@@ -82,6 +84,12 @@ export class CheckpointWeights {
 
   /** The finished graph as an in-memory model over these weights. */
   model(g: GraphBuilder, name: string): OnnxModel {
-    return { name, bytes: g.toBytes(), externalDataDir: this.dir, weightBytes: this.#bytes };
+    return {
+      name,
+      bytes: g.toBytes(),
+      externalDataDir: this.dir,
+      weightBytes: this.#bytes,
+      weightFormat: this.type,
+    };
   }
 }

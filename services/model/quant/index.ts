@@ -12,12 +12,16 @@ export {
 } from './gptq.js';
 export {
   type PackedTensor,
+  type PackedGraph,
   type PackedTextWeights,
+  matMulNBits,
+  packedInitializer,
   packedNames,
   packTextWeights,
+  packWeights,
   resolveWeightCacheDir,
   WeightCacheError,
-} from './packed-text-weights.js';
+} from './packed-weights.js';
 export {
   GROUP_SIZES,
   type GroupSize,
@@ -30,6 +34,8 @@ export {
   quantizationConfigJson,
   type QuantizedLinearSpec,
   quantizedLinears,
+  textLinears,
+  visionLinears,
   TEXT_BLOCKS,
   TEXT_PROJECTIONS,
 } from './quantization-config.js';

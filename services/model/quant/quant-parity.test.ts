@@ -2,7 +2,8 @@
 // reference (transformers 4.54.1, float32) run on the dequantized weights: prefill logits at
 // the last prompt position within 1e-3 and 32 identical greedy tokens, for checkpoints that
 // `loupe convert --bits` writes (tiny and small, 4 and 8 bits, symmetric and not, groups of
-// 32 and 128, lm_head on and off) and one written by the fixture script's own quantizer.
+// 32 and 128, lm_head on and off, and the vision side quantized too: its image_hidden_states
+// within 1e-4) and one written by the fixture script's own quantizer.
 // Goldens: test/fixtures/model/quant, made by make_quant_fixtures.py (see its docstring).
 import { createHash } from 'node:crypto';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -11,11 +12,14 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint } from '../checkpoint/index.js';
 import { convertCheckpoint } from '../convert/index.js';
+import { loadImageProcessorConfig, preprocessImage } from '../image/index.js';
+import { createSession } from '../onnx/index.js';
 import { readSafetensors } from '../safetensors/index.js';
 import { eosTokenIds } from '../text/index.js';
 import { generateGreedy, loadTextModel, type TextModel } from '../text-model/index.js';
 import { modelFixtures, maxAbsDiff } from '../text-model/goldens.test-helper.js';
 import { writeTinyModel } from '../tiny/index.js';
+import { buildVisionGraph, encodeImages } from '../vision/index.js';
 
 const TOLERANCE = 1e-3;
 const quantFixtures = join(modelFixtures, 'quant');
@@ -26,9 +30,10 @@ interface Case {
   group_size: number;
   sym: boolean;
   lm_head: boolean;
+  vision_bits: 4 | 8 | null;
   writer: 'loupe' | 'python';
   checkpoint_sha256: string;
-  prompts: Record<string, { generated_ids: number[] }>;
+  prompts: Record<string, { generated_ids: number[]; images: string[] }>;
 }
 const expected = JSON.parse(readFileSync(join(quantFixtures, 'expected.json'), 'utf8')) as {
   bases: Record<string, { model_sha256: string }>;
@@ -75,6 +80,7 @@ it('covers every combination the issue names', () => {
   for (const b of ['tiny', 'small']) expect(got.some((c) => c.base === b)).toBe(true);
   expect(got.some((c) => c.writer === 'python')).toBe(true);
   expect(got.some((c) => c.lm_head)).toBe(true);
+  expect(got.some((c) => c.vision_bits === 8)).toBe(true);
 });
 
 describe.each(cases)('GPTQ parity: %s', (name, c) => {
@@ -87,7 +93,13 @@ describe.each(cases)('GPTQ parity: %s', (name, c) => {
       convertCheckpoint({
         from: base(c.base),
         to: dir,
-        quantize: { bits: c.bits, groupSize: c.group_size, sym: c.sym, lmHead: c.lm_head },
+        quantize: {
+          bits: c.bits,
+          groupSize: c.group_size,
+          sym: c.sym,
+          lmHead: c.lm_head,
+          ...(c.vision_bits ? { visionBits: c.vision_bits } : {}),
+        },
       });
     } else {
       // The fixture script's own GPTQ checkpoint, beside the base's tokenizer files.
@@ -120,4 +132,32 @@ describe.each(cases)('GPTQ parity: %s', (name, c) => {
     expect(diff).toBeLessThanOrEqual(TOLERANCE);
     expect(got!.generatedIds).toEqual(c.prompts[prompt]!.generated_ids);
   });
+
+  // Defined only for cases that quantize the vision side (nothing is skipped).
+  if (c.vision_bits !== null) {
+    it('vision graph: image_hidden_states within 1e-4 of the reference on dequantized weights', async () => {
+      const checkpoint = openCheckpoint(dir);
+      const graph = buildVisionGraph(checkpoint);
+      expect(graph.weightFormat).toBe(`gptq-${c.vision_bits}bit-g${c.group_size}-sym`);
+      const session = await createSession(graph, { intraOpThreads: 1 });
+      try {
+        const config = loadImageProcessorConfig(dir);
+        const [file] = c.prompts.image!.images;
+        const pre = await preprocessImage(
+          readFileSync(join(modelFixtures, '..', 'images', file!)),
+          {
+            config,
+            split: false,
+            limits: { maxBytes: 64 << 20, maxPixels: 40_000_000, maxFrames: 100 },
+          },
+        );
+        const out = await encodeImages(session, pre.subImages, checkpoint.config.vision);
+        const diff = maxAbsDiff(out.data, golden(name, 'image').imageRows!);
+        console.log(`${name}: vision max |Δ| ${diff.toExponential(2)}`);
+        expect(diff).toBeLessThanOrEqual(1e-4);
+      } finally {
+        await session.release();
+      }
+    });
+  }
 });

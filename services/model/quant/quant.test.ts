@@ -22,7 +22,7 @@ import { eosTokenIds } from '../text/index.js';
 import { generateGreedy, loadTextModel } from '../text-model/index.js';
 import { seededUniform, writeTinyModel } from '../tiny/index.js';
 import { dequantizeGptq, quantizeGptq, repackForMatMulNBits } from './gptq.js';
-import { packTextWeights, resolveWeightCacheDir } from './packed-text-weights.js';
+import { packTextWeights, resolveWeightCacheDir } from './packed-weights.js';
 import { parseQuantizationConfig } from './quantization-config.js';
 
 const work = mkdtempSync(join(tmpdir(), 'loupe-quant-'));
@@ -166,7 +166,24 @@ describe('quantization_config', () => {
       groupSize: 128,
       sym: true,
       lmHead: false,
+      vision: null,
     });
+    expect(
+      parse({
+        quant_method: 'gptq',
+        bits: 4,
+        group_size: 128,
+        loupe_vision: { bits: 8, group_size: 64 },
+      })?.vision,
+    ).toEqual({ bits: 8, groupSize: 64, sym: true });
+    expect(() =>
+      parse({
+        quant_method: 'gptq',
+        bits: 4,
+        group_size: 128,
+        loupe_vision: { bits: 2, group_size: 64 },
+      }),
+    ).toThrow(/loupe_vision\.bits must be 4 or 8, got 2/);
     expect(parseQuantizationConfig({}, 'c.json')).toBeNull();
     expect(() => parse({ quant_method: 'awq', bits: 4, group_size: 128 })).toThrow(
       /quant_method "awq" is not supported; Loupe loads "gptq"/,

@@ -17,6 +17,12 @@ export interface QuantizationConfig {
   sym: boolean;
   /** Whether lm_head is quantized too (GPTQModel's `lm_head` key). */
   lmHead: boolean;
+  /**
+   * Loupe's extension `loupe_vision`: the vision tower's, connector's and perceiver's linear
+   * layers quantized too (8 bits recommended), or null when they stay float. Only layers whose
+   * input width the group size divides are quantized (visionLinears).
+   */
+  vision: { bits: QuantBits; groupSize: GroupSize; sym: boolean } | null;
 }
 
 export class QuantizationConfigError extends Error {
@@ -85,12 +91,32 @@ export function parseQuantizationConfig(raw: unknown, file: string): Quantizatio
       `block_name_to_quantize ${show(blocks)} is not supported; Loupe quantizes "${TEXT_BLOCKS}"`,
     );
   }
+  let vision: QuantizationConfig['vision'] = null;
+  const v = c.loupe_vision;
+  if (v !== undefined && v !== null) {
+    if (typeof v !== 'object' || Array.isArray(v)) fail('loupe_vision must be an object');
+    const o = v as Record<string, unknown>;
+    if (o.bits !== 4 && o.bits !== 8) fail(`loupe_vision.bits must be 4 or 8, got ${show(o.bits)}`);
+    if (!GROUP_SIZES.includes(o.group_size as GroupSize)) {
+      fail(
+        `loupe_vision.group_size must be one of ${GROUP_SIZES.join(', ')}, got ${show(o.group_size)}`,
+      );
+    }
+    const vSym = o.sym ?? true;
+    if (typeof vSym !== 'boolean') fail(`loupe_vision.sym must be a boolean, got ${show(vSym)}`);
+    vision = {
+      bits: o.bits as QuantBits,
+      groupSize: o.group_size as GroupSize,
+      sym: vSym as boolean,
+    };
+  }
   return {
     method: 'gptq',
     bits: c.bits as QuantBits,
     groupSize: c.group_size as GroupSize,
     sym: sym as boolean,
     lmHead: lmHead as boolean,
+    vision,
   };
 }
 
@@ -111,6 +137,15 @@ export function quantizationConfigJson(q: QuantizationConfig): Record<string, un
     modules_in_block_to_quantize: [[...TEXT_PROJECTIONS]],
     // Loupe quantizes by round-to-nearest, not by GPTQ's error-correcting solver.
     meta: { quantizer: ['loupe:rtn'] },
+    ...(q.vision
+      ? {
+          loupe_vision: {
+            bits: q.vision.bits,
+            group_size: q.vision.groupSize,
+            sym: q.vision.sym,
+          },
+        }
+      : {}),
   };
 }
 
@@ -121,13 +156,25 @@ export interface QuantizedLinearSpec {
   n: number;
   /** Inputs. */
   k: number;
+  bits: QuantBits;
+  groupSize: number;
+  sym: boolean;
 }
 
 /** Every linear layer `q` quantizes in a model of `config`, in checkpoint order. */
 export function quantizedLinears(
   config: Idefics2Config,
-  q: Pick<QuantizationConfig, 'lmHead'>,
+  q: Pick<QuantizationConfig, 'bits' | 'groupSize' | 'sym' | 'lmHead' | 'vision'>,
 ): QuantizedLinearSpec[] {
+  return [...textLinears(config, q), ...visionLinears(config, q)];
+}
+
+/** The text decoder's quantized linears (and lm_head when `q.lmHead`). */
+export function textLinears(
+  config: Idefics2Config,
+  q: Pick<QuantizationConfig, 'bits' | 'groupSize' | 'sym' | 'lmHead'>,
+): QuantizedLinearSpec[] {
+  const at = { bits: q.bits, groupSize: q.groupSize, sym: q.sym };
   const t = config.text;
   const attention = t.numAttentionHeads * t.headDim;
   const kv = t.numKeyValueHeads * t.headDim;
@@ -144,11 +191,51 @@ export function quantizedLinears(
   for (let layer = 0; layer < t.numHiddenLayers; layer++) {
     for (const projection of TEXT_PROJECTIONS) {
       const [n, k] = shapes[projection];
-      out.push({ name: `${TEXT_BLOCKS}.${layer}.${projection}`, n, k });
+      out.push({ name: `${TEXT_BLOCKS}.${layer}.${projection}`, n, k, ...at });
     }
   }
-  if (q.lmHead) out.push({ name: 'lm_head', n: t.vocabSize, k: t.hiddenSize });
+  if (q.lmHead) out.push({ name: 'lm_head', n: t.vocabSize, k: t.hiddenSize, ...at });
   return out;
+}
+
+/**
+ * The vision side's quantized linears under `loupe_vision`: the SigLIP layers' attention
+ * projections and MLP, the modality projection and the perceiver's projections and MLP,
+ * each only when the group size divides its input width (idefics2-8b's fc2, 4304 wide,
+ * stays float).
+ */
+export function visionLinears(
+  config: Idefics2Config,
+  q: Pick<QuantizationConfig, 'vision'>,
+): QuantizedLinearSpec[] {
+  if (!q.vision) return [];
+  const { vision: v, perceiver: p, text: t } = config;
+  const at = q.vision;
+  const all: [string, number, number][] = [];
+  for (let l = 0; l < v.numHiddenLayers; l++) {
+    const layer = `model.vision_model.encoder.layers.${l}.`;
+    for (const proj of ['q_proj', 'k_proj', 'v_proj', 'out_proj'])
+      all.push([`${layer}self_attn.${proj}`, v.hiddenSize, v.hiddenSize]);
+    all.push([`${layer}mlp.fc1`, v.intermediateSize, v.hiddenSize]);
+    all.push([`${layer}mlp.fc2`, v.hiddenSize, v.intermediateSize]);
+  }
+  const c = 'model.connector.modality_projection.';
+  all.push([`${c}gate_proj`, t.intermediateSize, v.hiddenSize]);
+  all.push([`${c}up_proj`, t.intermediateSize, v.hiddenSize]);
+  all.push([`${c}down_proj`, t.hiddenSize, t.intermediateSize]);
+  for (let l = 0; l < p.depth; l++) {
+    const layer = `model.connector.perceiver_resampler.layers.${l}.`;
+    all.push([`${layer}self_attn.q_proj`, p.nHeads * p.headDim, p.hiddenSize]);
+    all.push([`${layer}self_attn.k_proj`, p.numKeyValueHeads * p.headDim, p.hiddenSize]);
+    all.push([`${layer}self_attn.v_proj`, p.numKeyValueHeads * p.headDim, p.hiddenSize]);
+    all.push([`${layer}self_attn.o_proj`, p.hiddenSize, p.nHeads * p.headDim]);
+    all.push([`${layer}mlp.gate_proj`, p.intermediateSize, p.hiddenSize]);
+    all.push([`${layer}mlp.up_proj`, p.intermediateSize, p.hiddenSize]);
+    all.push([`${layer}mlp.down_proj`, p.hiddenSize, p.intermediateSize]);
+  }
+  return all
+    .filter(([, , k]) => k % at.groupSize === 0 && k % packFactor(at.bits) === 0)
+    .map(([name, n, k]) => ({ name, n, k, ...at }));
 }
 
 /** Values per int32 word. */

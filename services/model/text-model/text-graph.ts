@@ -63,7 +63,8 @@ import {
   type OnnxModel,
 } from '../onnx/index.js';
 import {
-  packedNames,
+  matMulNBits,
+  packedInitializer,
   packTextWeights,
   type PackedTextWeights,
   resolveWeightCacheDir,
@@ -168,14 +169,8 @@ export function buildTextGraph(
       weightBytes += checkpoint.tensors.get(name)?.byteLength ?? 0;
       return inPlace.add(g, name);
     }
-    const p = packed!.tensors.get(name);
-    if (!p) throw new Error(`packed weights ${packed!.file} have no tensor ${name}`);
-    weightBytes += p.length;
-    return g.externalInitializer(name, p.type, p.dims, {
-      location: packed!.file,
-      offset: p.offset,
-      length: p.length,
-    });
+    weightBytes += packed!.tensors.get(name)?.length ?? 0;
+    return packedInitializer(g, packed!, name);
   };
   /** x [.., in] times the linear layer `module` (HF weight [out, in]) -> [.., out]. */
   const linear = (x: string, module: string, output?: string) => {
@@ -189,26 +184,10 @@ export function buildTextGraph(
         ...out,
       });
     }
-    const names = packedNames(module);
-    const b = packed.tensors.get(names.b)!;
-    const [n, , blob] = b.dims as [number, number, number];
-    const bits = quant!.bits;
-    return g.node1({
-      opType: 'MatMulNBits',
-      domain: 'com.microsoft',
-      inputs: [
-        x,
-        weight(names.b),
-        weight(names.scales),
-        ...(packed.tensors.has(names.zeroPoints) ? [weight(names.zeroPoints)] : []),
-      ],
-      attributes: {
-        K: attr.int((b.dims[1]! * blob * 8) / bits),
-        N: attr.int(n),
-        bits: attr.int(bits),
-        block_size: attr.int(quant!.groupSize),
-        accuracy_level: attr.int(accuracyLevel),
-      },
+    return matMulNBits(g, x, packed.quantized.get(module)!, {
+      packed,
+      weight,
+      accuracyLevel,
       ...out,
     });
   };

@@ -11,28 +11,76 @@ import {
   type GraphBuilder,
   type GraphFloatType,
   graphFloatType,
+  type OnnxModel,
   onnxDataType,
 } from '../onnx/index.js';
+import {
+  matMulNBits,
+  packedInitializer,
+  type PackedTextWeights,
+  packWeights,
+  resolveWeightCacheDir,
+} from '../quant/index.js';
 
 /** The additive mask value for padding keys: finfo(float32).min, as the reference (never -inf). */
 export const MASK_MIN = -3.4028234663852886e38;
 /** The same in a float16 graph: finfo(float16).min, as the reference in float16 (G5). */
 export const MASK_MIN_FLOAT16 = -65504;
 
-/** A GraphBuilder plus the checkpoint its weights come from, and a cache of constants. */
+export interface OpsOptions {
+  /** Where the packed weights of a checkpoint with quantized vision linears go. */
+  weightCacheDir?: string;
+}
+
+/**
+ * A GraphBuilder plus the checkpoint its weights come from, and a cache of constants. Float
+ * weights are read in place from the checkpoint; when the checkpoint quantizes the vision
+ * side too (`loupe_vision`, docs/quantization.md) every weight comes from its packed file and
+ * the quantized linears run as MatMulNBits.
+ */
 export class Ops {
   readonly #consts = new Map<string, string>();
   /** The float type of weights and activations: the checkpoint's (F32 or F16). */
   readonly type: GraphFloatType;
 
-  readonly weights: CheckpointWeights;
+  readonly #inPlace: CheckpointWeights | undefined;
+  readonly #packed: PackedTextWeights | undefined;
+  #packedBytes = 0;
 
   constructor(
     readonly g: GraphBuilder,
     checkpoint: Checkpoint,
+    { weightCacheDir }: OpsOptions = {},
   ) {
     this.type = graphFloatType(checkpoint.dtype);
-    this.weights = new CheckpointWeights(checkpoint, this.type, 'the vision graph');
+    if (checkpoint.quantization?.vision) {
+      this.#packed = packWeights(checkpoint, {
+        graph: 'vision',
+        type: this.type,
+        cacheDir: resolveWeightCacheDir(checkpoint.dir, weightCacheDir),
+      });
+    } else {
+      this.#inPlace = new CheckpointWeights(checkpoint, this.type, 'the vision graph');
+    }
+  }
+
+  /** The finished graph as an in-memory model over these weights. */
+  model(name: string): OnnxModel {
+    if (this.#inPlace) return this.#inPlace.model(this.g, name);
+    const packed = this.#packed!;
+    return {
+      name,
+      bytes: this.g.toBytes(),
+      externalDataDir: packed.dir,
+      weightBytes: this.#packedBytes,
+      weightFormat: this.weightFormat,
+    };
+  }
+
+  /** What the weights are: the float type, or `gptq-8bit-g128-sym` and the like. */
+  get weightFormat(): string {
+    const q = this.#packed ? [...this.#packed.quantized.values()][0] : undefined;
+    return q ? `gptq-${q.bits}bit-g${q.groupSize}-${q.sym ? 'sym' : 'asym'}` : this.type;
   }
 
   /** The additive mask value of this graph's float type (finite, G5). */
@@ -45,7 +93,11 @@ export class Ops {
    * element count), e.g. a conv weight seen as a matrix.
    */
   weight(name: string, dims?: readonly number[]): string {
-    return this.weights.add(this.g, name, dims);
+    if (this.#inPlace) return this.#inPlace.add(this.g, name, dims);
+    const packed = this.#packed!;
+    this.#packedBytes += packed.tensors.get(name)?.length ?? 0;
+    const stored = packedInitializer(this.g, packed, name);
+    return dims === undefined ? stored : this.reshape(stored, dims);
   }
 
   /** An int64 constant (shapes, axes), shared between uses. */
@@ -91,12 +143,15 @@ export class Ops {
 
   /** y = x Wᵀ (+ b): FusedMatMul with transB reads the stored [out, in] weight as it is. */
   linear(x: string, prefix: string, { bias = false } = {}): string {
-    const y = this.g.node1({
-      opType: 'FusedMatMul',
-      domain: 'com.microsoft',
-      inputs: [x, this.weight(`${prefix}.weight`)],
-      attributes: { transB: attr.int(1), alpha: attr.float(1) },
-    });
+    const spec = this.#packed?.quantized.get(prefix);
+    const y = spec
+      ? matMulNBits(this.g, x, spec, { packed: this.#packed!, weight: (n) => this.weight(n) })
+      : this.g.node1({
+          opType: 'FusedMatMul',
+          domain: 'com.microsoft',
+          inputs: [x, this.weight(`${prefix}.weight`)],
+          attributes: { transB: attr.int(1), alpha: attr.float(1) },
+        });
     return bias ? this.op('Add', [y, this.weight(`${prefix}.bias`)]) : y;
   }
 

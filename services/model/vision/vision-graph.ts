@@ -32,6 +32,8 @@ export interface BuildVisionGraphOptions {
     ImageProcessorConfig,
     'doRescale' | 'rescaleFactor' | 'doNormalize' | 'imageMean' | 'imageStd'
   >;
+  /** Where a checkpoint with quantized vision linears has its weights packed. */
+  weightCacheDir?: string;
 }
 
 /**
@@ -56,7 +58,7 @@ export interface BuildVisionGraphOptions {
  */
 export function buildVisionGraph(
   checkpoint: Checkpoint,
-  { imageProcessor }: BuildVisionGraphOptions = {},
+  { imageProcessor, weightCacheDir }: BuildVisionGraphOptions = {},
 ): OnnxModel {
   const { vision: vc, perceiver: pc } = checkpoint.config;
   const normalize =
@@ -66,7 +68,7 @@ export function buildVisionGraph(
       : DEFAULT_IMAGE_PROCESSOR_CONFIG);
   if (vc.numChannels !== 3) throw new Error(`vision num_channels must be 3, got ${vc.numChannels}`);
   const g = new GraphBuilder({ name: 'idefics2_vision' });
-  const ops = new Ops(g, checkpoint);
+  const ops = new Ops(g, checkpoint, weightCacheDir === undefined ? {} : { weightCacheDir });
 
   const pixels = g.input(VISION_INPUTS.pixels, 'uint8', ['n', 3, 'height', 'width']);
   const patchMask = g.input(VISION_INPUTS.patchMask, 'bool', ['n', 'patch_rows', 'patch_cols']);
@@ -189,5 +191,5 @@ export function buildVisionGraph(
   }
   g.output(VISION_OUTPUT, 'float32', ['n', pc.nLatents, pc.hiddenSize]);
 
-  return ops.weights.model(g, `vision graph of ${checkpoint.dir}`);
+  return ops.model(`vision graph of ${checkpoint.dir}`);
 }

@@ -1,5 +1,6 @@
-// The text graph's weights of a GPTQ checkpoint, rewritten once into a cache file that ONNX
-// Runtime reads as external data.
+// A graph's weights of a GPTQ checkpoint (the text graph's, and the vision graph's when its
+// linears are quantized too), rewritten once into a cache file that ONNX Runtime reads as
+// external data.
 //
 // Why a file: MatMulNBits wants each weight transposed relative to GPTQ's qweight (see
 // gptq.ts), so the checkpoint's bytes cannot be referenced in place as float weights are; an
@@ -9,8 +10,8 @@
 // the repacked quantized linears, and the float tensors (norms, an unquantized lm_head) in
 // the graph's float type. Written once, reused while the checkpoint's files are unchanged.
 //
-//   <cache dir>/text-<key>.bin    tensors, each at a 4 KiB-aligned offset
-//   <cache dir>/text-<key>.json   the table: name -> type, dims, offset, length
+//   <cache dir>/<graph>-<key>.bin    tensors, each at a 4 KiB-aligned offset (graph: text, vision)
+//   <cache dir>/<graph>-<key>.json   the table: name -> type, dims, offset, length
 //
 // <key> hashes the format version, the graph's float type, the quantization config and, for
 // every source tensor, its file (path, size, mtime) and byte range. The .json is renamed into
@@ -37,9 +38,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Checkpoint, TensorLocation } from '../checkpoint/index.js';
 import { bfloat16ToFloat32, float16ToFloat32, float32ToFloat16 } from '../convert/half.js';
-import type { ElementType, GraphFloatType } from '../onnx/index.js';
+import { attr, type ElementType, type GraphBuilder, type GraphFloatType } from '../onnx/index.js';
 import { GptqLayoutError, repackForMatMulNBits } from './gptq.js';
-import { quantizedLinears, type QuantizedLinearSpec } from './quantization-config.js';
+import { type QuantizedLinearSpec, textLinears, visionLinears } from './quantization-config.js';
 
 /** Bumped whenever what the cache file holds changes. */
 const FORMAT_VERSION = 1;
@@ -63,9 +64,12 @@ export interface PackedTextWeights {
   bytes: number;
   /** Whether an existing cache file was used. */
   reused: boolean;
-  /** The quantized linears' module names. */
-  quantized: ReadonlySet<string>;
+  /** The quantized linears, by module name. */
+  quantized: ReadonlyMap<string, QuantizedLinearSpec>;
 }
+
+/** Which graph's weights: the text decoder's, or the vision tower's with the connector. */
+export type PackedGraph = 'text' | 'vision';
 
 /** Names of the MatMulNBits inputs of quantized linear `name` in the cache file. */
 export const packedNames = (name: string) => ({
@@ -107,8 +111,23 @@ export function resolveWeightCacheDir(checkpointDir: string, explicit?: string):
   }
 }
 
-/** The float tensors of the text graph (everything it reads that is not quantized). */
-function floatTensorNames(checkpoint: Checkpoint, quantized: ReadonlySet<string>): string[] {
+const QUANT_PARTS = ['.qweight', '.qzeros', '.scales', '.g_idx'];
+
+/** The float tensors a graph reads (everything of its part that is not quantized). */
+function floatTensorNames(
+  checkpoint: Checkpoint,
+  graph: PackedGraph,
+  quantized: ReadonlyMap<string, QuantizedLinearSpec>,
+): string[] {
+  const isQuantPart = (name: string) =>
+    QUANT_PARTS.some((p) => name.endsWith(p) && quantized.has(name.slice(0, -p.length)));
+  if (graph === 'vision') {
+    return [...checkpoint.tensors.keys()].filter(
+      (name) =>
+        (name.startsWith('model.vision_model.') || name.startsWith('model.connector.')) &&
+        !isQuantPart(name),
+    );
+  }
   const tied = checkpoint.config.tieWordEmbeddings || checkpoint.config.text.tieWordEmbeddings;
   const names: string[] = [];
   for (const name of checkpoint.tensors.keys()) {
@@ -124,6 +143,7 @@ function floatTensorNames(checkpoint: Checkpoint, quantized: ReadonlySet<string>
 
 function cacheKey(
   checkpoint: Checkpoint,
+  graph: PackedGraph,
   type: GraphFloatType,
   sources: readonly string[],
 ): string {
@@ -139,7 +159,7 @@ function cacheKey(
     return [name, s.real, s.size, s.mtimeMs, t.offset, t.byteLength, t.dtype];
   });
   return createHash('sha256')
-    .update(JSON.stringify({ v: FORMAT_VERSION, type, q: checkpoint.quantization, entries }))
+    .update(JSON.stringify({ v: FORMAT_VERSION, graph, type, q: checkpoint.quantization, entries }))
     .digest('hex')
     .slice(0, 24);
 }
@@ -196,19 +216,26 @@ const view = <T extends Int32Array | Uint16Array | Float32Array>(
   size: number,
 ): T => new make(bytes.buffer, bytes.byteOffset, bytes.byteLength / size);
 
-/**
- * The packed text weights of a GPTQ checkpoint in `cacheDir` (see resolveWeightCacheDir),
- * written now unless a complete file for the same sources exists.
- */
-export function packTextWeights(
+/** The text graph's packed weights; see packWeights. */
+export const packTextWeights = (
   checkpoint: Checkpoint,
-  { type, cacheDir }: { type: GraphFloatType; cacheDir: string },
+  options: { type: GraphFloatType; cacheDir: string },
+) => packWeights(checkpoint, { ...options, graph: 'text' });
+
+/**
+ * The packed weights of one graph of a GPTQ checkpoint in `cacheDir` (see
+ * resolveWeightCacheDir), written now unless a complete file for the same sources exists.
+ */
+export function packWeights(
+  checkpoint: Checkpoint,
+  { graph, type, cacheDir }: { graph: PackedGraph; type: GraphFloatType; cacheDir: string },
 ): PackedTextWeights {
   const q = checkpoint.quantization;
   if (!q) throw new WeightCacheError(`${checkpoint.dir} is not a quantized checkpoint`);
-  const linears = quantizedLinears(checkpoint.config, q);
-  const quantized = new Set(linears.map((l) => l.name));
-  const floats = floatTensorNames(checkpoint, quantized);
+  const linears =
+    graph === 'text' ? textLinears(checkpoint.config, q) : visionLinears(checkpoint.config, q);
+  const quantized = new Map(linears.map((l) => [l.name, l]));
+  const floats = floatTensorNames(checkpoint, graph, quantized);
   const sources = [
     ...linears.flatMap((l) =>
       ['qweight', 'qzeros', 'scales', 'g_idx']
@@ -221,9 +248,9 @@ export function packTextWeights(
     if (!checkpoint.tensors.has(name))
       throw new WeightCacheError(`checkpoint ${checkpoint.dir} has no tensor ${name}`);
   }
-  const key = cacheKey(checkpoint, type, sources);
-  const file = `text-${key}.bin`;
-  const tablePath = join(cacheDir, `text-${key}.json`);
+  const key = cacheKey(checkpoint, graph, type, sources);
+  const file = `${graph}-${key}.bin`;
+  const tablePath = join(cacheDir, `${graph}-${key}.json`);
   const binPath = join(cacheDir, file);
   const existing = readTable(tablePath, binPath);
   if (existing) return { dir: cacheDir, file, ...existing, reused: true, quantized };
@@ -272,7 +299,7 @@ function packLinear(
   type: GraphFloatType,
   put: (name: string, type: ElementType, dims: number[], data: Uint8Array) => void,
 ): void {
-  const q = checkpoint.quantization!;
+  const q = linear;
   const get = (part: string) => checkpoint.tensors.get(`${linear.name}.${part}`);
   const gIdx = get('g_idx');
   if (gIdx) {
@@ -330,4 +357,62 @@ function readTable(
   } catch {
     return undefined; // unreadable: write it again
   }
+}
+
+/** Tensor `name` of the packed file as an external initializer of `g`. */
+export function packedInitializer(
+  g: GraphBuilder,
+  packed: PackedTextWeights,
+  name: string,
+): string {
+  const p = packed.tensors.get(name);
+  if (!p) throw new WeightCacheError(`packed weights ${packed.file} have no tensor ${name}`);
+  return g.externalInitializer(name, p.type, p.dims, {
+    location: packed.file,
+    offset: p.offset,
+    length: p.length,
+  });
+}
+
+/**
+ * x [.., K] times quantized linear `spec` -> [.., N]: a com.microsoft MatMulNBits node over
+ * the packed B, scales and (when stored) zero points. accuracyLevel 0 computes in the float
+ * type of x; 4 quantizes x to int8 per block.
+ */
+export function matMulNBits(
+  g: GraphBuilder,
+  x: string,
+  spec: QuantizedLinearSpec,
+  {
+    packed,
+    weight,
+    accuracyLevel = 0,
+    output,
+  }: {
+    packed: PackedTextWeights;
+    /** Adds a packed tensor to the graph (counting its bytes) and returns its name. */
+    weight: (name: string) => string;
+    accuracyLevel?: 0 | 4;
+    output?: string;
+  },
+): string {
+  const names = packedNames(spec.name);
+  return g.node1({
+    opType: 'MatMulNBits',
+    domain: 'com.microsoft',
+    inputs: [
+      x,
+      weight(names.b),
+      weight(names.scales),
+      ...(packed.tensors.has(names.zeroPoints) ? [weight(names.zeroPoints)] : []),
+    ],
+    attributes: {
+      K: attr.int(spec.k),
+      N: attr.int(spec.n),
+      bits: attr.int(spec.bits),
+      block_size: attr.int(spec.groupSize),
+      accuracy_level: attr.int(accuracyLevel),
+    },
+    ...(output === undefined ? {} : { output }),
+  });
 }
