@@ -13,7 +13,7 @@ export {
 export {
   type PackedTensor,
   type PackedGraph,
-  type PackedTextWeights,
+  type PackedWeights,
   matMulNBits,
   packedInitializer,
   packedNames,

@@ -54,7 +54,7 @@ export interface PackedTensor {
   length: number;
 }
 
-export interface PackedTextWeights {
+export interface PackedWeights {
   /** The folder ONNX Runtime resolves `file` against. */
   dir: string;
   /** File name of the tensors, relative to `dir`. */
@@ -229,7 +229,7 @@ export const packTextWeights = (
 export function packWeights(
   checkpoint: Checkpoint,
   { graph, type, cacheDir }: { graph: PackedGraph; type: GraphFloatType; cacheDir: string },
-): PackedTextWeights {
+): PackedWeights {
   const q = checkpoint.quantization;
   if (!q) throw new WeightCacheError(`${checkpoint.dir} is not a quantized checkpoint`);
   const linears =
@@ -344,7 +344,7 @@ function packLinear(
 function readTable(
   tablePath: string,
   binPath: string,
-): Pick<PackedTextWeights, 'tensors' | 'bytes'> | undefined {
+): Pick<PackedWeights, 'tensors' | 'bytes'> | undefined {
   if (!existsSync(tablePath) || !existsSync(binPath)) return undefined;
   try {
     const table = JSON.parse(readFileSync(tablePath, 'utf8')) as {
@@ -360,11 +360,7 @@ function readTable(
 }
 
 /** Tensor `name` of the packed file as an external initializer of `g`. */
-export function packedInitializer(
-  g: GraphBuilder,
-  packed: PackedTextWeights,
-  name: string,
-): string {
+export function packedInitializer(g: GraphBuilder, packed: PackedWeights, name: string): string {
   const p = packed.tensors.get(name);
   if (!p) throw new WeightCacheError(`packed weights ${packed.file} have no tensor ${name}`);
   return g.externalInitializer(name, p.type, p.dims, {
@@ -389,7 +385,7 @@ export function matMulNBits(
     accuracyLevel = 0,
     output,
   }: {
-    packed: PackedTextWeights;
+    packed: PackedWeights;
     /** Adds a packed tensor to the graph (counting its bytes) and returns its name. */
     weight: (name: string) => string;
     accuracyLevel?: 0 | 4;

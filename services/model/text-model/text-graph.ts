@@ -66,7 +66,7 @@ import {
   matMulNBits,
   packedInitializer,
   packTextWeights,
-  type PackedTextWeights,
+  type PackedWeights,
   resolveWeightCacheDir,
 } from '../quant/index.js';
 
@@ -157,7 +157,7 @@ export function buildTextGraph(
   // Float checkpoints: initializers read in place from the safetensors files (all of the
   // checkpoint's dtype). Quantized ones: everything from the packed weights file.
   const inPlace = quant ? undefined : new CheckpointWeights(checkpoint, type, 'the text graph');
-  const packed: PackedTextWeights | undefined = quant
+  const packed: PackedWeights | undefined = quant
     ? packTextWeights(checkpoint, {
         type,
         cacheDir: resolveWeightCacheDir(checkpoint.dir, weightCacheDir),

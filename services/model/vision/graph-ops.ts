@@ -17,7 +17,7 @@ import {
 import {
   matMulNBits,
   packedInitializer,
-  type PackedTextWeights,
+  type PackedWeights,
   packWeights,
   resolveWeightCacheDir,
 } from '../quant/index.js';
@@ -44,7 +44,7 @@ export class Ops {
   readonly type: GraphFloatType;
 
   readonly #inPlace: CheckpointWeights | undefined;
-  readonly #packed: PackedTextWeights | undefined;
+  readonly #packed: PackedWeights | undefined;
   #packedBytes = 0;
 
   constructor(
