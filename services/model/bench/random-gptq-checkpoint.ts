@@ -62,6 +62,11 @@ export interface RandomGptqOptions {
   shardBytes?: number;
   /** Recorded in the marker: which shape this is (e.g. "8b", "small"). */
   shape?: string;
+  /**
+   * Write every tensor as float32 instead (no quantization_config; `bits` and `groupSize`
+   * unused): a float checkpoint of the shape, for timing `loupe convert --bits` on it.
+   */
+  float?: boolean;
 }
 
 export interface BenchMarker {
@@ -71,6 +76,8 @@ export interface BenchMarker {
   bits: GptqBits;
   groupSize: number;
   seed: number;
+  /** True for a float32 checkpoint (see RandomGptqOptions.float). */
+  float?: boolean;
   /** Tensor bytes (the index's total_size). */
   totalBytes: number;
   files: string[];
@@ -135,6 +142,7 @@ export function planGptqTensors(
   config: Record<string, unknown>,
   bits: GptqBits,
   groupSize: number,
+  { float = false }: { float?: boolean } = {},
 ): PlannedTensor[] {
   if (bits !== 4 && bits !== 8) throw new RandomGptqError(`bits must be 4 or 8, got ${bits}`);
   if (!(groupSize === -1 || (Number.isSafeInteger(groupSize) && groupSize > 0))) {
@@ -146,7 +154,7 @@ export function planGptqTensors(
   const add = (name: string, dtype: SafetensorsDtype, shape: number[], fill: Fill) =>
     planned.push({ name, dtype, shape, bytes: elementCount(shape) * DTYPES[dtype].size, fill });
   for (const [name, shape] of expectedTensors(parsed)) {
-    if (isGptqQuantized(name)) {
+    if (!float && isGptqQuantized(name)) {
       const [n, k] = shape as [number, number];
       const group = groupSize === -1 ? k : groupSize;
       if (k % perWord !== 0 || k % group !== 0) {
@@ -407,15 +415,16 @@ export function writeRandomGptqCheckpoint({
   seed,
   shardBytes = 2_000_000_000,
   shape = 'custom',
+  float = false,
 }: RandomGptqOptions): RandomGptqSummary {
   if (endianness() !== 'LE') throw new RandomGptqError('needs a little-endian host');
   const started = performance.now();
   const config = {
     ...rawConfig,
     torch_dtype: 'float32',
-    quantization_config: gptqQuantizationConfig(bits, groupSize),
+    ...(float ? {} : { quantization_config: gptqQuantizationConfig(bits, groupSize) }),
   };
-  const tensors = planGptqTensors(config, bits, groupSize);
+  const tensors = planGptqTensors(config, bits, groupSize, { float });
   const parsed = parseIdefics2Config(config);
   const tokenIds = benchTokenizerIds();
   if (parsed.text.vocabSize < tokenIds.vocabSize) {
@@ -513,6 +522,7 @@ export function writeRandomGptqCheckpoint({
     bits,
     groupSize,
     seed,
+    ...(float ? { float } : {}),
     totalBytes,
     files: names,
     tensors: tensors.length,
