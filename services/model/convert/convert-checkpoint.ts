@@ -108,9 +108,30 @@ function convertTensor(source: Buffer, from: SafetensorsDtype, to: SafetensorsDt
   return new Uint8Array(out.buffer);
 }
 
-function readRange(fd: number, offset: number, length: number): Buffer {
+/**
+ * One read buffer reused for every tensor of a conversion, grown to the largest: memory stays
+ * at one tensor instead of two or three waiting for the garbage collector.
+ */
+class Scratch {
+  #buffer = new ArrayBuffer(0);
+
+  /** `length` bytes at `offset` of `fd`, in the shared buffer (valid until the next read). */
+  read(fd: number, offset: number, length: number): Buffer {
+    if (this.#buffer.byteLength < length) {
+      this.#buffer = new ArrayBuffer(0); // let the old one go before the new one exists
+      this.#buffer = new ArrayBuffer(length);
+    }
+    return readRange(fd, offset, length, Buffer.from(this.#buffer, 0, length));
+  }
+}
+
+function readRange(
+  fd: number,
+  offset: number,
+  length: number,
   // 8-byte aligned so typed-array views over it are valid.
-  const buffer = Buffer.from(new ArrayBuffer(length));
+  buffer = Buffer.from(new ArrayBuffer(length)),
+): Buffer {
   let done = 0;
   while (done < length) {
     const n = readSync(fd, buffer, done, length - done, offset + done);
@@ -136,6 +157,7 @@ interface FileContext {
   linears: ReadonlyMap<string, QuantizedLinearSpec>;
   /** Working folder for the scales spill file. */
   work: string;
+  scratch: Scratch;
   progress: (bytes: number) => void;
 }
 
@@ -148,7 +170,7 @@ interface FileContext {
 function convertFile(
   source: string,
   target: string,
-  { dtype, quant, linears, work, progress }: FileContext,
+  { dtype, quant, linears, work, progress, scratch }: FileContext,
 ): { tensors: number; bytes: number; names: string[] } {
   const header = readSafetensorsHeader(source);
   const entries = Object.entries(header.tensors);
@@ -191,7 +213,7 @@ function convertFile(
       const { from, part } = plan.get(name)!;
       const entry: SafetensorsEntry = header.tensors[from]!;
       if (part === undefined) {
-        const bytes = readRange(input, entry.offset, entry.byteLength);
+        const bytes = scratch.read(input, entry.offset, entry.byteLength);
         writeAll(
           output,
           FLOATS.includes(entry.dtype) ? convertTensor(bytes, entry.dtype, dtype) : bytes,
@@ -213,7 +235,10 @@ function convertFile(
           const linear = linears.get(from)!;
           if (!FLOATS.includes(entry.dtype))
             throw new ConvertError(`${from} is ${entry.dtype}, not a float weight to quantize`);
-          const weight = readFloats(readRange(input, entry.offset, entry.byteLength), entry.dtype);
+          const weight = readFloats(
+            scratch.read(input, entry.offset, entry.byteLength),
+            entry.dtype,
+          );
           const parts = quantizeGptq(weight, {
             n: linear.n,
             k: linear.k,
@@ -318,6 +343,7 @@ export function convertCheckpoint({
     };
     const summary: ConvertSummary = { files: [], tensors: 0, bytes: 0, sourceBytes: total };
     const weightMap: Record<string, string> = {};
+    const scratch = new Scratch();
     for (const file of weightFiles) {
       const name = file.slice(checkpoint.dir.length).replace(/^[/\\]/, '');
       const { tensors, bytes, names } = convertFile(file, join(work, name), {
@@ -326,6 +352,7 @@ export function convertCheckpoint({
         linears,
         work,
         progress,
+        scratch,
       });
       for (const tensor of names) weightMap[tensor] = name;
       summary.files.push(name);

@@ -54,6 +54,21 @@ export function checkGptqShape({ n, k, bits, groupSize }: GptqShape, what: strin
   if (!(n > 0)) throw new GptqLayoutError(`${what}: no outputs`);
 }
 
+/** `out` [cols, rows] = `src` [rows, cols] transposed, in tiles that stay in cache. */
+function transposeWords(src: Int32Array, rows: number, cols: number, out: Int32Array): void {
+  const TILE = 64;
+  for (let r0 = 0; r0 < rows; r0 += TILE) {
+    const r1 = Math.min(rows, r0 + TILE);
+    for (let c0 = 0; c0 < cols; c0 += TILE) {
+      const c1 = Math.min(cols, c0 + TILE);
+      for (let r = r0; r < r1; r++) {
+        const from = r * cols;
+        for (let c = c0; c < c1; c++) out[c * rows + r] = src[from + c]!;
+      }
+    }
+  }
+}
+
 /** Rounds half to even, as torch.round does. */
 function roundHalfEven(x: number): number {
   const r = Math.round(x);
@@ -84,8 +99,13 @@ export function quantizeGptq(
   const qzeros = new Int32Array(groups * zeroWords);
   const scales = new Uint16Array(groups * n);
   const gIdx = Int32Array.from({ length: k }, (_, i) => Math.floor(i / g));
+  // Each row's words are packed contiguously ([n, k/f], cache-friendly), then transposed to
+  // GPTQ's [k/f, n] in tiles: writing GPTQ's layout directly strides n words per value.
+  const words = k / f;
+  const rows = new Int32Array(n * words);
   for (let row = 0; row < n; row++) {
     const base = row * k;
+    const out = row * words;
     for (let j = 0; j < groups; j++) {
       let lo = 0;
       let hi = 0;
@@ -120,10 +140,11 @@ export function quantizeGptq(
       qzeros[j * zeroWords + Math.floor(row / f)]! |= ((zero - 1) & maxq) << (bits * (row % f));
       for (let i = j * g; i < (j + 1) * g; i++) {
         const q = Math.min(maxq, Math.max(0, roundHalfEven(weight[base + i]! / scale) + zero));
-        qweight[Math.floor(i / f) * n + row]! |= q << (bits * (i % f));
+        rows[out + Math.floor(i / f)]! |= q << (bits * (i % f));
       }
     }
   }
+  transposeWords(rows, n, words, qweight);
   return { qweight, qzeros, scales, gIdx };
 }
 
@@ -182,19 +203,9 @@ export function repackForMatMulNBits(
   expect('qzeros', t.qzeros.length, shapes.qzeros);
   expect('scales', t.scales.length, shapes.scales);
 
-  // B = qweight [words, n] transposed to [n, words], in tiles that stay in cache.
+  // B = qweight [words, n] transposed to [n, words].
   const b32 = new Int32Array(n * words);
-  const TILE = 64;
-  for (let w0 = 0; w0 < words; w0 += TILE) {
-    const w1 = Math.min(words, w0 + TILE);
-    for (let r0 = 0; r0 < n; r0 += TILE) {
-      const r1 = Math.min(n, r0 + TILE);
-      for (let w = w0; w < w1; w++) {
-        const src = w * n;
-        for (let r = r0; r < r1; r++) b32[r * words + w] = t.qweight[src + r]!;
-      }
-    }
-  }
+  transposeWords(t.qweight, words, n, b32);
 
   const scales =
     scaleType === 'float32' ? new Float32Array(n * groups) : new Uint16Array(n * groups);
