@@ -82,17 +82,7 @@ async function main(): Promise<void> {
   });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.LOUPE_GATEWAY_PORT;
-  logger.info(
-    {
-      event: 'ready',
-      httpHost: config.LOUPE_GATEWAY_HOST,
-      httpPort: port,
-      metricsPort: port,
-      modelId,
-    },
-    `gateway ready: http://${config.LOUPE_GATEWAY_HOST}:${port}/v1/chat/completions (model ${modelId})`,
-  );
-
+  // Before the ready line: whoever reads it may signal at once (see runtime/service.ts).
   onShutdownSignal(logger, async () => {
     // Stop accepting, let requests in flight finish within the grace period, then close.
     server.close();
@@ -103,6 +93,16 @@ async function main(): Promise<void> {
     stages.close();
     await tracing.shutdown();
   });
+  logger.info(
+    {
+      event: 'ready',
+      httpHost: config.LOUPE_GATEWAY_HOST,
+      httpPort: port,
+      metricsPort: port,
+      modelId,
+    },
+    `gateway ready: http://${config.LOUPE_GATEWAY_HOST}:${port}/v1/chat/completions (model ${modelId})`,
+  );
 }
 
 runMain(NAME, main);

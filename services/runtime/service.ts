@@ -57,6 +57,19 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
   });
   const grpcPort = await server.listen(options.grpc.host, options.grpc.port);
   server.setServing();
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      const { drained } = await server.shutdown(options.shutdownGraceMs);
+      logger.info({ event: 'stopped', drained }, `${name} stopped`);
+      await options.close?.();
+      alive = false;
+      await metrics.close();
+      await tracing.shutdown();
+    })());
+  // Before the ready line: whoever reads it (a test, a supervisor) may signal at once, and a
+  // SIGTERM that arrives before the handler exists kills the process without draining.
+  if (options.handleSignals ?? true) onShutdownSignal(logger, stop);
   logger.info(
     {
       event: 'ready',
@@ -68,17 +81,6 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     `${name} ready: gRPC on ${options.grpc.host}:${grpcPort}, metrics on http://${options.metrics.host}:${metrics.port}/metrics`,
   );
 
-  let stopping: Promise<void> | undefined;
-  const stop = () =>
-    (stopping ??= (async () => {
-      const { drained } = await server.shutdown(options.shutdownGraceMs);
-      logger.info({ event: 'stopped', drained }, `${name} stopped`);
-      await options.close?.();
-      alive = false;
-      await metrics.close();
-      await tracing.shutdown();
-    })());
-  if (options.handleSignals ?? true) onShutdownSignal(logger, stop);
   return { grpcPort, metricsPort: metrics.port, server, stop };
 }
 
