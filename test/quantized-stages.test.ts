@@ -199,4 +199,25 @@ describe('stages on a 4-bit GPTQ checkpoint', () => {
     c.close();
     expect(await encoder.stop()).toBe(0);
   });
+
+  it('the decoder warns that 8-bit weights want int8 activations on CPU', async () => {
+    const eightBit = join(work, 'tiny-q8');
+    convertCheckpoint({ from: floatDir, to: eightBit, quantize: { bits: 8, groupSize: 32 } });
+    const p = await startServiceProcess(builtService('decoder'), {
+      ...decoderEnv(),
+      LOUPE_MODEL_DIR: eightBit,
+    });
+    expect(await p.waitForLog((e) => e.event === 'slow_kernel', 1)).toMatchObject({
+      weightFormat: 'gptq-8bit-g32-asym',
+    });
+    expect(await p.stop()).toBe(0);
+    const quiet = await startServiceProcess(builtService('decoder'), {
+      ...decoderEnv(),
+      LOUPE_MODEL_DIR: eightBit,
+      LOUPE_DECODER_QUANT_ACTIVATIONS: 'int8',
+    });
+    await loaded(quiet);
+    expect(quiet.lines.some((l) => l.includes('slow_kernel'))).toBe(false);
+    expect(await quiet.stop()).toBe(0);
+  });
 });
