@@ -26,7 +26,14 @@ import type { GatewayConfig } from './config.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
 import { ImageSourceError, loadImage, type Resolver } from './image-source.js';
 import { ApiKeys, MinuteRate } from './limits.js';
-import { ApiError, ChatCompletionRequest, fromZod, invalid, openApiDocument } from './openai.js';
+import {
+  ApiError,
+  ChatCompletionRequest,
+  fromZod,
+  invalid,
+  openApiDocument,
+  refuseUnsupported,
+} from './openai.js';
 import { StageError, type Stages } from './stages.js';
 
 export interface GatewayOptions {
@@ -156,18 +163,30 @@ export function createGateway(o: GatewayOptions) {
       );
     }
     if ((body.n ?? 1) !== 1)
-      throw invalid('`n` must be 1: one choice per request is supported', 'n', 'unsupported_value');
+      throw invalid(
+        '`n` must be 1: one choice per request is supported',
+        'n',
+        'unsupported_parameter',
+      );
     if ((body.top_logprobs ?? 0) > 0 && !body.logprobs)
       throw invalid('`top_logprobs` needs `logprobs: true`', 'top_logprobs');
 
     const images: Array<{ url: string; field: string; split: boolean }> = [];
+    // Control tokens spelled in a message (`<image>`, `<end_of_utterance>`, ...) are escaped,
+    // so they reach the model as plain text: nobody forges an image or a turn.
+    let escaped = false;
+    const plain = (text: string) => {
+      const safe = tokenizer.escapeLiteral(text);
+      if (safe !== text) escaped = true;
+      return { type: 'text' as const, text: safe };
+    };
     const messages: TemplateMessage[] = body.messages.map((m, mi) => ({
       role: m.role === 'developer' ? 'system' : m.role,
       content:
         typeof m.content === 'string'
-          ? [{ type: 'text' as const, text: m.content }]
+          ? [plain(m.content)]
           : m.content.map((part, pi) => {
-              if (part.type === 'text') return { type: 'text' as const, text: part.text };
+              if (part.type === 'text') return plain(part.text);
               images.push({
                 url: part.image_url.url,
                 field: `messages[${mi}].content[${pi}].image_url.url`,
@@ -212,7 +231,7 @@ export function createGateway(o: GatewayOptions) {
       imageSeqLen: processor.imageSeqLen,
       splits: embedded.map((e) => e.split),
     });
-    const ids = tokenizer.encode(expanded);
+    const ids = escaped ? tokenizer.encodeWithLiterals(expanded) : tokenizer.encode(expanded);
     const positions = ids.flatMap((id, i) => (id === o.imageTokenId ? [i] : []));
     const rows = embedded.reduce((n, e) => n + e.rows, 0);
     if (positions.length !== rows)
@@ -276,7 +295,36 @@ export function createGateway(o: GatewayOptions) {
     };
   };
 
-  const app = new Hono();
+  const app = new Hono<{ Variables: { requestId: string } }>();
+
+  // Every response carries the request id (the client's x-request-id when it is printable
+  // ASCII of at most 128 characters, else a new one), and every request gets one access-log
+  // line: method, route, status, latency to the response head, and the API key's id (a
+  // hash prefix; never the key).
+  app.use('*', async (c, next) => {
+    const started = performance.now();
+    const given = c.req.header('x-request-id');
+    const requestId = given && /^[\x21-\x7e]{1,128}$/.test(given) ? given : randomUUID();
+    c.set('requestId', requestId);
+    await next();
+    c.res.headers.set('x-request-id', requestId);
+    const bearer = bearerKey(c.req.header('authorization'));
+    logger.info(
+      {
+        event: 'access',
+        requestId,
+        method: c.req.method,
+        route: c.req.routePath,
+        status: c.res.status,
+        ms: Math.round(performance.now() - started),
+        keyId:
+          keys.enabled && bearer
+            ? createHash('sha256').update(bearer).digest('hex').slice(0, 12)
+            : null,
+      },
+      'request',
+    );
+  });
 
   const fail = (c: Context, error: ApiError) => {
     if (error.retryAfter !== undefined) c.header('Retry-After', String(error.retryAfter));
@@ -310,8 +358,7 @@ export function createGateway(o: GatewayOptions) {
   // Authentication for the API.
   app.use('/v1/*', async (c, next) => {
     if (!keys.enabled) return next();
-    const header = c.req.header('authorization');
-    const key = header?.startsWith('Bearer ') ? header.slice(7).trim() : undefined;
+    const key = bearerKey(c.req.header('authorization'));
     if (!keys.check(key)) {
       return fail(
         c,
@@ -352,10 +399,9 @@ export function createGateway(o: GatewayOptions) {
       const started = performance.now();
       // Rate limits per key (the normalized key the auth check accepted), or per client
       // address when no keys are configured.
-      const bearer = c.req.header('authorization');
       const client = keys.enabled
         ? `key:${createHash('sha256')
-            .update(bearer?.startsWith('Bearer ') ? bearer.slice(7).trim() : '')
+            .update(bearerKey(c.req.header('authorization')) ?? '')
             .digest('hex')}`
         : `addr:${(c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming?.socket?.remoteAddress ?? 'local'}`;
       const waitRequests = requestRate.retryAfter(client);
@@ -390,6 +436,7 @@ export function createGateway(o: GatewayOptions) {
         } catch {
           throw invalid('the body is not valid JSON', null, 'invalid_json');
         }
+        refuseUnsupported(json);
         const parsed = ChatCompletionRequest.safeParse(json);
         if (!parsed.success) throw fromZod(parsed.error);
         body = parsed.data;
@@ -403,8 +450,7 @@ export function createGateway(o: GatewayOptions) {
       const clientGone = () => controller.abort(new Error('the client disconnected'));
       c.req.raw.signal.addEventListener('abort', clientGone, { once: true });
       if (c.req.raw.signal.aborted) clientGone();
-      const givenId = c.req.header('x-request-id');
-      const requestId = givenId && /^[\x21-\x7e]{1,128}$/.test(givenId) ? givenId : randomUUID();
+      const requestId = c.get('requestId');
       const deadline = Date.now() + config.LOUPE_GATEWAY_REQUEST_TIMEOUT_MS;
       const done = () => {
         inFlight--;
@@ -582,6 +628,30 @@ export function createGateway(o: GatewayOptions) {
     },
   );
 
+  // Known paths answer other methods with 405 and the methods they take.
+  const allowed: Record<string, string> = {
+    '/v1/chat/completions': 'POST',
+    '/v1/models': 'GET, HEAD',
+    '/healthz': 'GET, HEAD',
+    '/readyz': 'GET, HEAD',
+    '/metrics': 'GET, HEAD',
+    '/openapi.json': 'GET, HEAD',
+  };
+  for (const [path, methods] of Object.entries(allowed)) {
+    app.all(path, (c) => {
+      c.header('Allow', methods);
+      return fail(
+        c,
+        new ApiError(
+          405,
+          `${path} takes ${methods.replace(', HEAD', '')}, not ${c.req.method.slice(0, 16)}`,
+          'invalid_request_error',
+          'method_not_allowed',
+        ),
+      );
+    });
+  }
+
   app.notFound((c) =>
     fail(
       c,
@@ -595,4 +665,10 @@ export function createGateway(o: GatewayOptions) {
   );
 
   return { app, inFlight: () => inFlight };
+}
+
+/** The key of an `Authorization: Bearer <key>` header (the scheme in any case), trimmed. */
+function bearerKey(header: string | undefined): string | undefined {
+  const match = header === undefined ? null : /^bearer\s+(.*)$/i.exec(header.trim());
+  return match ? match[1]!.trim() : undefined;
 }

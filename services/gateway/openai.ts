@@ -15,7 +15,12 @@ const ImagePart = z.object({
 
 export const ChatMessage = z.object({
   role: z.enum(['system', 'developer', 'user', 'assistant']),
-  content: z.union([z.string(), z.array(z.discriminatedUnion('type', [TextPart, ImagePart]))]),
+  content: z.union([
+    z.string(),
+    z
+      .array(z.discriminatedUnion('type', [TextPart, ImagePart]))
+      .min(1, 'a content array needs at least one part'),
+  ]),
   name: z.string().optional(),
 });
 
@@ -47,6 +52,80 @@ export const ChatCompletionRequest = z.object({
 
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;
 
+/**
+ * OpenAI parameters Loupe does not implement, each with the values that ask for nothing (and
+ * so are accepted): any other value is a 400 `unsupported_parameter`, never silently dropped.
+ */
+const UNSUPPORTED: Record<string, { neutral: (v: unknown) => boolean; why: string }> = {
+  tools: {
+    neutral: (v) => Array.isArray(v) && v.length === 0,
+    why: 'Idefics2 has no tool-call format',
+  },
+  tool_choice: { neutral: (v) => v === 'none', why: 'Idefics2 has no tool-call format' },
+  parallel_tool_calls: { neutral: () => true, why: '' },
+  functions: {
+    neutral: (v) => Array.isArray(v) && v.length === 0,
+    why: 'Idefics2 has no tool-call format',
+  },
+  function_call: { neutral: (v) => v === 'none', why: 'Idefics2 has no tool-call format' },
+  audio: { neutral: () => false, why: 'Loupe answers in text only' },
+  modalities: {
+    neutral: (v) => Array.isArray(v) && v.length === 1 && v[0] === 'text',
+    why: 'Loupe answers in text only',
+  },
+  prediction: { neutral: () => false, why: 'predicted outputs are not implemented' },
+  response_format: {
+    neutral: (v) =>
+      typeof v === 'object' && v !== null && (v as { type?: unknown }).type === 'text',
+    why: 'structured output (json_object, json_schema) is not implemented yet',
+  },
+  logit_bias: {
+    neutral: (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0,
+    why: '`logit_bias` is not implemented yet',
+  },
+  store: { neutral: (v) => v === false, why: 'Loupe does not store completions' },
+  metadata: {
+    neutral: (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0,
+    why: 'Loupe does not store completions, so it keeps no metadata',
+  },
+  service_tier: {
+    neutral: (v) => v === 'auto' || v === 'default',
+    why: 'Loupe has one service tier',
+  },
+  reasoning_effort: { neutral: () => false, why: 'Idefics2 is not a reasoning model' },
+  verbosity: { neutral: () => false, why: '`verbosity` is not implemented' },
+  web_search_options: { neutral: () => false, why: 'Loupe does not search the web' },
+};
+
+/**
+ * Refuses, before any other check, the OpenAI parameters Loupe does not implement (with a
+ * value that asks for something) and keys that are no parameter at all, as OpenAI does.
+ */
+export function refuseUnsupported(json: unknown): void {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) return; // zod says why
+  for (const [key, value] of Object.entries(json)) {
+    if (key in ChatCompletionRequest.shape) continue;
+    const rule = UNSUPPORTED[key];
+    if (rule) {
+      if (value === null || rule.neutral(value)) continue;
+      throw new ApiError(
+        400,
+        `\`${key}\` is not supported: ${rule.why}`,
+        'invalid_request_error',
+        'unsupported_parameter',
+        key,
+      );
+    }
+    throw new ApiError(
+      400,
+      `Unrecognized request argument supplied: ${key.length > 64 ? `${key.slice(0, 64)}…` : key}`,
+      'invalid_request_error',
+      'unknown_parameter',
+      key.slice(0, 64),
+    );
+  }
+}
+
 export type ErrorType =
   | 'invalid_request_error'
   | 'authentication_error'
@@ -57,7 +136,7 @@ export type ErrorType =
 export class ApiError extends Error {
   override readonly name = 'ApiError';
   constructor(
-    readonly status: 400 | 401 | 404 | 413 | 429 | 500 | 503,
+    readonly status: 400 | 401 | 404 | 405 | 413 | 429 | 500 | 503,
     message: string,
     readonly type: ErrorType,
     readonly code: string | null = null,
@@ -108,15 +187,29 @@ export function openApiDocument(modelId: string) {
             '200': {
               description: 'A chat completion (JSON), or a stream of chunks (text/event-stream)',
             },
-            '400': { description: 'Invalid request' },
+            '400': {
+              description:
+                'Invalid request (`invalid_value`, `invalid_json`, `unsupported_parameter`, `unknown_parameter`, an image that cannot be fetched or decoded, ...)',
+            },
             '401': { description: 'Missing or invalid API key' },
+            '404': { description: 'The model is not served here (`model_not_found`)' },
+            '405': { description: 'Another method than POST' },
             '413': { description: 'Body too large' },
-            '429': { description: 'Rate limited' },
+            '429': { description: 'Rate limited, or the gateway or a queue is full' },
+            '500': { description: 'An internal error' },
             '503': { description: 'A stage is unavailable' },
           },
         },
       },
-      '/v1/models': { get: { responses: { '200': { description: 'The served model' } } } },
+      '/v1/models': {
+        get: {
+          responses: {
+            '200': { description: 'The served model' },
+            '401': { description: 'Missing or invalid API key' },
+            '405': { description: 'Another method than GET' },
+          },
+        },
+      },
     },
   };
 }

@@ -24,6 +24,13 @@ export interface DecodeOptions {
  *   does on load, whatever tokenizer.json holds.
  * - byte-fallback decoding follows the Rust rule for invalid UTF-8 (byte-fallback.ts).
  */
+// Private-use stand-ins for control tokens, in plane 15: sentinels (a control token as the
+// guarded tokenizer spells it) from U+F0000, literals (a control token's spelling in user
+// text, to be read as plain text) from U+F1000.
+const RESERVED = /[\u{F0000}-\u{FFFFD}]/gu;
+const sentinel = (j: number) => String.fromCodePoint(0xf0000 + j);
+const literal = (j: number) => String.fromCodePoint(0xf1000 + j);
+
 export class TextTokenizer {
   /** Entries including the added tokens (the reference's `len(tokenizer)`). */
   readonly vocabSize: number;
@@ -34,7 +41,19 @@ export class TextTokenizer {
   /** The special tokens of tokenizer_config.json (`bos_token`...), as strings. */
   readonly specialTokens: Readonly<Record<'bos' | 'eos' | 'pad' | 'unk', string | undefined>>;
 
+  /**
+   * The control tokens: added tokens marked special (`<s>`, `</s>`, `<unk>`, `<image>`,
+   * `<fake_token_around_image>`, `<end_of_utterance>`...), longest first.
+   */
+  readonly controlTokens: readonly string[];
+
   private readonly tokenizer: LibTokenizer;
+  /**
+   * The same tokenizer with every control token respelled as one private-use character
+   * (sentinel), so that the control tokens' usual spellings are plain text to it; see
+   * escapeLiteral and encodeWithLiterals.
+   */
+  private readonly guarded: LibTokenizer;
 
   constructor(tokenizerJson: JsonObject, tokenizerConfig: JsonObject) {
     const config = { ...tokenizerConfig };
@@ -60,6 +79,25 @@ export class TextTokenizer {
     }
     this.tokenizer = new Tokenizer(json, config);
     useReferenceByteFallback(this.tokenizer.decoder);
+    const added = Array.isArray(json.added_tokens) ? (json.added_tokens as JsonObject[]) : [];
+    this.controlTokens = added
+      .filter((t) => t.special === true && typeof t.content === 'string' && t.content !== '')
+      .map((t) => t.content as string)
+      .sort((a, b) => b.length - a.length);
+    if (this.controlTokens.length > 0x1000)
+      throw new TextFileError(`tokenizer.json has ${this.controlTokens.length} special tokens`);
+    const sentinelOf = new Map(this.controlTokens.map((t, j) => [t, sentinel(j)]));
+    this.guarded = new Tokenizer(
+      {
+        ...json,
+        added_tokens: added.map((t) =>
+          typeof t.content === 'string' && sentinelOf.has(t.content)
+            ? { ...t, content: sentinelOf.get(t.content) }
+            : t,
+        ),
+      },
+      config,
+    );
     this.specialTokens = Object.freeze(specialTokens);
     this.bosTokenId = this.tokenToId(specialTokens.bos);
     this.eosTokenId = this.tokenToId(specialTokens.eos);
@@ -71,6 +109,38 @@ export class TextTokenizer {
   /** Token ids of `text`; with special tokens (BOS) by default, like `tokenizer(text)`. */
   encode(text: string, { addSpecialTokens = true }: EncodeOptions = {}): number[] {
     return this.tokenizer.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+  }
+
+  /**
+   * `text` from a user (a message's text) made safe to put into a prompt: each control
+   * token's spelling (`<image>`, `<end_of_utterance>`...) becomes a private-use stand-in
+   * that encodeWithLiterals tokenizes as the plain text it was, never as the control token,
+   * so no one can forge images or turns. Characters of Unicode's plane 15 (where the
+   * stand-ins live) become U+FFFD.
+   */
+  escapeLiteral(text: string): string {
+    let out = text.replace(RESERVED, '\uFFFD');
+    this.controlTokens.forEach((token, j) => {
+      if (out.includes(token)) out = out.split(token).join(literal(j));
+    });
+    return out;
+  }
+
+  /**
+   * Token ids of a prompt whose user text went through escapeLiteral: the control tokens
+   * the template and the image expansion wrote stay control tokens, the escaped ones are
+   * tokenized as plain text. Without escapes it equals `encode`.
+   */
+  encodeWithLiterals(text: string, { addSpecialTokens = true }: EncodeOptions = {}): number[] {
+    let out = text;
+    this.controlTokens.forEach((token, j) => {
+      if (out.includes(token)) out = out.split(token).join(sentinel(j));
+    });
+    this.controlTokens.forEach((token, j) => {
+      const stand = literal(j);
+      if (out.includes(stand)) out = out.split(stand).join(token);
+    });
+    return this.guarded.encode(out, { add_special_tokens: addSpecialTokens }).ids;
   }
 
   /** Token strings of `text` (with special tokens when asked), for logs and tests. */
