@@ -530,6 +530,54 @@ describe('gateway refusals, in OpenAI error shapes', () => {
     );
   });
 
+  it('caps messages and prompt characters before any work; builds long prompts off the event loop', async () => {
+    const capped = await startGateway({
+      LOUPE_GATEWAY_MAX_MESSAGES: '3',
+      LOUPE_GATEWAY_MAX_PROMPT_CHARS: '20000',
+    });
+    try {
+      const send = (body: unknown) =>
+        fetch(`${capped.base}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+          body: JSON.stringify(body),
+        });
+      const many = await send({
+        model: 'tiny-seed0',
+        messages: Array.from({ length: 4 }, () => ({ role: 'user', content: 'hi' })),
+      });
+      expect(many.status).toBe(400);
+      expect(((await many.json()) as { error: { code: string } }).error.code).toBe(
+        'too_many_messages',
+      );
+      const long = await send({
+        model: 'tiny-seed0',
+        messages: [{ role: 'user', content: 'x'.repeat(20_001) }],
+      });
+      expect(long.status).toBe(400);
+      expect(((await long.json()) as { error: { code: string } }).error.code).toBe(
+        'prompt_too_long',
+      );
+      const pooled = () =>
+        fetch(`${capped.base}/metrics`)
+          .then((r) => r.text())
+          .then((t) =>
+            Number(/^loupe_gateway_prompts_total\{where="pool"[^}]*\} (\d+)/m.exec(t)?.[1] ?? 0),
+          );
+      const before = await pooled();
+      // 9,600 characters: over the inline threshold, so a pool thread builds it.
+      const r = await send({
+        model: 'tiny-seed0',
+        messages: [{ role: 'user', content: 'one two three '.repeat(700).slice(0, 9600) }],
+        max_tokens: 1,
+      });
+      expect([200, 400]).toContain(r.status); // 400 when the tokens overflow the context
+      expect(await pooled()).toBe(before + 1);
+    } finally {
+      expect(await capped.process.stop()).toBe(0);
+    }
+  });
+
   it('accepts the Bearer scheme in any case', async () => {
     const r = await fetch(`${base}/v1/models`, { headers: { authorization: `bearer ${KEY}` } });
     expect(r.status).toBe(200);

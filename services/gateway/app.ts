@@ -14,7 +14,6 @@ import { streamSSE } from 'hono/streaming';
 import type { GenerateRequest, GenerateResponse } from '../../proto/gen/loupe/v1/decoder.js';
 import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
 import {
-  expandImagePrompt,
   type ChatMessage as TemplateMessage,
   type ChatTemplate,
   type ImageProcessorConfig,
@@ -34,6 +33,8 @@ import {
   openApiDocument,
   refuseUnsupported,
 } from './openai.js';
+import { promptIds } from './prompt.js';
+import type { PromptPool } from './prompt-pool.js';
 import { StageError, type Stages } from './stages.js';
 
 export interface GatewayOptions {
@@ -43,6 +44,8 @@ export interface GatewayOptions {
   template: ChatTemplate;
   processor: ImageProcessorConfig;
   imageTokenId: number;
+  /** The model's max_position_embeddings: the defaults of the prompt caps follow it. */
+  maxPositions: number;
   stages: Stages;
   keys: readonly string[];
   registry: Registry;
@@ -50,7 +53,12 @@ export interface GatewayOptions {
   tracer: Tracer;
   /** Name resolution for image URLs (tests inject one). */
   resolve?: Resolver;
+  /** Threads for long prompts; without it every prompt is built on the event loop. */
+  prompts?: PromptPool;
 }
+
+/** Prompts with more characters of text than this are built in the prompt pool. */
+export const INLINE_PROMPT_CHARS = 8192;
 
 interface Prepared {
   request: GenerateRequest;
@@ -105,6 +113,8 @@ export function createGateway(o: GatewayOptions) {
     allow: new AllowList(config.LOUPE_GATEWAY_FETCH_ALLOW),
     ...(o.resolve ? { resolve: o.resolve } : {}),
   };
+  const maxPromptChars = config.LOUPE_GATEWAY_MAX_PROMPT_CHARS || 16 * o.maxPositions;
+  const maxMessages = config.LOUPE_GATEWAY_MAX_MESSAGES || Math.ceil(o.maxPositions / 2);
   let inFlight = 0;
   const registers = [registry];
   const metrics = {
@@ -129,6 +139,12 @@ export function createGateway(o: GatewayOptions) {
     promptTokens: new Counter({
       name: 'loupe_gateway_prompt_tokens_total',
       help: 'Prompt tokens sent to the decoder.',
+      registers,
+    }),
+    prompts: new Counter({
+      name: 'loupe_gateway_prompts_total',
+      help: 'Prompts templated and tokenized, by where: inline (event loop) or pool (threads).',
+      labelNames: ['where'],
       registers,
     }),
     completionTokens: new Counter({
@@ -160,6 +176,26 @@ export function createGateway(o: GatewayOptions) {
         'invalid_request_error',
         'model_not_found',
         'model',
+      );
+    }
+    // Caps before any work: the cost of templating and tokenizing grows with these.
+    if (body.messages.length > maxMessages) {
+      throw invalid(
+        `the request has ${body.messages.length} messages, over the limit of ${maxMessages}`,
+        'messages',
+        'too_many_messages',
+      );
+    }
+    let chars = 0;
+    for (const m of body.messages) {
+      if (typeof m.content === 'string') chars += m.content.length;
+      else for (const part of m.content) if (part.type === 'text') chars += part.text.length;
+    }
+    if (chars > maxPromptChars) {
+      throw invalid(
+        `the messages hold ${chars} characters of text, over the limit of ${maxPromptChars}`,
+        'messages',
+        'prompt_too_long',
       );
     }
     if ((body.n ?? 1) !== 1)
@@ -226,12 +262,17 @@ export function createGateway(o: GatewayOptions) {
         return { split: subImages > 1, rows: subImages * tokens, hidden, tensor: t };
       }),
     );
-    const text = template.render(messages, { addGenerationPrompt: true });
-    const expanded = expandImagePrompt(text, {
-      imageSeqLen: processor.imageSeqLen,
+    const input = {
+      messages,
+      escaped,
       splits: embedded.map((e) => e.split),
-    });
-    const ids = escaped ? tokenizer.encodeWithLiterals(expanded) : tokenizer.encode(expanded);
+      imageSeqLen: processor.imageSeqLen,
+    };
+    const offload = o.prompts !== undefined && chars > INLINE_PROMPT_CHARS;
+    metrics.prompts.inc({ where: offload ? 'pool' : 'inline' });
+    const ids = offload
+      ? await o.prompts!.ids(input, signal)
+      : promptIds({ tokenizer, template }, input);
     const positions = ids.flatMap((id, i) => (id === o.imageTokenId ? [i] : []));
     const rows = embedded.reduce((n, e) => n + e.rows, 0);
     if (positions.length !== rows)

@@ -40,6 +40,15 @@ export const gatewayEnvSchema = z.object({
   LOUPE_GATEWAY_MAX_IMAGE_BYTES: intVar(20 * 1024 * 1024, { min: 1, max: 1024 ** 3 }),
   /** Requests handled at once; beyond it 429. */
   LOUPE_GATEWAY_MAX_IN_FLIGHT: intVar(256, { min: 1, max: 100_000 }),
+  /**
+   * Characters of message text per request, checked before any templating or tokenizing;
+   * 0 = 16 × the model's max_position_embeddings (a token is rarely over 16 characters).
+   */
+  LOUPE_GATEWAY_MAX_PROMPT_CHARS: intVar(0, { min: 0, max: 1_000_000_000 }),
+  /** Threads that template and tokenize long prompts off the event loop. */
+  LOUPE_GATEWAY_PROMPT_THREADS: intVar(2, { min: 1, max: 64 }),
+  /** Messages per request; 0 = max_position_embeddings / 2 (each costs a few tokens). */
+  LOUPE_GATEWAY_MAX_MESSAGES: intVar(0, { min: 0, max: 10_000_000 }),
   /** Per API key (or per client address without keys); 0 = no limit. */
   LOUPE_GATEWAY_REQUESTS_PER_MINUTE: intVar(0, { min: 0, max: 10_000_000 }),
   LOUPE_GATEWAY_TOKENS_PER_MINUTE: intVar(0, { min: 0, max: 1_000_000_000 }),

@@ -16,6 +16,7 @@ import {
   runMain,
 } from '../runtime/index.js';
 import { createGateway } from './app.js';
+import { PromptPool } from './prompt-pool.js';
 import { apiKeys, loadGatewayConfig } from './config.js';
 import { parseEndpoints } from './discovery.js';
 import { Stages } from './stages.js';
@@ -58,6 +59,7 @@ async function main(): Promise<void> {
   }
   const stages = new Stages(sources, config.LOUPE_GRPC_MAX_MESSAGE_BYTES, { logger });
   const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
+  const prompts = new PromptPool({ modelDir, threads: config.LOUPE_GATEWAY_PROMPT_THREADS });
   const { app, inFlight } = createGateway({
     config,
     modelId,
@@ -65,11 +67,13 @@ async function main(): Promise<void> {
     template: loadChatTemplate(modelDir),
     processor: loadImageProcessorConfig(modelDir),
     imageTokenId: checkpoint.config.imageTokenId,
+    maxPositions: checkpoint.config.text.maxPositionEmbeddings,
     stages,
     keys,
     registry,
     logger,
     tracer: tracing.tracer,
+    prompts,
   });
   const server = serve({
     fetch: app.fetch,
@@ -91,6 +95,7 @@ async function main(): Promise<void> {
     const drained = inFlight() === 0;
     logger.info({ event: 'stopped', drained }, 'gateway stopped');
     stages.close();
+    await prompts.close();
     await tracing.shutdown();
   });
   logger.info(
