@@ -66,7 +66,7 @@ export function engineRequest(
   if (prompt.length >= maxContext) {
     throw invalidArgument(
       `the prompt has ${prompt.length} tokens; the maximum context is ${maxContext} tokens, prompt and generated together`,
-      'too_long',
+      'context_length_exceeded',
     );
   }
   if (request.maxNewTokens > maxNewTokens) {
@@ -80,7 +80,7 @@ export function engineRequest(
   if (prompt.length + maxNew > maxContext) {
     throw invalidArgument(
       `the prompt (${prompt.length} tokens) + \`max_new_tokens\` (${maxNew}) exceed the maximum context of ${maxContext} tokens`,
-      'too_long',
+      'context_length_exceeded',
     );
   }
   const badStop = request.stopTokenIds.findIndex((t) => t >= vocabSize);

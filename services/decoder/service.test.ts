@@ -287,7 +287,7 @@ describe('decoder service', () => {
       [
         request(new Array(900).fill(5), { maxNewTokens: 200 }),
         /\(900 tokens\) \+ `max_new_tokens` \(200\) exceed the maximum context of 1024/,
-        'too_long',
+        'context_length_exceeded',
       ],
       [
         request(prompt, { sampling: { temperature: -1 } }),

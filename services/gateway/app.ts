@@ -7,7 +7,6 @@
 //                                 ─ decoder Generate (stream) ─ detokenize ─ SSE / JSON
 import { createHash, randomUUID } from 'node:crypto';
 import { SpanStatusCode, type Tracer } from '@opentelemetry/api';
-import { status as grpcStatus } from '@grpc/grpc-js';
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { streamSSE } from 'hono/streaming';
@@ -35,6 +34,7 @@ import {
 } from './openai.js';
 import { promptIds } from './prompt.js';
 import type { PromptPool } from './prompt-pool.js';
+import { stageFailure } from './stage-errors.js';
 import { StageError, type Stages } from './stages.js';
 
 export interface GatewayOptions {
@@ -64,40 +64,6 @@ interface Prepared {
   request: GenerateRequest;
   promptTokens: number;
   stop: string[];
-}
-
-function stageFailure(error: StageError): ApiError {
-  const { code, details } = error.error;
-  if (code === grpcStatus.INVALID_ARGUMENT) {
-    return invalid(
-      `${error.stage}: ${details}`,
-      null,
-      error.stage === 'decoder' && /context/.test(details)
-        ? 'context_length_exceeded'
-        : 'invalid_value',
-    );
-  }
-  if (code === grpcStatus.RESOURCE_EXHAUSTED) {
-    return new ApiError(
-      429,
-      `the ${error.stage} is at capacity: ${details}`,
-      'rate_limit_error',
-      'overloaded',
-      null,
-      1,
-    );
-  }
-  if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED) {
-    return new ApiError(
-      503,
-      `the ${error.stage} is unavailable (${details || grpcStatus[code]})`,
-      'service_unavailable',
-      'stage_unavailable',
-      null,
-      5,
-    );
-  }
-  return new ApiError(500, `the ${error.stage} failed: ${details}`, 'server_error', 'stage_failed');
 }
 
 export function createGateway(o: GatewayOptions) {
@@ -376,9 +342,9 @@ export function createGateway(o: GatewayOptions) {
       error instanceof ApiError
         ? error
         : error instanceof StageError
-          ? stageFailure(error)
+          ? stageFailure(error, logger)
           : error instanceof ImageSourceError
-            ? invalid(error.message, null, error.reason)
+            ? invalid(error.message, error.field ?? null, error.reason)
             : undefined;
     if (api) return fail(c, api);
     logger.error({ err: error }, 'request failed');
@@ -653,7 +619,7 @@ export function createGateway(o: GatewayOptions) {
             error instanceof ApiError
               ? error.status
               : error instanceof StageError
-                ? stageFailure(error).status
+                ? stageFailure(error, logger).status
                 : 500;
           metrics.requests.inc({ route: 'chat', status: String(status) });
           throw error;
