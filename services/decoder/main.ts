@@ -3,9 +3,12 @@ import { basename, resolve } from 'node:path';
 import {
   createLogger,
   createRegistry,
+  exitForDeadWorker,
   initTracing,
   runMain,
   startService,
+  type GrpcServer,
+  type RunningService,
 } from '../runtime/index.js';
 import { loadDecoderConfig } from './config.js';
 import { EngineClient } from './engine-client.js';
@@ -20,21 +23,33 @@ async function main(): Promise<void> {
   const modelDir = resolve(config.LOUPE_MODEL_DIR);
   const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
   const loadStarted = performance.now();
-  const engine = await EngineClient.start({
-    modelDir,
-    executionProvider: config.LOUPE_DECODER_EXECUTION_PROVIDER,
-    intraOpThreads: config.LOUPE_DECODER_THREADS,
-    quantized: {
-      int8Activations: config.LOUPE_DECODER_QUANT_ACTIVATIONS === 'int8',
-      ...(config.LOUPE_WEIGHT_CACHE_DIR ? { weightCacheDir: config.LOUPE_WEIGHT_CACHE_DIR } : {}),
+  const engine = await EngineClient.start(
+    {
+      modelDir,
+      executionProvider: config.LOUPE_DECODER_EXECUTION_PROVIDER,
+      intraOpThreads: config.LOUPE_DECODER_THREADS,
+      quantized: {
+        int8Activations: config.LOUPE_DECODER_QUANT_ACTIVATIONS === 'int8',
+        ...(config.LOUPE_WEIGHT_CACHE_DIR ? { weightCacheDir: config.LOUPE_WEIGHT_CACHE_DIR } : {}),
+      },
+      engine: {
+        maxRunning: config.LOUPE_DECODER_MAX_RUNNING,
+        maxContext: config.LOUPE_DECODER_MAX_CONTEXT,
+        maxWaiting: config.LOUPE_DECODER_MAX_WAITING,
+        maxPrefillTokens: config.LOUPE_DECODER_MAX_PREFILL_TOKENS,
+      },
     },
-    engine: {
-      maxRunning: config.LOUPE_DECODER_MAX_RUNNING,
-      maxContext: config.LOUPE_DECODER_MAX_CONTEXT,
-      maxWaiting: config.LOUPE_DECODER_MAX_WAITING,
-      maxPrefillTokens: config.LOUPE_DECODER_MAX_PREFILL_TOKENS,
-    },
-  });
+    { stepTimeoutMs: config.LOUPE_DECODER_STEP_TIMEOUT_MS },
+  );
+  // Without its engine thread the service cannot serve: NOT_SERVING, and exit to be restarted.
+  const running: { server?: GrpcServer; service?: RunningService } = {};
+  engine.onDeath = (death) =>
+    void exitForDeadWorker(death, {
+      logger,
+      server: running.server,
+      stop: running.service?.stop,
+      stallSetting: 'LOUPE_DECODER_STEP_TIMEOUT_MS',
+    });
   logger.info(
     {
       event: 'model_loaded',
@@ -70,7 +85,7 @@ async function main(): Promise<void> {
     serviceName: config.OTEL_SERVICE_NAME ?? `loupe-${NAME}`,
     otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
   });
-  await startService({
+  running.service = await startService({
     name: NAME,
     logger,
     tracing,
@@ -79,12 +94,15 @@ async function main(): Promise<void> {
       host: config.LOUPE_DECODER_HOST,
       port: config.LOUPE_DECODER_PORT,
       maxMessageBytes: config.LOUPE_GRPC_MAX_MESSAGE_BYTES,
+      reflection: config.LOUPE_GRPC_REFLECTION,
+      maxConcurrentStreams: config.LOUPE_GRPC_MAX_CONCURRENT_STREAMS,
       reflectionProtos: ['loupe/v1/decoder.proto'],
       defaultDeadlineMs: config.LOUPE_DECODER_DEFAULT_DEADLINE_MS,
     },
     metrics: { host: config.LOUPE_DECODER_HOST, port: config.LOUPE_DECODER_METRICS_PORT },
     shutdownGraceMs: config.LOUPE_SHUTDOWN_GRACE_MS,
-    register: (server) =>
+    register: (server) => {
+      running.server = server;
       registerDecoder(server, {
         modelId,
         engine,
@@ -93,7 +111,8 @@ async function main(): Promise<void> {
           maxNewTokens: config.LOUPE_DECODER_MAX_NEW_TOKENS,
         },
         metrics,
-      }),
+      });
+    },
     close: () => engine.close(),
   });
 }

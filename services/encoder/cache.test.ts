@@ -1,4 +1,6 @@
+import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { subImagesHash } from '../runtime/index.js';
 import { EmbeddingCache, type CachedEmbeddings } from './cache.js';
 
 const entry = (bytes: number): CachedEmbeddings => ({
@@ -56,5 +58,43 @@ describe('EmbeddingCache', () => {
     cache.set(key(1), entry(100));
     cache.set(key(1), entry(200));
     expect([cache.size, cache.bytes]).toEqual([1, 456]);
+  });
+});
+
+describe('subImagesHash', () => {
+  const sub = (height: number, width: number, fill: number) => ({
+    height,
+    width,
+    pixels: new Uint8Array(3 * height * width).fill(fill),
+  });
+
+  it('is the SHA-256 of the documented layout', () => {
+    const subs = [sub(14, 28, 1), sub(28, 14, 2)];
+    const u32 = (...values: number[]) => {
+      const b = Buffer.alloc(4 * values.length);
+      values.forEach((v, i) => b.writeUInt32LE(v, 4 * i));
+      return b;
+    };
+    const expected = createHash('sha256')
+      .update('loupe.v1.Encoder/sub_images/sha256/1\0')
+      .update(u32(2))
+      .update(u32(14, 28, 3 * 14 * 28))
+      .update(subs[0]!.pixels)
+      .update(u32(28, 14, 3 * 28 * 14))
+      .update(subs[1]!.pixels)
+      .digest();
+    expect(subImagesHash(subs)).toEqual(expected);
+  });
+
+  it('changes with any pixel, side, the order or the count of the sub-images', () => {
+    const a = sub(14, 28, 1);
+    const b = sub(28, 14, 1); // same bytes, other sides
+    const c = sub(14, 28, 1);
+    c.pixels[c.pixels.length - 1] = 2;
+    const hashes = [[a], [b], [c], [a, b], [b, a], [a, a], []].map((s) =>
+      subImagesHash(s).toString('hex'),
+    );
+    expect(new Set(hashes).size).toBe(hashes.length);
+    expect(subImagesHash([sub(14, 28, 1)])).toEqual(subImagesHash([a]));
   });
 });

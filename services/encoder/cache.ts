@@ -1,6 +1,11 @@
 // The embedding cache: least recently used first out, bounded in bytes. Keys carry the model,
-// the image's content hash, the split setting and the dtype of the stored bytes, so a
+// the hash of the sub-images encoded, the split setting and the dtype of the stored bytes, so a
 // repeated image costs no model time and a model change never serves stale rows.
+//
+// The hash in a key is always one the encoder computed itself (`subImagesHash`) over the very
+// bytes it encoded: a caller's `content_hash` is only a claim, checked against it. So whoever
+// looks a hash up gets what the model made of the sub-images with that hash, never what some
+// caller chose to store under it.
 import type { EmbeddingDtype } from './runner.js';
 
 export interface CachedEmbeddings {
@@ -12,6 +17,7 @@ export interface CachedEmbeddings {
 
 export interface CacheKey {
   model: string;
+  /** `subImagesHash` of the sub-images, as the encoder computed it. */
   contentHash: Uint8Array;
   split: boolean;
   dtype: EmbeddingDtype;

@@ -3,9 +3,12 @@ import { basename, resolve } from 'node:path';
 import {
   createLogger,
   createRegistry,
+  exitForDeadWorker,
   initTracing,
   runMain,
   startService,
+  type GrpcServer,
+  type RunningService,
 } from '../runtime/index.js';
 import { Batcher } from './batcher.js';
 import { EmbeddingCache } from './cache.js';
@@ -22,12 +25,24 @@ async function main(): Promise<void> {
   const modelDir = resolve(config.LOUPE_MODEL_DIR);
   const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
   const loadStarted = performance.now();
-  const runner = await VisionRunner.start({
-    modelDir,
-    executionProvider: config.LOUPE_ENCODER_EXECUTION_PROVIDER,
-    intraOpThreads: config.LOUPE_ENCODER_THREADS,
-    ...(config.LOUPE_WEIGHT_CACHE_DIR ? { weightCacheDir: config.LOUPE_WEIGHT_CACHE_DIR } : {}),
-  });
+  const runner = await VisionRunner.start(
+    {
+      modelDir,
+      executionProvider: config.LOUPE_ENCODER_EXECUTION_PROVIDER,
+      intraOpThreads: config.LOUPE_ENCODER_THREADS,
+      ...(config.LOUPE_WEIGHT_CACHE_DIR ? { weightCacheDir: config.LOUPE_WEIGHT_CACHE_DIR } : {}),
+    },
+    { runTimeoutMs: config.LOUPE_ENCODER_RUN_TIMEOUT_MS },
+  );
+  // Without its model thread the service cannot serve: NOT_SERVING, and exit to be restarted.
+  const running: { server?: GrpcServer; service?: RunningService } = {};
+  runner.onDeath = (death) =>
+    void exitForDeadWorker(death, {
+      logger,
+      server: running.server,
+      stop: running.service?.stop,
+      stallSetting: 'LOUPE_ENCODER_RUN_TIMEOUT_MS',
+    });
   logger.info(
     {
       event: 'model_loaded',
@@ -74,7 +89,7 @@ async function main(): Promise<void> {
     serviceName: config.OTEL_SERVICE_NAME ?? `loupe-${NAME}`,
     otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
   });
-  await startService({
+  running.service = await startService({
     name: NAME,
     logger,
     tracing,
@@ -83,12 +98,15 @@ async function main(): Promise<void> {
       host: config.LOUPE_ENCODER_HOST,
       port: config.LOUPE_ENCODER_PORT,
       maxMessageBytes: config.LOUPE_GRPC_MAX_MESSAGE_BYTES,
+      reflection: config.LOUPE_GRPC_REFLECTION,
+      maxConcurrentStreams: config.LOUPE_GRPC_MAX_CONCURRENT_STREAMS,
       reflectionProtos: ['loupe/v1/encoder.proto'],
       defaultDeadlineMs: config.LOUPE_ENCODER_DEFAULT_DEADLINE_MS,
     },
     metrics: { host: config.LOUPE_ENCODER_HOST, port: config.LOUPE_ENCODER_METRICS_PORT },
     shutdownGraceMs: config.LOUPE_SHUTDOWN_GRACE_MS,
-    register: (server) =>
+    register: (server) => {
+      running.server = server;
       registerEncoder(server, {
         modelId,
         model: runner.info,
@@ -96,7 +114,8 @@ async function main(): Promise<void> {
         batcher,
         cache,
         metrics,
-      }),
+      });
+    },
     close: async () => {
       batcher.close();
       await runner.close();

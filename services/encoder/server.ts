@@ -1,5 +1,10 @@
 // The Encoder gRPC service: validates sub-images, answers repeats from the cache, joins
 // concurrent requests for the same image, and queues the rest for the batcher.
+//
+// The cache (and the joining of concurrent requests) is keyed by the encoder's own SHA-256 of
+// the sub-images it encodes (`subImagesHash`); a caller's `content_hash` is a claim checked
+// against it, and a request whose hash does not match its bytes is refused before any work, so
+// no caller can store embeddings under a hash other than that of the pixels they came from.
 import type {
   EncodeRequest,
   EncodeResponse,
@@ -18,6 +23,7 @@ import {
   type CallContext,
   type GrpcServer,
   failureReason,
+  subImagesHash,
 } from '../runtime/index.js';
 import { QueueFullError, type Batcher } from './batcher.js';
 import { EmbeddingCache, type CachedEmbeddings } from './cache.js';
@@ -61,6 +67,17 @@ function checkHash(hash: Uint8Array, required: boolean): void {
       'bad_hash',
     );
   }
+}
+
+const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex');
+
+/** Refuses a `content_hash` that is not `actual`, the hash of the sub-images received. */
+function verifyHash(claimed: Uint8Array, actual: Buffer): void {
+  if (actual.equals(claimed)) return;
+  throw invalidArgument(
+    `\`content_hash\` ${hex(claimed).slice(0, 16)}… does not match the sub-images sent, whose hash is ${hex(actual).slice(0, 16)}… (SHA-256 of the sub-images as laid out by subImagesHash, not of the encoded image file)`,
+    'content_hash_mismatch',
+  );
 }
 
 /** The request's sub-images as the model takes them, each checked against its bytes. */
@@ -188,14 +205,13 @@ export function registerEncoder(server: GrpcServer, options: EncoderHandlersOpti
       const dtype = outputDtype(request.outputDtype, 'output_dtype');
       checkHash(request.contentHash, false);
       const subImages = subImagesOf(request, limits, model);
+      // An empty hash asks for no caching; any other is checked, even with the cache off, so a
+      // caller hashing the wrong bytes finds out at once.
+      const hash = request.contentHash.byteLength > 0 ? subImagesHash(subImages) : undefined;
+      if (hash !== undefined) verifyHash(request.contentHash, hash);
       const key =
-        cache && request.contentHash.byteLength > 0
-          ? EmbeddingCache.key({
-              model: modelId,
-              contentHash: request.contentHash,
-              split: request.split,
-              dtype,
-            })
+        cache && hash !== undefined
+          ? EmbeddingCache.key({ model: modelId, contentHash: hash, split: request.split, dtype })
           : undefined;
       if (key !== undefined) {
         const hit = cache!.get(key);
@@ -232,6 +248,10 @@ export function registerEncoder(server: GrpcServer, options: EncoderHandlersOpti
     }
   };
 
+  // Lookup trusts nothing either: entries are only ever stored under a hash the encoder
+  // computed, so a hit is what the model made of sub-images with exactly that hash. What it
+  // does not do is tell callers apart: anyone who can name a hash learns whether (and what) is
+  // cached for it — the cache is shared by everyone who may call the encoder.
   const lookup = async (request: LookupRequest): Promise<EncodeResponse> => {
     try {
       const dtype = outputDtype(request.outputDtype, 'output_dtype');
@@ -247,7 +267,7 @@ export function registerEncoder(server: GrpcServer, options: EncoderHandlersOpti
         metrics.cacheMisses.inc();
         metrics.requests.inc({ outcome: 'not_found' });
         throw notFound(
-          `no ${dtype} embeddings cached for image ${Buffer.from(request.contentHash).toString('hex').slice(0, 16)}… with split ${request.split ? 'on' : 'off'}${cache ? '' : ' (the cache is off)'}`,
+          `no ${dtype} embeddings cached for image ${hex(request.contentHash).slice(0, 16)}… with split ${request.split ? 'on' : 'off'}${cache ? '' : ' (the cache is off)'}`,
           'not_cached',
         );
       }

@@ -32,6 +32,7 @@ import {
   stopServiceProcesses,
   type ServiceProcess,
 } from '../../test/helpers/service-process.js';
+import { subImagesHash } from '../runtime/index.js';
 import {
   buildVisionGraph,
   createSession,
@@ -130,7 +131,7 @@ beforeAll(async () => {
     split: true,
     limits: LIMITS,
   });
-  photo = { subImages: pre.subImages, hash: sha256(bytes) };
+  photo = { subImages: pre.subImages, hash: subImagesHash(pre.subImages) };
 });
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
@@ -252,7 +253,7 @@ describe('encoder service', () => {
         encoder,
         encoder.encode,
         request(sub, {
-          contentHash: sha256(Buffer.from(`image ${i}`)),
+          contentHash: subImagesHash(sub),
           split: true,
           outputDtype: Dtype.DTYPE_FLOAT16,
         }),
@@ -388,6 +389,63 @@ describe('encoder service', () => {
     expect((await call(encoder, encoder.encode, request([ok]))).embeddings!.shape).toEqual([
       1, 64, 64,
     ]);
+  });
+
+  it('refuses a content_hash that is not the hash of the sub-images sent, caching nothing', async () => {
+    const honest = [noise(56, 42, 77)];
+    const victim = [noise(56, 42, 78)];
+    const victimHash = subImagesHash(victim);
+    const hashed = (subImages: SubImage[], contentHash: Buffer) =>
+      request(subImages, { contentHash, split: false, outputDtype: Dtype.DTYPE_FLOAT16 });
+    const lookupError = (hash: Buffer) =>
+      callError(encoder, encoder.lookup, {
+        contentHash: hash,
+        split: false,
+        outputDtype: Dtype.DTYPE_FLOAT16,
+      });
+    const before = await metricsText(service.metricsPort);
+
+    // Someone else's image's hash on these bytes: the poisoning attempt.
+    const lie = await callError(encoder, encoder.encode, hashed(honest, victimHash));
+    expect(lie.code).toBe(status.INVALID_ARGUMENT);
+    expect(reason(lie)).toBe('content_hash_mismatch');
+    expect(lie.details).toMatch(/`content_hash` [0-9a-f]{16}… does not match the sub-images sent/);
+    // The hash of the encoded file (not of the sub-images) is no claim about them either.
+    const fileHash = sha256(fixtureImage('jpeg-1600x1067.jpg'));
+    const file = await callError(encoder, encoder.encode, hashed(photo.subImages, fileHash));
+    expect([file.code, reason(file)]).toEqual([status.INVALID_ARGUMENT, 'content_hash_mismatch']);
+
+    // Nothing ran, nothing was stored: not under the claimed hash, not under the true one.
+    for (const hash of [victimHash, subImagesHash(honest), fileHash])
+      expect((await lookupError(hash)).code).toBe(status.NOT_FOUND);
+    const after = await metricsText(service.metricsPort);
+    const delta = (name: string) => (metric(after, name) ?? 0) - (metric(before, name) ?? 0);
+    expect(delta('loupe_encoder_sub_images_total')).toBe(0);
+    expect(metric(after, 'loupe_encoder_cache_entries')).toBe(
+      metric(before, 'loupe_encoder_cache_entries'),
+    );
+
+    // The owner of the hash still gets its own image computed, and an honest Encode then
+    // Lookup hits.
+    const victimFirst = await call(encoder, encoder.encode, hashed(victim, victimHash));
+    expect(victimFirst.cacheHit).toBe(false);
+    const honestHash = subImagesHash(honest);
+    const first = await call(encoder, encoder.encode, hashed(honest, honestHash));
+    expect(first.cacheHit).toBe(false);
+    expect(first.embeddings).not.toEqual(victimFirst.embeddings);
+    const found = await call(encoder, encoder.lookup, {
+      contentHash: honestHash,
+      split: false,
+      outputDtype: Dtype.DTYPE_FLOAT16,
+    });
+    expect(found.cacheHit).toBe(true);
+    expect(found.embeddings).toEqual(first.embeddings);
+    const victimFound = await call(encoder, encoder.lookup, {
+      contentHash: victimHash,
+      split: false,
+      outputDtype: Dtype.DTYPE_FLOAT16,
+    });
+    expect(victimFound.embeddings).toEqual(victimFirst.embeddings);
   });
 });
 

@@ -18,7 +18,14 @@ import {
   type ImageProcessorConfig,
   type TextTokenizer,
 } from '../model/index.js';
-import { Counter, Gauge, Histogram, type Logger, type Registry } from '../runtime/index.js';
+import {
+  Counter,
+  Gauge,
+  Histogram,
+  type Logger,
+  type Registry,
+  subImagesHash,
+} from '../runtime/index.js';
 import { AllowList } from './address-policy.js';
 import type { GatewayConfig } from './config.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
@@ -81,6 +88,8 @@ export function createGateway(o: GatewayOptions) {
   };
   const maxPromptChars = config.LOUPE_GATEWAY_MAX_PROMPT_CHARS || 16 * o.maxPositions;
   const maxMessages = config.LOUPE_GATEWAY_MAX_MESSAGES || Math.ceil(o.maxPositions / 2);
+  /** Image file (sha256, split) → the sub-image hash this gateway's preprocessor gave it. */
+  const subImageHashes = new BoundedMap<string, { hash: Buffer; split: boolean }>(10_000);
   let inFlight = 0;
   const registers = [registry];
   const metrics = {
@@ -208,20 +217,36 @@ export function createGateway(o: GatewayOptions) {
     const embedded = await Promise.all(
       images.map(async ({ url, field, split }) => {
         const bytes = await loadImage(url, field, fetchOptions, signal);
-        const contentHash = createHash('sha256').update(bytes).digest();
-        let found = await stages.lookup(contentHash, split, ctx);
-        metrics.images.inc({ source: found ? 'cache' : 'computed' });
+        // The encoder's cache is keyed by the hash of the sub-images it encodes (it checks
+        // any hash a caller claims), so the key is known once the preprocessor has run; a
+        // file this gateway preprocessed before skips that step through sub-image hashes.
+        const fileKey = `${createHash('sha256').update(bytes).digest('hex')}:${split}`;
+        const known = subImageHashes.get(fileKey);
+        let found = known ? await stages.lookup(known.hash, known.split, ctx) : undefined;
         if (!found) {
           const pre = await stages.preprocess({ image: bytes, split }, ctx);
-          found = await stages.encode(
-            {
-              subImages: pre.subImages,
-              contentHash,
-              split: pre.split,
-              outputDtype: Dtype.DTYPE_FLOAT16,
-            },
-            ctx,
+          const contentHash = subImagesHash(
+            pre.subImages.map(({ height, width, pixels }) => ({
+              height,
+              width,
+              pixels: pixels?.data ?? new Uint8Array(0),
+            })),
           );
+          subImageHashes.set(fileKey, { hash: contentHash, split: pre.split });
+          found =
+            (known ? undefined : await stages.lookup(contentHash, pre.split, ctx)) ??
+            (await stages.encode(
+              {
+                subImages: pre.subImages,
+                contentHash,
+                split: pre.split,
+                outputDtype: Dtype.DTYPE_FLOAT16,
+              },
+              ctx,
+            ));
+          metrics.images.inc({ source: found.cacheHit ? 'cache' : 'computed' });
+        } else {
+          metrics.images.inc({ source: 'cache' });
         }
         const t = found.embeddings!;
         const [subImages, tokens, hidden] = t.shape.map(Number) as [number, number, number];
@@ -678,4 +703,25 @@ export function createGateway(o: GatewayOptions) {
 function bearerKey(header: string | undefined): string | undefined {
   const match = header === undefined ? null : /^bearer\s+(.*)$/i.exec(header.trim());
   return match ? match[1]!.trim() : undefined;
+}
+
+/** A Map that forgets its least recently used entries beyond `limit`. */
+class BoundedMap<K, V> {
+  readonly #map = new Map<K, V>();
+  constructor(private readonly limit: number) {}
+
+  get(key: K): V | undefined {
+    const value = this.#map.get(key);
+    if (value !== undefined) {
+      this.#map.delete(key);
+      this.#map.set(key, value);
+    }
+    return value;
+  }
+
+  set(key: K, value: V): void {
+    this.#map.delete(key);
+    this.#map.set(key, value);
+    if (this.#map.size > this.limit) this.#map.delete(this.#map.keys().next().value as K);
+  }
 }

@@ -43,6 +43,8 @@ async function main(): Promise<void> {
       host: config.LOUPE_PREPROCESSOR_HOST,
       port: config.LOUPE_PREPROCESSOR_PORT,
       maxMessageBytes: config.LOUPE_GRPC_MAX_MESSAGE_BYTES,
+      reflection: config.LOUPE_GRPC_REFLECTION,
+      maxConcurrentStreams: config.LOUPE_GRPC_MAX_CONCURRENT_STREAMS,
       reflectionProtos: ['loupe/v1/preprocessor.proto'],
       defaultDeadlineMs: config.LOUPE_PREPROCESSOR_DEFAULT_DEADLINE_MS,
     },

@@ -102,6 +102,10 @@ export const commonEnvSchema = {
   LOUPE_LOG_LEVEL: enumVar(LOG_LEVELS, 'info'),
   /** Largest gRPC message sent or received, bytes (the 4 MiB default is too small for images). */
   LOUPE_GRPC_MAX_MESSAGE_BYTES: intVar(64 * 1024 * 1024, { min: 1024 * 1024, max: 2 ** 31 - 1 }),
+  /** Serve gRPC server reflection (grpcurl list/describe); off by default: it describes every method. */
+  LOUPE_GRPC_REFLECTION: boolVar(false),
+  /** Calls one gRPC connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
+  LOUPE_GRPC_MAX_CONCURRENT_STREAMS: intVar(100, { min: 1, max: 2 ** 31 - 1 }),
   /** Time allowed to drain in-flight calls after SIGTERM before they are cancelled, ms. */
   LOUPE_SHUTDOWN_GRACE_MS: intVar(25_000, { min: 0, max: 600_000 }),
   /** OTLP/HTTP traces endpoint base (e.g. http://otel-collector:4318); unset: spans are not exported. */

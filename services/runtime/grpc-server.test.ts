@@ -1,10 +1,18 @@
-// The interceptors every handler runs in, on a real server and client over loopback.
+// The interceptors every handler runs in, and the server's options (reflection, stream cap),
+// on a real server and client over loopback.
+import { connect, type ClientHttp2Session, type Settings } from 'node:http2';
 import { credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import { trace } from '@opentelemetry/api';
 import { InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { HealthCheckResponse_ServingStatus } from '../../proto/gen/grpc/health/v1/health.js';
 import { PreprocessorClient, PreprocessorService } from '../../proto/gen/loupe/v1/preprocessor.js';
+import { checkHealth, healthClient } from '../../test/helpers/grpc.js';
+import { listServicesByReflection } from '../../test/helpers/reflection.js';
+import { commonEnvSchema, loadConfig } from './config.js';
 import { invalidArgument } from './errors.js';
-import { GrpcServer } from './grpc-server.js';
+import { GrpcServer, type GrpcServerOptions } from './grpc-server.js';
 import { createLogger } from './logger.js';
 import { createRegistry } from './metrics.js';
 import { initTracing, type Tracing } from './tracing.js';
@@ -139,5 +147,143 @@ describe('GrpcServer interceptors', () => {
     await expect(pending).resolves.toBeDefined();
     await expect(stopping).resolves.toEqual({ drained: true });
     expect((await failure([0])).code).toBe(status.UNAVAILABLE);
+  });
+});
+
+describe('GrpcServer options', () => {
+  const servers: GrpcServer[] = [];
+  const closers: Array<() => void> = [];
+  afterEach(async () => {
+    closers.splice(0).forEach((close) => close());
+    await Promise.all(servers.splice(0).map((server) => server.shutdown(1000)));
+  });
+
+  /** A started server whose Preprocess runs `handler`; resolves with its address. */
+  async function start(
+    options: Partial<GrpcServerOptions>,
+    handler: (image: Buffer) => Promise<void> = async () => {},
+  ): Promise<string> {
+    const server = new GrpcServer({
+      logger: createLogger({ service: 'test', level: 'silent' }),
+      tracer: trace.getTracer('test'),
+      registry: createRegistry('test'),
+      maxMessageBytes: 8 * 1024 * 1024,
+      reflectionProtos: ['loupe/v1/preprocessor.proto'],
+      ...options,
+    });
+    servers.push(server);
+    server.addService('loupe.v1.Preprocessor', PreprocessorService, {
+      preprocess: server.unary('Preprocess', async (request: { image: Buffer }) => {
+        await handler(request.image);
+        return {
+          subImages: [],
+          split: false,
+          imageTokens: 0,
+          tokensPerSubImage: 64,
+          source: undefined,
+          contentHash: Buffer.alloc(0),
+        };
+      }),
+      info: server.unary('Info', async () => {
+        throw new Error('not used');
+      }),
+    });
+    const port = await server.listen('127.0.0.1', 0);
+    server.setServing();
+    return `127.0.0.1:${port}`;
+  }
+
+  /** The SETTINGS the server sends a fresh HTTP/2 connection. */
+  async function serverSettings(address: string): Promise<Settings> {
+    const session: ClientHttp2Session = connect(`http://${address}`);
+    try {
+      return await new Promise<Settings>((resolve, reject) => {
+        session.once('remoteSettings', resolve);
+        session.once('error', reject);
+      });
+    } finally {
+      session.destroy();
+    }
+  }
+
+  it('serves reflection only when enabled', async () => {
+    const off = await start({});
+    await expect(listServicesByReflection(off)).rejects.toMatchObject({
+      code: status.UNIMPLEMENTED,
+    });
+    const on = await start({ reflection: true });
+    expect(await listServicesByReflection(on)).toContain('loupe.v1.Preprocessor');
+    // Health is served either way.
+    const health = healthClient(off);
+    closers.push(() => health.close());
+    expect((await checkHealth(health, 'loupe.v1.Preprocessor')).status).toBe(
+      HealthCheckResponse_ServingStatus.SERVING,
+    );
+  });
+
+  it('announces its cap on concurrent streams per connection, 100 unless told', async () => {
+    expect((await serverSettings(await start({}))).maxConcurrentStreams).toBe(100);
+    const capped = await start({ maxConcurrentStreams: 3 });
+    expect((await serverSettings(capped)).maxConcurrentStreams).toBe(3);
+  });
+
+  it('with a cap of 1, a second call on the same connection waits for the first to end', async () => {
+    const events: string[] = [];
+    let entered: () => void = () => {};
+    const inFirst = new Promise<void>((resolve) => (entered = resolve));
+    let release: () => void = () => {};
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const address = await start({ maxConcurrentStreams: 1 }, async (image) => {
+      events.push(`start ${image[0]}`);
+      if (image[0] === 1) {
+        entered();
+        await released;
+      }
+      events.push(`end ${image[0]}`);
+    });
+    // One client, one connection; a second client with its own connection as a barrier.
+    const client = new PreprocessorClient(address, credentials.createInsecure());
+    closers.push(() => client.close());
+    const own = new PreprocessorClient(address, credentials.createInsecure(), {
+      'grpc.use_local_subchannel_pool': 1,
+    });
+    closers.push(() => own.close());
+    const preprocess = (c: PreprocessorClient, first: number) =>
+      new Promise<void>((resolve, reject) =>
+        c.preprocess(
+          { image: Buffer.from([first]) },
+          new Metadata(),
+          { deadline: Date.now() + 10_000 },
+          (error) => (error ? reject(error) : resolve()),
+        ),
+      );
+    const first = preprocess(client, 1);
+    try {
+      await inFirst;
+      const second = preprocess(client, 2);
+      // A call on another connection completes while the second still waits for a stream.
+      await preprocess(own, 3);
+      expect(events).toEqual(['start 1', 'start 3', 'end 3']);
+      release();
+      await Promise.all([first, second]);
+    } finally {
+      release();
+    }
+    expect(events).toEqual(['start 1', 'start 3', 'end 3', 'end 1', 'start 2', 'end 2']);
+  });
+
+  it('takes both settings from the common configuration', () => {
+    const schema = z.object(commonEnvSchema);
+    const defaults = loadConfig(schema, {});
+    expect(defaults.LOUPE_GRPC_REFLECTION).toBe(false);
+    expect(defaults.LOUPE_GRPC_MAX_CONCURRENT_STREAMS).toBe(100);
+    const set = loadConfig(schema, {
+      LOUPE_GRPC_REFLECTION: 'true',
+      LOUPE_GRPC_MAX_CONCURRENT_STREAMS: '8',
+    });
+    expect([set.LOUPE_GRPC_REFLECTION, set.LOUPE_GRPC_MAX_CONCURRENT_STREAMS]).toEqual([true, 8]);
+    expect(() => loadConfig(schema, { LOUPE_GRPC_MAX_CONCURRENT_STREAMS: '0' })).toThrow(
+      /LOUPE_GRPC_MAX_CONCURRENT_STREAMS/,
+    );
   });
 });

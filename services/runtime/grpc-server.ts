@@ -1,6 +1,6 @@
-// gRPC server bootstrap: message size limits, health, reflection, and the interceptors every
-// handler runs inside — request id, tracing, deadline, cancellation, error mapping, metrics and
-// in-flight tracking for a graceful drain.
+// gRPC server bootstrap: message size and stream limits, health, reflection (when enabled), and
+// the interceptors every handler runs inside — request id, tracing, deadline, cancellation,
+// error mapping, metrics and in-flight tracking for a graceful drain.
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import {
@@ -43,9 +43,22 @@ export interface GrpcServerOptions {
   maxMessageBytes: number;
   /** .proto files (relative to proto/) served by reflection. */
   reflectionProtos: string[];
+  /**
+   * Serve gRPC server reflection (grpc.reflection.v1/v1alpha): handy for grpcurl, but it
+   * describes every method to whoever can connect, so it is off unless asked for.
+   */
+  reflection?: boolean;
+  /**
+   * Streams (calls) one connection may have open at once, announced to the client in HTTP/2
+   * SETTINGS; further calls wait on the client until one ends. Default 100.
+   */
+  maxConcurrentStreams?: number;
   /** Applied when a caller sets no deadline, so no call runs forever; ms. */
   defaultDeadlineMs?: number;
 }
+
+/** Concurrent streams per connection when the options name none. */
+export const DEFAULT_MAX_CONCURRENT_STREAMS = 100;
 
 export class GrpcServer {
   readonly health = new HealthRegistry();
@@ -66,16 +79,17 @@ export class GrpcServer {
       'grpc.max_connection_age_grace_ms': Math.max(60_000, options.defaultDeadlineMs ?? 0),
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
+      'grpc.max_concurrent_streams': options.maxConcurrentStreams ?? DEFAULT_MAX_CONCURRENT_STREAMS,
     });
     this.metrics = createRpcMetrics(options.registry);
     this.server.addService(HealthService, this.health.implementation);
-    const definitions = loadSync(
-      options.reflectionProtos.map((file) => join(protoRoot(), file)),
-      {
-        includeDirs: [protoRoot()],
-      },
-    );
-    new ReflectionService(definitions).addToServer(this.server);
+    if (options.reflection) {
+      const definitions = loadSync(
+        options.reflectionProtos.map((file) => join(protoRoot(), file)),
+        { includeDirs: [protoRoot()] },
+      );
+      new ReflectionService(definitions).addToServer(this.server);
+    }
     this.health.set('', ServingStatus.NOT_SERVING);
   }
 

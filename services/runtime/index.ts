@@ -14,3 +14,4 @@ export * from './proto-writer.js';
 export * from './shutdown.js';
 export * from './worker.js';
 export * from './bench-service.js';
+export * from './sub-images-hash.js';

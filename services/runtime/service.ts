@@ -1,5 +1,5 @@
-// Starts a service the same way every time: gRPC server with health and reflection, metrics
-// HTTP server, a readiness log line, and graceful shutdown on SIGTERM/SIGINT.
+// Starts a service the same way every time: gRPC server with health (and reflection when
+// enabled), metrics HTTP server, a readiness log line, and graceful shutdown on SIGTERM/SIGINT.
 import type { Tracer } from '@opentelemetry/api';
 import { ConfigError } from './config.js';
 import { GrpcServer } from './grpc-server.js';
@@ -19,6 +19,10 @@ export interface ServiceOptions {
     maxMessageBytes: number;
     reflectionProtos: string[];
     defaultDeadlineMs?: number;
+    /** Serve gRPC reflection (LOUPE_GRPC_REFLECTION); default false. */
+    reflection?: boolean;
+    /** Streams one connection may have open at once (LOUPE_GRPC_MAX_CONCURRENT_STREAMS). */
+    maxConcurrentStreams?: number;
   };
   metrics: { host: string; port: number };
   shutdownGraceMs: number;
@@ -46,6 +50,8 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     maxMessageBytes: options.grpc.maxMessageBytes,
     reflectionProtos: options.grpc.reflectionProtos,
     defaultDeadlineMs: options.grpc.defaultDeadlineMs,
+    reflection: options.grpc.reflection,
+    maxConcurrentStreams: options.grpc.maxConcurrentStreams,
   });
   options.register(server, tracing.tracer);
   let alive = true;

@@ -47,7 +47,8 @@ export async function startServiceProcess(
   timeoutMs = 60_000,
 ): Promise<ServiceProcess> {
   const child = spawn(process.execPath, [script], {
-    env: { ...process.env, LOUPE_LOG_LEVEL: 'info', ...env },
+    // Reflection is off by default in the services; the tests list services through it.
+    env: { ...process.env, LOUPE_LOG_LEVEL: 'info', LOUPE_GRPC_REFLECTION: 'true', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: string[] = [];

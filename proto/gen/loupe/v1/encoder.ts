@@ -28,8 +28,12 @@ export interface EncodeRequest {
   /** The preprocessor's output for one image, in its order. */
   subImages: SubImage[];
   /**
-   * Cache key: SHA-256 of the encoded image bytes and the split setting used. An empty hash
-   * disables caching for this request.
+   * SHA-256 of `sub_images` (not of the encoded image file): a domain tag, their count, then per
+   * sub-image its height, width and pixel byte count (little-endian uint32) and its pixels;
+   * services/runtime/sub-images-hash.ts `subImagesHash` computes it. The encoder recomputes it from the
+   * bytes it receives and refuses a mismatch (INVALID_ARGUMENT, reason content_hash_mismatch);
+   * with split and output_dtype it keys the cache. An empty hash disables caching for this
+   * request.
    */
   contentHash: Buffer;
   split: boolean;
@@ -44,6 +48,7 @@ export interface EncodeResponse {
 }
 
 export interface LookupRequest {
+  /** As EncodeRequest.content_hash: the SHA-256 of the sub-images, not of the image file. */
   contentHash: Buffer;
   split: boolean;
   outputDtype: Dtype;
@@ -718,7 +723,8 @@ export const EncoderInfo: MessageFns<EncoderInfo> = {
 /**
  * The encoder turns sub-images into image embeddings (vision tower + connector): 64 rows of
  * text_hidden per sub-image for Idefics2. It batches requests dynamically and caches results
- * by (model, content hash, split). Idempotent.
+ * by (model, SHA-256 of the sub-images, split, output dtype), a hash it computes itself.
+ * Idempotent.
  */
 export type EncoderService = typeof EncoderService;
 export const EncoderService = {
@@ -731,7 +737,10 @@ export const EncoderService = {
     responseSerialize: (value: EncodeResponse): Buffer => Buffer.from(EncodeResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): EncodeResponse => EncodeResponse.decode(value),
   },
-  /** Cached embeddings for an image, without sending pixels; NOT_FOUND when not cached. */
+  /**
+   * Cached embeddings for sub-images, by their content_hash, without sending pixels; NOT_FOUND
+   * when not cached.
+   */
   lookup: {
     path: "/loupe.v1.Encoder/Lookup" as const,
     requestStream: false as const,
@@ -754,7 +763,10 @@ export const EncoderService = {
 
 export interface EncoderServer extends UntypedServiceImplementation {
   encode: handleUnaryCall<EncodeRequest, EncodeResponse>;
-  /** Cached embeddings for an image, without sending pixels; NOT_FOUND when not cached. */
+  /**
+   * Cached embeddings for sub-images, by their content_hash, without sending pixels; NOT_FOUND
+   * when not cached.
+   */
   lookup: handleUnaryCall<LookupRequest, EncodeResponse>;
   info: handleUnaryCall<EncoderInfoRequest, EncoderInfo>;
 }
@@ -775,7 +787,10 @@ export interface EncoderClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: EncodeResponse) => void,
   ): ClientUnaryCall;
-  /** Cached embeddings for an image, without sending pixels; NOT_FOUND when not cached. */
+  /**
+   * Cached embeddings for sub-images, by their content_hash, without sending pixels; NOT_FOUND
+   * when not cached.
+   */
   lookup(
     request: LookupRequest,
     callback: (error: ServiceError | null, response: EncodeResponse) => void,
