@@ -30,6 +30,8 @@ function stackServices(model: string): ChildSpec[] {
       script: join(dist, 'preprocessor', 'main.js'),
       env: {
         LOUPE_MODEL_DIR: model,
+        // The local stack serves reflection, so grpcurl works against it (printed below).
+        LOUPE_GRPC_REFLECTION: process.env.LOUPE_GRPC_REFLECTION ?? 'true',
         LOUPE_PREPROCESSOR_HOST: process.env.LOUPE_PREPROCESSOR_HOST ?? '127.0.0.1',
       },
     },
@@ -38,6 +40,8 @@ function stackServices(model: string): ChildSpec[] {
       script: join(dist, 'encoder', 'main.js'),
       env: {
         LOUPE_MODEL_DIR: model,
+        // The local stack serves reflection, so grpcurl works against it (printed below).
+        LOUPE_GRPC_REFLECTION: process.env.LOUPE_GRPC_REFLECTION ?? 'true',
         LOUPE_ENCODER_HOST: process.env.LOUPE_ENCODER_HOST ?? '127.0.0.1',
       },
     },
@@ -46,6 +50,8 @@ function stackServices(model: string): ChildSpec[] {
       script: join(dist, 'decoder', 'main.js'),
       env: {
         LOUPE_MODEL_DIR: model,
+        // The local stack serves reflection, so grpcurl works against it (printed below).
+        LOUPE_GRPC_REFLECTION: process.env.LOUPE_GRPC_REFLECTION ?? 'true',
         LOUPE_DECODER_HOST: process.env.LOUPE_DECODER_HOST ?? '127.0.0.1',
       },
     },
