@@ -46,7 +46,10 @@ export interface PreprocessResponse {
   source:
     | SourceImage
     | undefined;
-  /** SHA-256 of the encoded bytes, the cache key the encoder uses with `split`. */
+  /**
+   * SHA-256 of the encoded image bytes. Not the encoder's cache key: that is the hash of the
+   * sub-images (see encoder.proto, EncodeRequest.content_hash).
+   */
   contentHash: Buffer;
 }
 
