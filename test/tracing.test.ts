@@ -61,8 +61,10 @@ afterAll(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
+const CALLER_TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
+
 describe('tracing', () => {
-  it('puts the gateway and the three stages of one request in one trace', async () => {
+  it("puts the gateway and the three stages of one request in the caller's trace", async () => {
     const otel = { OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, LOUPE_MODEL_DIR: modelDir };
     const stages: ServiceProcess[] = await Promise.all(
       ['preprocessor', 'encoder', 'decoder'].map((name) =>
@@ -80,7 +82,11 @@ describe('tracing', () => {
     const image = readFileSync(join(fixturesDir, 'images', 'png-200x377.png')).toString('base64');
     const r = await fetch(`http://127.0.0.1:${Number(ready.httpPort)}/v1/chat/completions`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      // The caller's trace: the gateway's span must continue it.
+      headers: {
+        'content-type': 'application/json',
+        traceparent: `00-${CALLER_TRACE}-00f067aa0ba902b7-01`,
+      },
       body: JSON.stringify({
         model: 'tiny-seed0',
         max_tokens: 3,
@@ -103,6 +109,7 @@ describe('tracing', () => {
       (s) => s.service === 'loupe-gateway' && s.name === 'POST /v1/chat/completions',
     );
     expect(root).toBeDefined();
+    expect(root!.traceId).toBe(CALLER_TRACE);
     const trace = received.filter((s) => s.traceId === root!.traceId);
     expect(new Set(trace.map((s) => s.service))).toEqual(
       new Set(['loupe-gateway', 'loupe-preprocessor', 'loupe-encoder', 'loupe-decoder']),

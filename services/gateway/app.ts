@@ -6,7 +6,13 @@
 //                                        └─ chat template ─ expand <image> ─ tokenize
 //                                 ─ decoder Generate (stream) ─ detokenize ─ SSE / JSON
 import { createHash, randomUUID } from 'node:crypto';
-import { SpanStatusCode, type Tracer } from '@opentelemetry/api';
+import {
+  context as otelContext,
+  propagation,
+  SpanStatusCode,
+  type TextMapGetter,
+  type Tracer,
+} from '@opentelemetry/api';
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { streamSSE } from 'hono/streaming';
@@ -489,7 +495,9 @@ export function createGateway(o: GatewayOptions) {
         c.req.raw.signal.removeEventListener('abort', clientGone);
         metrics.duration.observe((performance.now() - started) / 1000);
       };
-      return tracer.startActiveSpan('POST /v1/chat/completions', async (span) => {
+      // A caller's W3C traceparent makes this request a part of its trace.
+      const parent = propagation.extract(otelContext.active(), c.req.raw.headers, headerGetter);
+      return tracer.startActiveSpan('POST /v1/chat/completions', {}, parent, async (span) => {
         span.setAttribute('loupe.request_id', requestId);
         let handedOff = false;
         try {
@@ -725,3 +733,9 @@ class BoundedMap<K, V> {
     if (this.#map.size > this.limit) this.#map.delete(this.#map.keys().next().value as K);
   }
 }
+
+/** Reads trace headers (traceparent, tracestate) from a fetch Headers object. */
+const headerGetter: TextMapGetter<Headers> = {
+  keys: (headers) => [...headers.keys()],
+  get: (headers, key) => headers.get(key) ?? undefined,
+};
