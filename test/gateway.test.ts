@@ -649,6 +649,58 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
   const error = async (r: Response) =>
     ((await r.json()) as { error: { message: string; code: string } }).error;
 
+  it('N requests at once against a limit of M admit exactly M: per-key concurrency and request rate', async () => {
+    const g = await startGateway({
+      LOUPE_GATEWAY_MAX_IN_FLIGHT_PER_KEY: '2',
+      LOUPE_GATEWAY_REQUESTS_PER_MINUTE: '1000',
+    });
+    const rated = await startGateway({ LOUPE_GATEWAY_REQUESTS_PER_MINUTE: '3' });
+    const controller = new AbortController();
+    try {
+      // Long answers keep the first two in flight while the others arrive.
+      const long = chat('Tell me a long story.', { max_tokens: 3000, stream: true });
+      const at = await Promise.all(
+        Array.from({ length: 5 }, () =>
+          fetch(`${g.base}/v1/chat/completions`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+            body: JSON.stringify(long),
+            signal: controller.signal,
+          }),
+        ),
+      );
+      const statuses = at.map((r) => r.status).sort();
+      expect(statuses).toEqual([200, 200, 429, 429, 429]);
+      for (const r of at.filter((x) => x.status === 429))
+        expect((await error(r)).code).toBe('too_many_concurrent_requests');
+      const rates = await Promise.all(
+        Array.from({ length: 6 }, () => send(rated.base, chat('hi'))),
+      );
+      expect(rates.map((r) => r.status).sort()).toEqual([200, 200, 200, 429, 429, 429]);
+    } finally {
+      controller.abort();
+      expect(await g.process.stop()).toBe(0);
+      expect(await rated.process.stop()).toBe(0);
+    }
+  });
+
+  it('rate-limits failed authentications per client address', async () => {
+    const g = await startGateway({ LOUPE_GATEWAY_AUTH_FAILURES_PER_MINUTE: '3' });
+    try {
+      const models = (key: string) =>
+        fetch(`${g.base}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+      for (let i = 0; i < 3; i++) expect((await models('sk-wrong')).status).toBe(401);
+      const blocked = await models('sk-wrong');
+      expect(blocked.status).toBe(429);
+      expect(Number(blocked.headers.get('retry-after'))).toBeGreaterThan(0);
+      expect((await error(blocked)).code).toBe('auth_rate_limited');
+      // While blocked, even the right key waits: guessing must not pay off.
+      expect((await models(KEY)).status).toBe(429);
+    } finally {
+      expect(await g.process.stop()).toBe(0);
+    }
+  });
+
   it('400 for too many images, image bytes and pixels, prompt tokens, slow and big fetches', async () => {
     const g = await startGateway({
       LOUPE_GATEWAY_MAX_IMAGES: '1',

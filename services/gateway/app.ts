@@ -84,6 +84,12 @@ export function createGateway(o: GatewayOptions) {
   const keys = new ApiKeys(o.keys);
   const requestRate = new MinuteRate(config.LOUPE_GATEWAY_REQUESTS_PER_MINUTE);
   const tokenRate = new MinuteRate(config.LOUPE_GATEWAY_TOKENS_PER_MINUTE);
+  const authFailures = new MinuteRate(config.LOUPE_GATEWAY_AUTH_FAILURES_PER_MINUTE);
+  /** Requests in flight per client (key, or address without keys). */
+  const inFlightOf = new Map<string, number>();
+  const clientAddress = (c: Context) =>
+    (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming?.socket
+      ?.remoteAddress ?? 'local';
   const fetchOptions = {
     maxBytes: config.LOUPE_GATEWAY_MAX_IMAGE_BYTES,
     timeoutMs: config.LOUPE_GATEWAY_FETCH_TIMEOUT_MS,
@@ -397,7 +403,24 @@ export function createGateway(o: GatewayOptions) {
   app.use('/v1/*', async (c, next) => {
     if (!keys.enabled) return next();
     const key = bearerKey(c.req.header('authorization'));
+    // Guessing keys costs: a client address with too many failures waits, before any check.
+    const address = clientAddress(c);
+    const wait = authFailures.retryAfter(address);
+    if (wait) {
+      return fail(
+        c,
+        new ApiError(
+          429,
+          'too many failed authentications from this address; retry later',
+          'rate_limit_error',
+          'auth_rate_limited',
+          null,
+          wait,
+        ),
+      );
+    }
     if (!keys.check(key)) {
+      authFailures.add(address, 1);
       return fail(
         c,
         new ApiError(
@@ -441,7 +464,7 @@ export function createGateway(o: GatewayOptions) {
         ? `key:${createHash('sha256')
             .update(bearerKey(c.req.header('authorization')) ?? '')
             .digest('hex')}`
-        : `addr:${(c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming?.socket?.remoteAddress ?? 'local'}`;
+        : `addr:${clientAddress(c)}`;
       const waitRequests = requestRate.retryAfter(client);
       const waitTokens = tokenRate.retryAfter(client);
       if (waitRequests || waitTokens) {
@@ -464,8 +487,30 @@ export function createGateway(o: GatewayOptions) {
           1,
         );
       }
-      // Counted from here, the body's arrival included, so slow bodies cannot overshoot.
+      const mine = inFlightOf.get(client) ?? 0;
+      const perKey = config.LOUPE_GATEWAY_MAX_IN_FLIGHT_PER_KEY;
+      if (perKey > 0 && mine >= perKey) {
+        throw new ApiError(
+          429,
+          `this key has ${mine} requests in flight, its limit`,
+          'rate_limit_error',
+          'too_many_concurrent_requests',
+          null,
+          1,
+        );
+      }
+      // Counted from here, the body's arrival included, so slow bodies cannot overshoot; the
+      // request is charged to its rate now, in the same turn as the check, so N requests at
+      // once against a limit of M admit exactly M (failures and disconnects count too).
       inFlight++;
+      inFlightOf.set(client, mine + 1);
+      requestRate.add(client, 1);
+      const release = () => {
+        inFlight--;
+        const left = (inFlightOf.get(client) ?? 1) - 1;
+        if (left > 0) inFlightOf.set(client, left);
+        else inFlightOf.delete(client);
+      };
       let body: ChatCompletionRequest;
       try {
         let json: unknown;
@@ -479,10 +524,13 @@ export function createGateway(o: GatewayOptions) {
         if (!parsed.success) throw fromZod(parsed.error);
         body = parsed.data;
       } catch (error) {
-        inFlight--;
+        release();
         throw error;
       }
-      requestRate.add(client, 1);
+      // The completion budget is reserved with the request and what is not used refunded at
+      // the end, so concurrent requests cannot overspend the token rate between them.
+      const reserved = body.max_completion_tokens ?? body.max_tokens ?? 0;
+      tokenRate.add(client, reserved);
 
       const controller = new AbortController();
       const clientGone = () => controller.abort(new Error('the client disconnected'));
@@ -490,8 +538,12 @@ export function createGateway(o: GatewayOptions) {
       if (c.req.raw.signal.aborted) clientGone();
       const requestId = c.get('requestId');
       const deadline = Date.now() + config.LOUPE_GATEWAY_REQUEST_TIMEOUT_MS;
+      // Tokens this request used: its prompt once built, then the completion as it ends.
+      let usedTokens = 0;
       const done = () => {
-        inFlight--;
+        release();
+        // The reservation becomes what was used, for failures and disconnects too.
+        tokenRate.add(client, usedTokens - reserved);
         c.req.raw.signal.removeEventListener('abort', clientGone);
         metrics.duration.observe((performance.now() - started) / 1000);
       };
@@ -503,6 +555,7 @@ export function createGateway(o: GatewayOptions) {
         try {
           const prepared = await prepare(body, controller.signal, requestId, deadline);
           metrics.promptTokens.inc(prepared.promptTokens);
+          usedTokens = prepared.promptTokens;
           const id = `chatcmpl-${requestId}`;
           const created = Math.floor(Date.now() / 1000);
           const stream = stages.generate(prepared.request, {
@@ -544,9 +597,12 @@ export function createGateway(o: GatewayOptions) {
             completion_tokens: completion,
             total_tokens: prepared.promptTokens + completion,
           });
+          let accounted = false;
           const account = () => {
+            if (accounted) return;
+            accounted = true;
             metrics.completionTokens.inc(completion);
-            tokenRate.add(client, prepared.promptTokens + completion);
+            usedTokens = prepared.promptTokens + completion;
           };
           const decoderError = (error: unknown) =>
             error instanceof ApiError
@@ -641,6 +697,7 @@ export function createGateway(o: GatewayOptions) {
                 status: controller.signal.aborted ? '499' : 'error',
               });
             } finally {
+              account(); // what streamed before a failure or a disconnect counts too
               span.end();
               done();
             }
