@@ -33,6 +33,7 @@ const dataUrl = (name: string) =>
 let stages: ServiceProcess[] = [];
 let gateway: ServiceProcess;
 let base = '';
+let metricsUrl = '';
 let imageServer: Server;
 let imageBase = '';
 let decoder: DecoderClient;
@@ -43,6 +44,7 @@ async function startGateway(env: Record<string, string> = {}) {
     LOUPE_MODEL_DIR: modelDir,
     LOUPE_GATEWAY_HOST: '127.0.0.1',
     LOUPE_GATEWAY_PORT: '0',
+    LOUPE_GATEWAY_METRICS_PORT: '0',
     LOUPE_PREPROCESSOR_ENDPOINTS: pre!.grpcAddress,
     LOUPE_ENCODER_ENDPOINTS: enc!.grpcAddress,
     LOUPE_DECODER_ENDPOINTS: dec!.grpcAddress,
@@ -51,7 +53,11 @@ async function startGateway(env: Record<string, string> = {}) {
     ...env,
   });
   const ready = await g.waitForLog((e) => e.event === 'ready');
-  return { process: g, base: `http://127.0.0.1:${Number(ready.httpPort)}` };
+  return {
+    process: g,
+    base: `http://127.0.0.1:${Number(ready.httpPort)}`,
+    metrics: `http://127.0.0.1:${Number(ready.metricsPort)}/metrics`,
+  };
 }
 
 /** What `npx loupe generate` gives for the template-rendered `messages`. */
@@ -88,7 +94,7 @@ beforeAll(async () => {
       }),
     ),
   );
-  ({ process: gateway, base } = await startGateway());
+  ({ process: gateway, base, metrics: metricsUrl } = await startGateway());
   decoder = new DecoderClient(stages[2]!.grpcAddress, credentials.createInsecure(), clientOptions);
   imageServer = createServer((req, res) => {
     if (req.url === '/redirect') {
@@ -253,7 +259,7 @@ describe('gateway, end to end with the openai SDK', () => {
     const second = await openai().chat.completions.create(request);
     expect(first.choices[0]!.message.content).toBe(expected.text);
     expect(second.choices[0]!.message.content).toBe(expected.text);
-    const metrics = await (await fetch(`${base}/metrics`)).text();
+    const metrics = await (await fetch(metricsUrl)).text();
     expect(metrics).toMatch(/loupe_gateway_images_total\{[^}]*source="cache"[^}]*\} [2-9]/);
   });
 
@@ -559,7 +565,7 @@ describe('gateway refusals, in OpenAI error shapes', () => {
         'prompt_too_long',
       );
       const pooled = () =>
-        fetch(`${capped.base}/metrics`)
+        fetch(capped.metrics)
           .then((r) => r.text())
           .then((t) =>
             Number(/^loupe_gateway_prompts_total\{where="pool"[^}]*\} (\d+)/m.exec(t)?.[1] ?? 0),
@@ -598,7 +604,7 @@ describe('gateway refusals, in OpenAI error shapes', () => {
       const big = await send(chat('x'.repeat(100_000)));
       expect(big.status).toBe(413);
       expect(((await big.json()) as { error: { code: string } }).error.code).toBe('body_too_large');
-      expect((await send(chat('hi'))).status).toBe(200);
+      // The refused body counted as one of the two requests: admission charges first.
       expect((await send(chat('hi'))).status).toBe(200);
       // The same key spelled with extra spaces is the same client.
       const limited = await fetch(`${small.base}/v1/chat/completions`, {
@@ -616,7 +622,7 @@ describe('gateway refusals, in OpenAI error shapes', () => {
     }
   });
 
-  it('serves /healthz, /readyz, /openapi.json and /metrics', async () => {
+  it('serves /healthz, /readyz, /openapi.json, and /metrics on its own port', async () => {
     expect((await fetch(`${base}/healthz`)).status).toBe(200);
     const ready = await fetch(`${base}/readyz`);
     expect(await ready.json()).toEqual({
@@ -628,7 +634,9 @@ describe('gateway refusals, in OpenAI error shapes', () => {
     };
     expect(Object.keys(doc.paths)).toContain('/v1/chat/completions');
     expect(JSON.stringify(doc)).toContain('max_completion_tokens');
-    expect(await (await fetch(`${base}/metrics`)).text()).toMatch(/loupe_gateway_requests_total/);
+    // Metrics are served on their own port, never on the API's (behind a public Ingress).
+    expect(await (await fetch(metricsUrl)).text()).toMatch(/loupe_gateway_requests_total/);
+    expect((await fetch(`${base}/metrics`)).status).toBe(404);
   });
 });
 
@@ -657,22 +665,32 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
     const rated = await startGateway({ LOUPE_GATEWAY_REQUESTS_PER_MINUTE: '3' });
     const controller = new AbortController();
     try {
-      // Long answers keep the first two in flight while the others arrive.
-      const long = chat('Tell me a long story.', { max_tokens: 3000, stream: true });
-      const at = await Promise.all(
-        Array.from({ length: 5 }, () =>
-          fetch(`${g.base}/v1/chat/completions`, {
-            method: 'POST',
-            headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
-            body: JSON.stringify(long),
-            signal: controller.signal,
+      // Two requests whose bodies never finish stay in flight (admission counts a request
+      // from its first byte); then three more from the same key.
+      const held = Array.from({ length: 2 }, () =>
+        fetch(`${g.base}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+          body: new ReadableStream({
+            start(c) {
+              c.enqueue(new TextEncoder().encode('{"model": "tiny-seed0", '));
+            },
           }),
-        ),
+          duplex: 'half',
+          signal: controller.signal,
+        } as RequestInit).catch(() => undefined),
       );
-      const statuses = at.map((r) => r.status).sort();
-      expect(statuses).toEqual([200, 200, 429, 429, 429]);
-      for (const r of at.filter((x) => x.status === 429))
-        expect((await error(r)).code).toBe('too_many_concurrent_requests');
+      for (let i = 0; ; i++) {
+        const m = await (await fetch(g.metrics)).text();
+        if (/loupe_gateway_requests_in_flight\{[^}]*\} 2/.test(m)) break;
+        if (i > 500) throw new Error('the held requests never got in flight');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const more = await Promise.all(Array.from({ length: 3 }, () => send(g.base, chat('hi'))));
+      expect(more.map((r) => r.status)).toEqual([429, 429, 429]);
+      for (const r of more) expect((await error(r)).code).toBe('too_many_concurrent_requests');
+      controller.abort();
+      await Promise.all(held);
       const rates = await Promise.all(
         Array.from({ length: 6 }, () => send(rated.base, chat('hi'))),
       );
@@ -860,7 +878,7 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
     );
     // Wait until the request is in the gateway before the signal.
     for (let i = 0; i < 100; i++) {
-      const m = await (await fetch(`${g.base}/metrics`)).text();
+      const m = await (await fetch(g.metrics)).text();
       if (/loupe_gateway_requests_in_flight\{[^}]*\} 1/.test(m)) break;
       await new Promise((r) => setTimeout(r, 10));
     }

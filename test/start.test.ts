@@ -31,6 +31,7 @@ describe('loupe start', () => {
         LOUPE_DECODER_PORT: '0',
         LOUPE_DECODER_METRICS_PORT: '0',
         LOUPE_GATEWAY_PORT: '0',
+        LOUPE_GATEWAY_METRICS_PORT: '0',
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

@@ -74,6 +74,7 @@ describe('tracing', () => {
     const gateway = await startServiceProcess(builtService('gateway'), {
       ...otel,
       LOUPE_GATEWAY_PORT: '0',
+      LOUPE_GATEWAY_METRICS_PORT: '0',
       LOUPE_PREPROCESSOR_ENDPOINTS: stages[0]!.grpcAddress,
       LOUPE_ENCODER_ENDPOINTS: stages[1]!.grpcAddress,
       LOUPE_DECODER_ENDPOINTS: stages[2]!.grpcAddress,

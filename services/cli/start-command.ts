@@ -109,7 +109,7 @@ export async function runStart(_args: string[]): Promise<number> {
     ports.gateway = Number(gateway.httpPort);
     modelId = String((gateway as { modelId?: string }).modelId ?? basename(model));
     started.push(
-      `  ${'gateway'.padEnd(13)} HTTP http://127.0.0.1:${gateway.httpPort}/v1   metrics http://127.0.0.1:${gateway.httpPort}/metrics`,
+      `  ${'gateway'.padEnd(13)} HTTP http://127.0.0.1:${gateway.httpPort}/v1   metrics http://127.0.0.1:${gateway.metricsPort}/metrics`,
     );
   } catch (error) {
     process.stderr.write(`loupe start: ${(error as Error).message}\n`);

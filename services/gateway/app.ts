@@ -339,7 +339,13 @@ export function createGateway(o: GatewayOptions) {
     };
   };
 
-  const app = new Hono<{ Variables: { requestId: string } }>();
+  const app = new Hono<{
+    Variables: {
+      requestId: string;
+      /** A chat completion's admission: whom it is charged to, and how it leaves. */
+      admission: { client: string; release: () => void; owned: boolean };
+    };
+  }>();
 
   // Every response carries the request id (the client's x-request-id when it is printable
   // ASCII of at most 128 characters, else a new one), and every request gets one access-log
@@ -394,9 +400,6 @@ export function createGateway(o: GatewayOptions) {
     const ready = Object.values(stagesReady).every(Boolean);
     return c.json({ ready, stages: stagesReady }, ready ? 200 : 503);
   });
-  app.get('/metrics', async (c) =>
-    c.text(await registry.metrics(), 200, { 'content-type': registry.contentType }),
-  );
   app.get('/openapi.json', (c) => c.json(openApiDocument(modelId)));
 
   // Authentication for the API.
@@ -441,6 +444,75 @@ export function createGateway(o: GatewayOptions) {
     }),
   );
 
+  // Admission for chat completions, before the body is read: rates, the global and per-key
+  // in-flight limits. The handler takes over the release once it has the body; a request that
+  // ends before (a body over the limit, a client gone) is released here.
+  app.post('/v1/chat/completions', async (c, next) => {
+    // Rate limits per key (the normalized key the auth check accepted), or per client
+    // address when no keys are configured.
+    const client = keys.enabled
+      ? `key:${createHash('sha256')
+          .update(bearerKey(c.req.header('authorization')) ?? '')
+          .digest('hex')}`
+      : `addr:${clientAddress(c)}`;
+    const waitRequests = requestRate.retryAfter(client);
+    const waitTokens = tokenRate.retryAfter(client);
+    if (waitRequests || waitTokens) {
+      throw new ApiError(
+        429,
+        `rate limit reached: ${waitRequests ? `${requestRate.limit} requests` : `${tokenRate.limit} tokens`} per minute`,
+        'rate_limit_error',
+        'rate_limit_exceeded',
+        null,
+        Math.max(waitRequests, waitTokens),
+      );
+    }
+    if (inFlight >= config.LOUPE_GATEWAY_MAX_IN_FLIGHT) {
+      throw new ApiError(
+        429,
+        `the gateway is handling ${inFlight} requests, its limit`,
+        'rate_limit_error',
+        'overloaded',
+        null,
+        1,
+      );
+    }
+    const mine = inFlightOf.get(client) ?? 0;
+    const perKey = config.LOUPE_GATEWAY_MAX_IN_FLIGHT_PER_KEY;
+    if (perKey > 0 && mine >= perKey) {
+      throw new ApiError(
+        429,
+        `this key has ${mine} requests in flight, its limit`,
+        'rate_limit_error',
+        'too_many_concurrent_requests',
+        null,
+        1,
+      );
+    }
+    // Counted from here, the body's arrival included (bodyLimit reads a chunked body whole
+    // before the handler runs, so admission comes first), so slow bodies cannot overshoot; the
+    // request is charged to its rate now, in the same turn as the check, so N requests at
+    // once against a limit of M admit exactly M (failures and disconnects count too).
+    inFlight++;
+    inFlightOf.set(client, mine + 1);
+    requestRate.add(client, 1);
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      inFlight--;
+      const left = (inFlightOf.get(client) ?? 1) - 1;
+      if (left > 0) inFlightOf.set(client, left);
+      else inFlightOf.delete(client);
+    };
+    c.set('admission', { client, release, owned: false });
+    try {
+      await next();
+    } finally {
+      if (!c.get('admission').owned) release();
+    }
+  });
+
   app.post(
     '/v1/chat/completions',
     bodyLimit({
@@ -458,59 +530,8 @@ export function createGateway(o: GatewayOptions) {
     }),
     async (c) => {
       const started = performance.now();
-      // Rate limits per key (the normalized key the auth check accepted), or per client
-      // address when no keys are configured.
-      const client = keys.enabled
-        ? `key:${createHash('sha256')
-            .update(bearerKey(c.req.header('authorization')) ?? '')
-            .digest('hex')}`
-        : `addr:${clientAddress(c)}`;
-      const waitRequests = requestRate.retryAfter(client);
-      const waitTokens = tokenRate.retryAfter(client);
-      if (waitRequests || waitTokens) {
-        throw new ApiError(
-          429,
-          `rate limit reached: ${waitRequests ? `${requestRate.limit} requests` : `${tokenRate.limit} tokens`} per minute`,
-          'rate_limit_error',
-          'rate_limit_exceeded',
-          null,
-          Math.max(waitRequests, waitTokens),
-        );
-      }
-      if (inFlight >= config.LOUPE_GATEWAY_MAX_IN_FLIGHT) {
-        throw new ApiError(
-          429,
-          `the gateway is handling ${inFlight} requests, its limit`,
-          'rate_limit_error',
-          'overloaded',
-          null,
-          1,
-        );
-      }
-      const mine = inFlightOf.get(client) ?? 0;
-      const perKey = config.LOUPE_GATEWAY_MAX_IN_FLIGHT_PER_KEY;
-      if (perKey > 0 && mine >= perKey) {
-        throw new ApiError(
-          429,
-          `this key has ${mine} requests in flight, its limit`,
-          'rate_limit_error',
-          'too_many_concurrent_requests',
-          null,
-          1,
-        );
-      }
-      // Counted from here, the body's arrival included, so slow bodies cannot overshoot; the
-      // request is charged to its rate now, in the same turn as the check, so N requests at
-      // once against a limit of M admit exactly M (failures and disconnects count too).
-      inFlight++;
-      inFlightOf.set(client, mine + 1);
-      requestRate.add(client, 1);
-      const release = () => {
-        inFlight--;
-        const left = (inFlightOf.get(client) ?? 1) - 1;
-        if (left > 0) inFlightOf.set(client, left);
-        else inFlightOf.delete(client);
-      };
+      const { client, release } = c.get('admission');
+      c.set('admission', { client, release, owned: true });
       let body: ChatCompletionRequest;
       try {
         let json: unknown;
@@ -731,7 +752,6 @@ export function createGateway(o: GatewayOptions) {
     '/v1/models': 'GET, HEAD',
     '/healthz': 'GET, HEAD',
     '/readyz': 'GET, HEAD',
-    '/metrics': 'GET, HEAD',
     '/openapi.json': 'GET, HEAD',
   };
   for (const [path, methods] of Object.entries(allowed)) {

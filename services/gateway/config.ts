@@ -27,6 +27,12 @@ export const gatewayEnvSchema = z.object({
   LOUPE_MODEL_ID: optionalStringVar(),
   LOUPE_GATEWAY_HOST: stringVar('127.0.0.1'),
   LOUPE_GATEWAY_PORT: portVar(8080),
+  /**
+   * Port of GET /metrics and /healthz, apart from the API so that no public route (an Ingress
+   * in front of the API port) exposes them; bound to LOUPE_GATEWAY_METRICS_HOST.
+   */
+  LOUPE_GATEWAY_METRICS_PORT: portVar(9100),
+  LOUPE_GATEWAY_METRICS_HOST: stringVar('127.0.0.1'),
   /** Stage endpoints, comma-separated host:port lists. */
   LOUPE_PREPROCESSOR_ENDPOINTS: list('127.0.0.1:50051'),
   LOUPE_ENCODER_ENDPOINTS: list('127.0.0.1:50052'),

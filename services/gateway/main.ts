@@ -14,6 +14,7 @@ import {
   initTracing,
   onShutdownSignal,
   runMain,
+  startMetricsServer,
 } from '../runtime/index.js';
 import { createGateway } from './app.js';
 import { PromptPool } from './prompt-pool.js';
@@ -86,6 +87,11 @@ async function main(): Promise<void> {
   });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.LOUPE_GATEWAY_PORT;
+  const metricsServer = await startMetricsServer({
+    registry,
+    host: config.LOUPE_GATEWAY_METRICS_HOST,
+    port: config.LOUPE_GATEWAY_METRICS_PORT,
+  });
   // Before the ready line: whoever reads it may signal at once (see runtime/service.ts).
   onShutdownSignal(logger, async () => {
     // Stop accepting, let requests in flight finish within the grace period, then close.
@@ -96,6 +102,7 @@ async function main(): Promise<void> {
     logger.info({ event: 'stopped', drained }, 'gateway stopped');
     stages.close();
     await prompts.close();
+    await metricsServer.close();
     await tracing.shutdown();
   });
   logger.info(
@@ -103,10 +110,11 @@ async function main(): Promise<void> {
       event: 'ready',
       httpHost: config.LOUPE_GATEWAY_HOST,
       httpPort: port,
-      metricsPort: port,
+      metricsHost: config.LOUPE_GATEWAY_METRICS_HOST,
+      metricsPort: metricsServer.port,
       modelId,
     },
-    `gateway ready: http://${config.LOUPE_GATEWAY_HOST}:${port}/v1/chat/completions (model ${modelId})`,
+    `gateway ready: http://${config.LOUPE_GATEWAY_HOST}:${port}/v1/chat/completions (model ${modelId}), metrics on http://${config.LOUPE_GATEWAY_METRICS_HOST}:${metricsServer.port}/metrics`,
   );
 }
 

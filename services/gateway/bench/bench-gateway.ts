@@ -118,6 +118,7 @@ async function main(): Promise<void> {
     const gw = await start('gateway', {
       ...common,
       LOUPE_GATEWAY_PORT: '0',
+      LOUPE_GATEWAY_METRICS_PORT: '0',
       LOUPE_PREPROCESSOR_ENDPOINTS: `127.0.0.1:${String(pre.ready.grpcPort)}`,
       LOUPE_ENCODER_ENDPOINTS: `127.0.0.1:${String(enc.ready.grpcPort)}`,
       LOUPE_DECODER_ENDPOINTS: `127.0.0.1:${String(dec.ready.grpcPort)}`,

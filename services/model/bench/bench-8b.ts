@@ -759,6 +759,7 @@ async function main(): Promise<void> {
     ...common,
     LOUPE_GATEWAY_HOST: '127.0.0.1',
     LOUPE_GATEWAY_PORT: '0',
+    LOUPE_GATEWAY_METRICS_PORT: '0',
     LOUPE_PREPROCESSOR_ENDPOINTS: `127.0.0.1:${String(pre.service.ready.grpcPort)}`,
     LOUPE_ENCODER_ENDPOINTS: `127.0.0.1:${String(enc.service.ready.grpcPort)}`,
     LOUPE_DECODER_ENDPOINTS: `127.0.0.1:${String(dec.service.ready.grpcPort)}`,
