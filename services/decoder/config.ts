@@ -44,6 +44,18 @@ export const decoderEnvSchema = z.object({
    * `.loupe-cache` in the checkpoint when writable, else the system's temporary folder.
    */
   LOUPE_WEIGHT_CACHE_DIR: optionalStringVar(),
+  /**
+   * Longest the engine thread may leave requests without news (one step, an acceptance), ms;
+   * 0: no limit. A step still going after it means the thread is stuck, and it is handled as
+   * a thread that died (crashed or exited): every request fails with UNAVAILABLE
+   * (`loupe-reason: worker_died`), health goes NOT_SERVING, an error line says `worker_died`,
+   * and the process exits with code 70 for its supervisor to restart it — once the step is
+   * over; a step not over within 5 s more gets the process killed (SIGKILL, logged as
+   * `worker_stuck`). Set it well above the slowest step: a prefill of
+   * LOUPE_DECODER_MAX_PREFILL_TOKENS tokens (or a decode step of LOUPE_DECODER_MAX_RUNNING
+   * sequences at full context), on this hardware.
+   */
+  LOUPE_DECODER_STEP_TIMEOUT_MS: intVar(0, { min: 0, max: 86_400_000 }),
   /** Deadline applied to calls that carry none, ms. */
   LOUPE_DECODER_DEFAULT_DEADLINE_MS: intVar(600_000, { min: 1, max: 86_400_000 }),
 });

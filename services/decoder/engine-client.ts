@@ -1,8 +1,21 @@
 // The gRPC thread's handle on the engine thread (engine-worker.ts). Commands go in (add,
 // abort); step reports come out and are routed to each request's own event queue, so RPC
 // handlers never touch engine state.
+//
+// A failed step fails the sequences the engine aborted for it (INTERNAL, `step_failed`); the
+// engine goes on. A dead thread (it throws, exits, or leaves requests without a step past the
+// step timeout) fails every request at once and each later one (UNAVAILABLE, `worker_died`),
+// and `onDeath` tells the service, which cannot serve any more (see exitForDeadWorker).
 import type { Worker } from 'node:worker_threads';
-import { startWorker } from '../runtime/index.js';
+import {
+  internal,
+  startWorker,
+  unavailable,
+  WorkerWatch,
+  type ServiceError,
+  type StopWorker,
+  type WorkerDeath,
+} from '../runtime/index.js';
 import type { EngineRequest, TokenEvent } from './engine.js';
 import type { EngineSetup } from './engine-worker.js';
 
@@ -26,7 +39,8 @@ export interface EngineInfo {
   packedWeights?: { path: string; reused: boolean };
 }
 
-export type EngineCommand = { kind: 'add'; request: EngineRequest } | { kind: 'abort'; id: string };
+export type EngineCommand =
+  { kind: 'add'; request: EngineRequest } | { kind: 'abort'; id: string } | StopWorker;
 
 export type EngineMessage =
   | { kind: 'ready'; info: EngineInfo }
@@ -52,9 +66,9 @@ export class EngineRejectedError extends Error {
   }
 }
 
-/** What a request's stream receives: its tokens, or the engine's failure. */
+/** What a request's stream receives: its tokens, or the failure that ends it (to send as is). */
 export type RequestEvent =
-  { kind: 'token'; event: TokenEvent } | { kind: 'error'; message: string };
+  { kind: 'token'; event: TokenEvent } | { kind: 'error'; error: ServiceError };
 
 interface Listener {
   push(event: RequestEvent): void;
@@ -68,36 +82,48 @@ export interface StepStats {
   ms: number;
 }
 
+export interface EngineClientOptions {
+  /**
+   * Longest the engine thread may leave requests without a message (a step, an acceptance)
+   * before it counts as stuck (dead), ms; 0: no limit.
+   */
+  stepTimeoutMs?: number;
+}
+
 export class EngineClient {
   readonly #listeners = new Map<string, Listener>();
   #load: EngineLoad = { waiting: 0, running: 0, kvCacheUsage: 0 };
   #dead: Error | undefined;
+  readonly #watch: WorkerWatch;
   onStep: ((step: StepStats) => void) | undefined;
+  /** Called once if the thread dies, before the requests fail. */
+  onDeath: ((death: WorkerDeath) => void) | undefined;
 
   private constructor(
     private readonly worker: Worker,
     readonly info: EngineInfo,
+    { stepTimeoutMs = 0 }: EngineClientOptions,
   ) {
-    worker.on('message', (message: EngineMessage) => this.#receive(message));
-    const die = (error: Error) => {
-      this.#dead ??= error;
-      for (const [id, listener] of this.#listeners) {
-        listener.accepted?.reject(this.#dead);
-        listener.push({ kind: 'error', message: this.#dead.message });
-        this.#listeners.delete(id);
-      }
-    };
-    worker.on('error', (error) => die(new Error(`decoder engine crashed: ${error.message}`)));
-    worker.on('exit', (code) => die(new Error(`decoder engine exited (code ${code})`)));
+    this.#watch = new WorkerWatch(worker, {
+      what: 'the decoder engine thread',
+      stallTimeoutMs: stepTimeoutMs,
+      onDeath: (death) => this.#die(death),
+    });
+    worker.on('message', (message: EngineMessage) => {
+      // Too late: the thread was declared stuck, and every request failed with it.
+      if (!this.#watch.heard(this.#listeners.size > 0)) return;
+      this.#receive(message);
+      if (this.#listeners.size === 0) this.#watch.idle();
+    });
   }
 
-  static async start(setup: EngineSetup): Promise<EngineClient> {
+  static async start(setup: EngineSetup, options: EngineClientOptions = {}): Promise<EngineClient> {
     const { worker, info } = await startWorker<EngineInfo>(
       new URL('./engine-worker.js', import.meta.url),
       setup,
-      'the decoder engine',
+      'the decoder engine thread',
     );
-    return new EngineClient(worker, info);
+    return new EngineClient(worker, info, options);
   }
 
   get load(): EngineLoad {
@@ -116,6 +142,7 @@ export class EngineClient {
       this.worker.postMessage({ kind: 'add', request } satisfies EngineCommand, [
         request.imageRows.buffer as ArrayBuffer,
       ]);
+      this.#watch.expect();
     });
   }
 
@@ -125,12 +152,35 @@ export class EngineClient {
     if (!listener) return;
     this.#listeners.delete(id);
     listener.accepted?.reject(new Error(`request ${id} was aborted`));
+    if (this.#listeners.size === 0) this.#watch.idle();
     if (!this.#dead) this.worker.postMessage({ kind: 'abort', id } satisfies EngineCommand);
   }
 
   async close(): Promise<void> {
     this.#dead ??= new Error('the decoder is shutting down');
-    await this.worker.terminate();
+    const dead = this.#watch.death !== undefined;
+    this.#watch.closing();
+    // A dead thread has ended, or was told to end after its run (WorkerWatch).
+    if (!dead) await this.worker.terminate();
+  }
+
+  /** Resolves when the thread has ended, for whatever reason. */
+  get ended(): Promise<void> {
+    return this.#watch.ended;
+  }
+
+  #die(death: WorkerDeath): void {
+    const error = unavailable(
+      `the text model cannot run: ${death.message}; the decoder is exiting to be restarted`,
+      'worker_died',
+    );
+    this.#dead ??= error;
+    this.onDeath?.(death);
+    for (const [id, listener] of this.#listeners) {
+      this.#listeners.delete(id);
+      if (listener.accepted) listener.accepted.reject(error);
+      else listener.push({ kind: 'error', error });
+    }
   }
 
   #receive(message: EngineMessage): void {
@@ -164,14 +214,16 @@ export class EngineClient {
           listener.push({ kind: 'token', event });
         }
         break;
-      case 'step_failed':
+      case 'step_failed': {
         this.#load = message.load;
+        const error = internal(`a decoder step failed: ${message.message}`, 'step_failed');
         for (const id of message.ids) {
           const listener = this.#listeners.get(id);
           this.#listeners.delete(id);
-          listener?.push({ kind: 'error', message: message.message });
+          listener?.push({ kind: 'error', error });
         }
         break;
+      }
       default:
         break;
     }

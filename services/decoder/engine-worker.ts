@@ -1,5 +1,5 @@
 // The engine's own thread: loads the text model, then runs the engine loop — one step at a
-// time, handling queued commands (add, abort) between steps — and reports every step's
+// time, handling queued commands (add, abort, stop) between steps — and reports every step's
 // tokens to the gRPC thread. Protocol: see engine-client.ts.
 import { parentPort, workerData } from 'node:worker_threads';
 import {
@@ -69,6 +69,9 @@ async function main(): Promise<void> {
     } else if (command.kind === 'abort') {
       engine.abort(command.id);
       post({ kind: 'load', load: engine.load });
+    } else if (command.kind === 'stop') {
+      // STOP_WORKER: between steps, so no model run is cut short.
+      process.exit(0);
     }
     wake?.();
   });

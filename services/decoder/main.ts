@@ -48,6 +48,7 @@ async function main(): Promise<void> {
       logger,
       server: running.server,
       stop: running.service?.stop,
+      threadEnded: engine.ended,
       stallSetting: 'LOUPE_DECODER_STEP_TIMEOUT_MS',
     });
   logger.info(

@@ -12,7 +12,6 @@ import {
 import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
 import { float16ToFloat32 } from '../model/index.js';
 import {
-  internal,
   invalidArgument,
   resourceExhausted,
   type CallContext,
@@ -294,8 +293,11 @@ export function registerDecoder(server: GrpcServer, options: DecoderHandlersOpti
         for (;;) {
           const event = await events.next();
           if (event.kind === 'error') {
-            ctx.logger.error({ message: event.message }, 'decoder step failed');
-            throw internal(`the decoder failed: ${event.message}`, 'model_failed');
+            ctx.logger.error(
+              { reason: event.error.reason, err: event.error.message },
+              'generation failed',
+            );
+            throw event.error;
           }
           const t = event.event;
           const now = performance.now();

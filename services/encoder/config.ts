@@ -37,6 +37,16 @@ export const encoderEnvSchema = z.object({
   LOUPE_ENCODER_MAX_SUB_IMAGES: intVar(16, { min: 1, max: 1024 }),
   /** Embedding cache size, bytes; 0 turns the cache off. */
   LOUPE_ENCODER_CACHE_BYTES: intVar(512 * 1024 * 1024, { min: 0, max: 2 ** 40 }),
+  /**
+   * Longest one model run (a batch) may take, ms; 0: no limit. A run still going after it
+   * means the vision thread is stuck, and it is handled as a thread that died (crashed or
+   * exited): waiting calls fail with UNAVAILABLE (`loupe-reason: worker_died`), health goes
+   * NOT_SERVING, an error line says `worker_died`, and the process exits with code 70 for its
+   * supervisor to restart it — once the run is over; a run not over within 5 s more gets the
+   * process killed (SIGKILL, logged as `worker_stuck`). Set it well above the slowest batch
+   * (LOUPE_ENCODER_MAX_BATCH sub-images of the largest size, on this hardware).
+   */
+  LOUPE_ENCODER_RUN_TIMEOUT_MS: intVar(0, { min: 0, max: 86_400_000 }),
   /** Deadline applied to calls that carry none, ms. */
   LOUPE_ENCODER_DEFAULT_DEADLINE_MS: intVar(60_000, { min: 1, max: 3_600_000 }),
   /**

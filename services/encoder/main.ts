@@ -41,6 +41,7 @@ async function main(): Promise<void> {
       logger,
       server: running.server,
       stop: running.service?.stop,
+      threadEnded: runner.ended,
       stallSetting: 'LOUPE_ENCODER_RUN_TIMEOUT_MS',
     });
   logger.info(

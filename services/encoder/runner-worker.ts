@@ -5,7 +5,8 @@
 // answers { kind: 'ready', info } or { kind: 'failed', message }, then for every
 // { kind: 'run', id, subImages, dtypes } answers { kind: 'done', id, blocks, computeMs } (one
 // [tokens, hidden] block per sub-image, in its own dtype, moved rather than copied) or
-// { kind: 'error', id, message }.
+// { kind: 'error', id, message }. { kind: 'stop' } (STOP_WORKER) ends the thread; it is handled
+// between runs, as every message is (a run blocks the thread).
 import { parentPort, workerData } from 'node:worker_threads';
 import {
   buildVisionGraph,
@@ -16,6 +17,7 @@ import {
   type ExecutionProvider,
   type SubImage,
 } from '../model/index.js';
+import type { StopWorker } from '../runtime/index.js';
 
 export interface RunnerSetup {
   modelDir: string;
@@ -94,7 +96,8 @@ async function main(): Promise<void> {
   }
   const vision = session;
   const patches = geometry;
-  port.on('message', (request: RunRequest) => {
+  port.on('message', (request: RunRequest | StopWorker) => {
+    if (request.kind === 'stop') process.exit(0);
     void (async () => {
       const started = performance.now();
       try {
