@@ -432,7 +432,12 @@ describe('gateway refusals, in OpenAI error shapes', () => {
         /169\.254\.169\.254, a metadata address/,
         'blocked_address',
       ],
-      [chat('hi', { max_tokens: 5000 }), /max_new_tokens/, 'invalid_value'],
+      // Refused by the gateway's plan, before any work, with the decoders' context.
+      [
+        chat('hi', { max_tokens: 5000 }),
+        /exceed the maximum context of 4096/,
+        'context_length_exceeded',
+      ],
     ];
     for (const [body, message, code] of cases) {
       const r = await post(body);
@@ -582,6 +587,40 @@ describe('gateway refusals, in OpenAI error shapes', () => {
     } finally {
       expect(await capped.process.stop()).toBe(0);
     }
+  });
+
+  it('refuses a prompt whose image tokens overflow the context before any image work', async () => {
+    const counters = async () => {
+      const [pre, enc] = await Promise.all(
+        [stages[0]!, stages[1]!].map(async (p) =>
+          (await fetch(`http://127.0.0.1:${p.metricsPort}/metrics`)).text(),
+        ),
+      );
+      const total = (text: string, name: string) =>
+        text
+          .split('\n')
+          .filter((l) => l.startsWith(name))
+          .reduce((n, l) => n + Number(l.split(' ').at(-1)), 0);
+      return [
+        total(pre!, 'loupe_preprocessor_images_total'),
+        total(enc!, 'loupe_encoder_requests_total'),
+      ];
+    };
+    const before = await counters();
+    const image = {
+      type: 'image_url',
+      image_url: { url: dataUrl('png-377x377.png'), split: true },
+    };
+    // 8 split images are 40 sub-images of 64 tokens each; with 3,000 tokens to answer they
+    // cannot fit the decoder's 4,096-token context.
+    const r = await post(
+      chat([...Array(8).fill(image), { type: 'text', text: 'hi' }], { max_tokens: 3000 }),
+    );
+    expect(r.status).toBe(400);
+    const json = (await r.json()) as { error: { code: string; message: string } };
+    expect(json.error.code).toBe('context_length_exceeded');
+    expect(json.error.message).toMatch(/exceed the maximum context of 4096 tokens/);
+    expect(await counters()).toEqual(before);
   });
 
   it('accepts the Bearer scheme in any case', async () => {

@@ -100,6 +100,29 @@ export function createGateway(o: GatewayOptions) {
   };
   const maxPromptChars = config.LOUPE_GATEWAY_MAX_PROMPT_CHARS || 16 * o.maxPositions;
   const maxMessages = config.LOUPE_GATEWAY_MAX_MESSAGES || Math.ceil(o.maxPositions / 2);
+  /**
+   * The decoders' maximum context (tokens), from their Info, asked once and again every
+   * minute; 0 (no check here; the decoder still checks) while no decoder has answered.
+   */
+  let context = { tokens: 0, at: 0 };
+  const decoderContext = async (ctx: {
+    signal: AbortSignal;
+    requestId: string;
+    deadline: number;
+  }) => {
+    if (Date.now() - context.at < 60_000) return context.tokens;
+    try {
+      const info = await stages.decoderInfo({
+        ...ctx,
+        deadline: Math.min(ctx.deadline, Date.now() + 2000),
+      });
+      context = { tokens: info.maxContext, at: Date.now() };
+    } catch {
+      // The request itself will meet the same decoder and get its answer.
+    }
+    return context.tokens;
+  };
+
   /** Image file (sha256, split) → the sub-image hash this gateway's preprocessor gave it. */
   const subImageHashes = new BoundedMap<string, { hash: Buffer; split: boolean }>(10_000);
   let inFlight = 0;
@@ -226,6 +249,32 @@ export function createGateway(o: GatewayOptions) {
       );
     }
     const ctx = { signal, requestId, deadline };
+    // Plan before any image work: whether an image is split fixes its token count (5 or 1
+    // sub-images of imageSeqLen tokens), so the whole prompt is built and checked against the
+    // decoder's context now, and a request that cannot fit costs no fetch, preprocessing or
+    // encoding.
+    const input = {
+      messages,
+      escaped,
+      splits: images.map((i) => i.split),
+      imageSeqLen: processor.imageSeqLen,
+    };
+    const offload = o.prompts !== undefined && chars > INLINE_PROMPT_CHARS;
+    metrics.prompts.inc({ where: offload ? 'pool' : 'inline' });
+    const ids = offload
+      ? await o.prompts!.ids(input, signal)
+      : promptIds({ tokenizer, template }, input);
+    const maxContext = await decoderContext(ctx);
+    const asked = body.max_completion_tokens ?? body.max_tokens ?? 0;
+    if (maxContext > 0 && (ids.length >= maxContext || ids.length + asked > maxContext)) {
+      throw invalid(
+        ids.length >= maxContext
+          ? `the prompt has ${ids.length} tokens (images included); the maximum context is ${maxContext} tokens, prompt and answer together`
+          : `the prompt (${ids.length} tokens, images included) + \`max_tokens\` (${asked}) exceed the maximum context of ${maxContext} tokens`,
+        'messages',
+        'context_length_exceeded',
+      );
+    }
     const embedded = await Promise.all(
       images.map(async ({ url, field, split }) => {
         const bytes = await loadImage(url, field, fetchOptions, signal);
@@ -265,17 +314,11 @@ export function createGateway(o: GatewayOptions) {
         return { split: subImages > 1, rows: subImages * tokens, hidden, tensor: t };
       }),
     );
-    const input = {
-      messages,
-      escaped,
-      splits: embedded.map((e) => e.split),
-      imageSeqLen: processor.imageSeqLen,
-    };
-    const offload = o.prompts !== undefined && chars > INLINE_PROMPT_CHARS;
-    metrics.prompts.inc({ where: offload ? 'pool' : 'inline' });
-    const ids = offload
-      ? await o.prompts!.ids(input, signal)
-      : promptIds({ tokenizer, template }, input);
+    const splitMismatch = embedded.findIndex((e, i) => e.split !== images[i]!.split);
+    if (splitMismatch >= 0)
+      throw new Error(
+        `image ${splitMismatch} came back ${embedded[splitMismatch]!.split ? '' : 'not '}split`,
+      );
     const positions = ids.flatMap((id, i) => (id === o.imageTokenId ? [i] : []));
     const rows = embedded.reduce((n, e) => n + e.rows, 0);
     if (positions.length !== rows)

@@ -10,11 +10,13 @@ export class PromptPool {
   constructor({ modelDir, threads }: { modelDir: string; threads: number }) {
     this.piscina = new Piscina({
       filename: new URL('./prompt-worker.js', import.meta.url).href,
-      minThreads: threads,
+      // Threads start with the first long prompt, not with the gateway: most deployments
+      // rarely need them, and a thread still loading at shutdown would be cut short.
+      minThreads: 0,
       maxThreads: threads,
       // The gateway's in-flight limit bounds what can wait here.
       maxQueue: Infinity,
-      idleTimeout: Infinity,
+      idleTimeout: 60_000,
       workerData: { modelDir },
     });
   }
@@ -29,6 +31,6 @@ export class PromptPool {
   }
 
   close(): Promise<void> {
-    return this.piscina.close({ force: true });
+    return this.piscina.close({ force: false });
   }
 }
