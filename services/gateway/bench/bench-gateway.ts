@@ -3,7 +3,10 @@
 // (four processes, real HTTP and gRPC on loopback, a new image each time so no cache helps),
 // beside the same work in-process (preprocess, encode, greedy generation with sessions
 // already loaded), in the same run; then the gateway's throughput for requests whose image
-// the encoder has cached, at concurrency 8. BENCH_THREADS sets every session's threads.
+// the encoder has cached, at concurrency 8; then a small text request's p50/p99 idle and
+// while one client sends maximal prompts back to back (as many characters as the gateway
+// admits; they are refused once tokenized, for overflowing the context), the goal being a p99
+// under attack within 1.5× of idle. BENCH_THREADS sets every session's threads.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +25,7 @@ import {
   preprocessImage,
   writeTinyModel,
 } from '../../model/index.js';
+import sharp from 'sharp';
 import { packageRoot, startBenchService, type BenchService } from '../../runtime/index.js';
 
 const THREADS = String(Number(process.env.BENCH_THREADS ?? availableParallelism()));
@@ -42,9 +46,28 @@ async function main(): Promise<void> {
     const modelDir = join(dir, 'small');
     writeTinyModel({ out: modelDir, size: 'small', seed: 0 });
     const jpegOrWebp = readFileSync(join(root, 'test', 'fixtures', 'images', IMAGE));
-    // A different image each request: the same picture with i trailing bytes (ignored by the
-    // decoder, not by the content hash), so neither side can use a cache.
-    const variant = (i: number) => Buffer.concat([jpegOrWebp, Buffer.alloc(i + 1)]);
+    // A different image each request, down to its pixels (the encoder's cache is keyed by the
+    // sub-images, so trailing bytes or a new encoding of the same pixels would hit it): the
+    // picture with a corner block coloured from i, encoded as WebP like the original.
+    const variants = new Map<number, Buffer>();
+    const raw = await sharp(jpegOrWebp).raw().toBuffer({ resolveWithObject: true });
+    const variantOf = async (i: number) => {
+      const pixels = Buffer.from(raw.data);
+      const { width, height, channels } = raw.info;
+      // A 32×32 block in a colour from i: large enough to survive the lossy encoding.
+      for (let y = 0; y < 32; y++) {
+        for (let x = 0; x < 32; x++) {
+          const at = (y * width + x) * channels;
+          pixels[at] = (i * 37) & 0xff;
+          pixels[at + 1] = (i * 91) & 0xff;
+          pixels[at + 2] = (i * 173) & 0xff;
+        }
+      }
+      return sharp(pixels, { raw: { width, height, channels } }).webp({ quality: 90 }).toBuffer();
+    };
+    for (const i of [0, 1, 2, 3, 4, 1000, 2000, 3000, 3001, 3002, 3003, 3004, 9999])
+      variants.set(i, await variantOf(i));
+    const variant = (i: number) => variants.get(i)!;
     const question = 'What is in this picture?';
     const messages = [
       {
@@ -170,6 +193,56 @@ async function main(): Promise<void> {
     );
     const cachedPerS = n / ((performance.now() - t0) / 1000);
 
+    // A small request's latency, idle and under attack.
+    const small = async () => {
+      const t = performance.now();
+      const r = await fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          model: 'small',
+          max_tokens: 1,
+          messages: [{ role: 'user', content: 'Hello, who are you?' }],
+        }),
+      });
+      if (r.status !== 200) throw new Error(`gateway answered ${r.status}: ${await r.text()}`);
+      await r.json();
+      return performance.now() - t;
+    };
+    const percentile = (xs: number[], p: number) =>
+      [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil(p * xs.length) - 1)]!;
+    const SMALL = 40;
+    for (let i = 0; i < 3; i++) await small();
+    const idle: number[] = [];
+    for (let i = 0; i < SMALL; i++) idle.push(await small());
+    // 16 × max_position_embeddings characters: the default cap, the largest prompt admitted.
+    const words = ['red ', 'green ', 'blue ', 'apple ', 'river ', 'stone '];
+    let maximal = '';
+    for (let i = 0; maximal.length < 16 * checkpoint.config.text.maxPositionEmbeddings - 8; i++)
+      maximal += words[i % words.length];
+    let attacking = true;
+    let attacks = 0;
+    const attacker = (async () => {
+      while (attacking) {
+        const r = await fetch(url, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({
+            model: 'small',
+            max_tokens: 1,
+            messages: [{ role: 'user', content: maximal }],
+          }),
+        });
+        await r.text();
+        attacks++;
+      }
+    })();
+    const attacked: number[] = [];
+    for (let i = 0; i < SMALL; i++) attacked.push(await small());
+    attacking = false;
+    await attacker;
+    const p = (xs: number[], q: number) => percentile(xs, q).toFixed(0);
+
     const l = median(local);
     const s = median(stack);
     process.stdout.write(
@@ -178,7 +251,10 @@ async function main(): Promise<void> {
         `in-process (preprocess + encode + generate, sessions loaded): median ${l.toFixed(0)} ms  (${local.map((x) => x.toFixed(0)).join(', ')})\n` +
         `through the stack (HTTP + 3 gRPC stages):                     median ${s.toFixed(0)} ms  (${stack.map((x) => x.toFixed(0)).join(', ')})\n` +
         `the stack adds ${(((s - l) / l) * 100).toFixed(1)}% (goal: at most 20%)\n` +
-        `cached-image requests at concurrency 8: ${cachedPerS.toFixed(1)} requests/s\n`,
+        `cached-image requests at concurrency 8: ${cachedPerS.toFixed(1)} requests/s\n` +
+        `small text request (1 token), ${SMALL} each: idle p50 ${p(idle, 0.5)} ms, p99 ${p(idle, 0.99)} ms; ` +
+        `while one client sends ${maximal.length}-character prompts back to back (${attacks} sent): p50 ${p(attacked, 0.5)} ms, p99 ${p(attacked, 0.99)} ms\n` +
+        `p99 under attack / idle: ${(percentile(attacked, 0.99) / percentile(idle, 0.99)).toFixed(2)}× (goal: at most 1.5×)\n`,
     );
   } finally {
     for (const r of running.reverse()) await r.stop();
