@@ -741,6 +741,52 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
     }
   });
 
+  it('keeps bodies in flight inside the memory budget, reserving before reading', async () => {
+    // A chunked body reserves 3 × the body limit (196,608 bytes here): one fits, two do not.
+    const g = await startGateway({
+      LOUPE_GATEWAY_MAX_BODY_BYTES: '65536',
+      LOUPE_GATEWAY_MEMORY_BUDGET_BYTES: '300000',
+    });
+    const controller = new AbortController();
+    try {
+      const chunked = () =>
+        fetch(`${g.base}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+          body: new ReadableStream({
+            start(c) {
+              c.enqueue(new TextEncoder().encode('{"model": "tiny-seed0", '));
+            },
+          }),
+          duplex: 'half',
+          signal: controller.signal,
+        } as RequestInit);
+      const held = chunked().catch(() => undefined);
+      for (let i = 0; ; i++) {
+        const m = await (await fetch(g.metrics)).text();
+        if (/loupe_gateway_requests_in_flight\{[^}]*\} 1/.test(m)) break;
+        if (i > 500) throw new Error('the held request never got in flight');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const second = await chunked();
+      expect(second.status).toBe(429);
+      expect(Number(second.headers.get('retry-after'))).toBeGreaterThan(0);
+      expect((await error(second)).code).toBe('memory_budget');
+      controller.abort();
+      await held;
+      // The reservation came back with the aborted request.
+      for (let i = 0; ; i++) {
+        const r = await send(g.base, chat('hi'));
+        if (r.status === 200) break;
+        if (i > 100) throw new Error(`still refused: ${r.status}`);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    } finally {
+      controller.abort();
+      expect(await g.process.stop()).toBe(0);
+    }
+  });
+
   it('rate-limits failed authentications per client address', async () => {
     const g = await startGateway({ LOUPE_GATEWAY_AUTH_FAILURES_PER_MINUTE: '3' });
     try {

@@ -45,6 +45,7 @@ import {
   openApiDocument,
   refuseUnsupported,
 } from './openai.js';
+import { BODY_COST_FACTOR, defaultMemoryBudget, MemoryBudget } from './memory-budget.js';
 import { promptIds } from './prompt.js';
 import type { PromptPool } from './prompt-pool.js';
 import { stageFailure } from './stage-errors.js';
@@ -85,6 +86,9 @@ export function createGateway(o: GatewayOptions) {
   const requestRate = new MinuteRate(config.LOUPE_GATEWAY_REQUESTS_PER_MINUTE);
   const tokenRate = new MinuteRate(config.LOUPE_GATEWAY_TOKENS_PER_MINUTE);
   const authFailures = new MinuteRate(config.LOUPE_GATEWAY_AUTH_FAILURES_PER_MINUTE);
+  const memory = new MemoryBudget(
+    config.LOUPE_GATEWAY_MEMORY_BUDGET_BYTES || defaultMemoryBudget(),
+  );
   /** Requests in flight per client (key, or address without keys). */
   const inFlightOf = new Map<string, number>();
   const clientAddress = (c: Context) =>
@@ -520,6 +524,22 @@ export function createGateway(o: GatewayOptions) {
         1,
       );
     }
+    // The body's share of the memory budget, before a byte of it is read: its declared size,
+    // or the body limit when it comes chunked.
+    const declared = Number(c.req.header('content-length'));
+    const bodyBytes =
+      Number.isSafeInteger(declared) && declared >= 0 && !c.req.header('transfer-encoding')
+        ? Math.min(declared, config.LOUPE_GATEWAY_MAX_BODY_BYTES)
+        : config.LOUPE_GATEWAY_MAX_BODY_BYTES;
+    const cost = BODY_COST_FACTOR * bodyBytes;
+    if (cost > memory.limit) {
+      throw new ApiError(
+        413,
+        `a body of ${bodyBytes} bytes needs ${cost} bytes of the gateway's memory budget of ${memory.limit}`,
+        'invalid_request_error',
+        'body_too_large',
+      );
+    }
     const mine = inFlightOf.get(client) ?? 0;
     const perKey = config.LOUPE_GATEWAY_MAX_IN_FLIGHT_PER_KEY;
     if (perKey > 0 && mine >= perKey) {
@@ -536,6 +556,17 @@ export function createGateway(o: GatewayOptions) {
     // before the handler runs, so admission comes first), so slow bodies cannot overshoot; the
     // request is charged to its rate now, in the same turn as the check, so N requests at
     // once against a limit of M admit exactly M (failures and disconnects count too).
+    const releaseMemory = memory.reserve(cost);
+    if (!releaseMemory) {
+      throw new ApiError(
+        429,
+        `the gateway's memory budget is in use by requests in flight (${memory.used} of ${memory.limit} bytes); retry shortly`,
+        'rate_limit_error',
+        'memory_budget',
+        null,
+        1,
+      );
+    }
     inFlight++;
     inFlightOf.set(client, mine + 1);
     requestRate.add(client, 1);
@@ -543,6 +574,7 @@ export function createGateway(o: GatewayOptions) {
     const release = () => {
       if (released) return;
       released = true;
+      releaseMemory();
       inFlight--;
       const left = (inFlightOf.get(client) ?? 1) - 1;
       if (left > 0) inFlightOf.set(client, left);
@@ -591,6 +623,23 @@ export function createGateway(o: GatewayOptions) {
         release();
         throw error;
       }
+      // Images to fetch take up to their byte cap each: that too is reserved before any fetch.
+      const toFetch = body.messages
+        .flatMap((m) => (typeof m.content === 'string' ? [] : m.content))
+        .filter((p) => p.type === 'image_url' && /^https?:/i.test(p.image_url.url)).length;
+      const releaseImages =
+        toFetch === 0 ? () => {} : memory.reserve(toFetch * config.LOUPE_GATEWAY_MAX_IMAGE_BYTES);
+      if (!releaseImages) {
+        release();
+        throw new ApiError(
+          429,
+          `the gateway's memory budget cannot hold ${toFetch} more fetched images now; retry shortly`,
+          'rate_limit_error',
+          'memory_budget',
+          null,
+          1,
+        );
+      }
       // The completion budget is reserved with the request and what is not used refunded at
       // the end, so concurrent requests cannot overspend the token rate between them.
       const reserved = body.max_completion_tokens ?? body.max_tokens ?? 0;
@@ -606,6 +655,7 @@ export function createGateway(o: GatewayOptions) {
       let usedTokens = 0;
       const done = () => {
         release();
+        releaseImages();
         // The reservation becomes what was used, for failures and disconnects too.
         tokenRate.add(client, usedTokens - reserved);
         c.req.raw.signal.removeEventListener('abort', clientGone);

@@ -42,6 +42,12 @@ export const gatewayEnvSchema = z.object({
   LOUPE_GATEWAY_API_KEYS_FILE: optionalStringVar(),
   /** Largest request body, bytes. */
   LOUPE_GATEWAY_MAX_BODY_BYTES: intVar(32 * 1024 * 1024, { min: 1024, max: 1024 ** 3 }),
+  /**
+   * Bytes that requests in flight may hold (3 × each body, plus the byte cap of each image
+   * to fetch), reserved before the memory is committed; 0 = half the container's memory
+   * limit, or a quarter of the machine's memory without one.
+   */
+  LOUPE_GATEWAY_MEMORY_BUDGET_BYTES: intVar(0, { min: 0, max: 2 ** 50 }),
   LOUPE_GATEWAY_MAX_IMAGES: intVar(8, { min: 0, max: 256 }),
   LOUPE_GATEWAY_MAX_IMAGE_BYTES: intVar(20 * 1024 * 1024, { min: 1, max: 1024 ** 3 }),
   /** Requests handled at once; beyond it 429. */
