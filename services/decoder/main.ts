@@ -9,6 +9,7 @@ import {
   startService,
   type GrpcServer,
   type RunningService,
+  internalToken,
 } from '../runtime/index.js';
 import { loadDecoderConfig } from './config.js';
 import { EngineClient } from './engine-client.js';
@@ -97,6 +98,7 @@ async function main(): Promise<void> {
       maxMessageBytes: config.LOUPE_GRPC_MAX_MESSAGE_BYTES,
       reflection: config.LOUPE_GRPC_REFLECTION,
       maxConcurrentStreams: config.LOUPE_GRPC_MAX_CONCURRENT_STREAMS,
+      token: internalToken(config),
       reflectionProtos: ['loupe/v1/decoder.proto'],
       defaultDeadlineMs: config.LOUPE_DECODER_DEFAULT_DEADLINE_MS,
     },

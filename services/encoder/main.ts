@@ -9,6 +9,7 @@ import {
   startService,
   type GrpcServer,
   type RunningService,
+  internalToken,
 } from '../runtime/index.js';
 import { Batcher } from './batcher.js';
 import { EmbeddingCache } from './cache.js';
@@ -101,6 +102,7 @@ async function main(): Promise<void> {
       maxMessageBytes: config.LOUPE_GRPC_MAX_MESSAGE_BYTES,
       reflection: config.LOUPE_GRPC_REFLECTION,
       maxConcurrentStreams: config.LOUPE_GRPC_MAX_CONCURRENT_STREAMS,
+      token: internalToken(config),
       reflectionProtos: ['loupe/v1/encoder.proto'],
       defaultDeadlineMs: config.LOUPE_ENCODER_DEFAULT_DEADLINE_MS,
     },

@@ -13,6 +13,7 @@ import {
   createRegistry,
   initTracing,
   onShutdownSignal,
+  internalToken,
   runMain,
   startMetricsServer,
 } from '../runtime/index.js';
@@ -58,7 +59,11 @@ async function main(): Promise<void> {
   } catch (error) {
     throw new ConfigError(`invalid configuration: ${(error as Error).message}`);
   }
-  const stages = new Stages(sources, config.LOUPE_GRPC_MAX_MESSAGE_BYTES, { logger });
+  const token = internalToken(config);
+  const stages = new Stages(sources, config.LOUPE_GRPC_MAX_MESSAGE_BYTES, {
+    logger,
+    ...(token === undefined ? {} : { token }),
+  });
   const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
   const prompts = new PromptPool({ modelDir, threads: config.LOUPE_GATEWAY_PROMPT_THREADS });
   const { app, inFlight } = createGateway({

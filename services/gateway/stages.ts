@@ -33,7 +33,12 @@ import {
   type PreprocessResponse,
 } from '../../proto/gen/loupe/v1/preprocessor.js';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { clientChannelOptions, traceContextInterceptor, type Logger } from '../runtime/index.js';
+import {
+  clientChannelOptions,
+  tokenInterceptor,
+  traceContextInterceptor,
+  type Logger,
+} from '../runtime/index.js';
 import { watchEndpoints, type EndpointSource, type Watcher } from './discovery.js';
 
 interface Endpoint<C> {
@@ -227,11 +232,18 @@ export class Stages {
       logger,
       kubeConfig,
       loadIntervalMs = 1000,
-    }: { logger: Logger; kubeConfig?: KubeConfig; loadIntervalMs?: number },
+      token,
+    }: {
+      logger: Logger;
+      kubeConfig?: KubeConfig;
+      loadIntervalMs?: number;
+      /** The internal token sent with every call (LOUPE_GRPC_TOKEN). */
+      token?: string;
+    },
   ) {
     const options = {
       ...clientChannelOptions(maxMessageBytes),
-      interceptors: [traceContextInterceptor],
+      interceptors: [traceContextInterceptor, ...(token ? [tokenInterceptor(token)] : [])],
     };
     const insecure = credentials.createInsecure();
     this.preprocessor = new EndpointPool(

@@ -6,6 +6,7 @@ import {
   initTracing,
   runMain,
   startService,
+  internalToken,
 } from '../runtime/index.js';
 import { decodeLimits, loadPreprocessorConfig } from './config.js';
 import { createPreprocessorMetrics } from './metrics.js';
@@ -45,6 +46,7 @@ async function main(): Promise<void> {
       maxMessageBytes: config.LOUPE_GRPC_MAX_MESSAGE_BYTES,
       reflection: config.LOUPE_GRPC_REFLECTION,
       maxConcurrentStreams: config.LOUPE_GRPC_MAX_CONCURRENT_STREAMS,
+      token: internalToken(config),
       reflectionProtos: ['loupe/v1/preprocessor.proto'],
       defaultDeadlineMs: config.LOUPE_PREPROCESSOR_DEFAULT_DEADLINE_MS,
     },

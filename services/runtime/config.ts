@@ -106,6 +106,13 @@ export const commonEnvSchema = {
   LOUPE_GRPC_REFLECTION: boolVar(false),
   /** Calls one gRPC connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
   LOUPE_GRPC_MAX_CONCURRENT_STREAMS: intVar(100, { min: 1, max: 2 ** 31 - 1 }),
+  /**
+   * A shared token for internal gRPC: the stages refuse calls without it (health stays open
+   * for probes) and the gateway sends it. A file path (a mounted Secret) in
+   * LOUPE_GRPC_TOKEN_FILE is read instead when set. Unset: no check.
+   */
+  LOUPE_GRPC_TOKEN: optionalStringVar(),
+  LOUPE_GRPC_TOKEN_FILE: optionalStringVar(),
   /** Time allowed to drain in-flight calls after SIGTERM before they are cancelled, ms. */
   LOUPE_SHUTDOWN_GRACE_MS: intVar(25_000, { min: 0, max: 600_000 }),
   /** OTLP/HTTP traces endpoint base (e.g. http://otel-collector:4318); unset: spans are not exported. */

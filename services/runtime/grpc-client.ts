@@ -1,6 +1,8 @@
 // Client-side plumbing shared by every caller of an internal service: message size limits,
 // keepalive, and an interceptor that carries the trace context and request id.
 import { InterceptingCall, Metadata, type ChannelOptions, type Interceptor } from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
+import { ConfigError } from './config.js';
 import { injectTraceContext } from './tracing.js';
 
 export function clientChannelOptions(maxMessageBytes: number): ChannelOptions {
@@ -25,6 +27,35 @@ export const traceContextInterceptor: Interceptor = (options, nextCall) =>
       next(metadata, listener);
     },
   });
+
+/** Sends the internal token (`authorization: Bearer <token>`) with every outgoing call. */
+export function tokenInterceptor(token: string): Interceptor {
+  const value = `Bearer ${token}`;
+  return (options, nextCall) =>
+    new InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set('authorization', value);
+        next(metadata, listener);
+      },
+    });
+}
+
+/**
+ * The internal token of a service's configuration: the file's first line when
+ * LOUPE_GRPC_TOKEN_FILE is set, else LOUPE_GRPC_TOKEN, else undefined (no token).
+ */
+export function internalToken(config: {
+  LOUPE_GRPC_TOKEN?: string | undefined;
+  LOUPE_GRPC_TOKEN_FILE?: string | undefined;
+}): string | undefined {
+  if (config.LOUPE_GRPC_TOKEN_FILE) {
+    const token = readFileSync(config.LOUPE_GRPC_TOKEN_FILE, 'utf8').split('\n')[0]!.trim();
+    if (!token)
+      throw new ConfigError(`LOUPE_GRPC_TOKEN_FILE ${config.LOUPE_GRPC_TOKEN_FILE} is empty`);
+    return token;
+  }
+  return config.LOUPE_GRPC_TOKEN || undefined;
+}
 
 /** Call metadata carrying a request id to the callee's logs. */
 export function requestMetadata(requestId: string): Metadata {

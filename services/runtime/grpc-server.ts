@@ -1,7 +1,7 @@
 // gRPC server bootstrap: message size and stream limits, health, reflection (when enabled), and
 // the interceptors every handler runs inside — request id, tracing, deadline, cancellation,
 // error mapping, metrics and in-flight tracking for a graceful drain.
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { join } from 'node:path';
 import {
   Metadata,
@@ -55,6 +55,11 @@ export interface GrpcServerOptions {
   maxConcurrentStreams?: number;
   /** Applied when a caller sets no deadline, so no call runs forever; ms. */
   defaultDeadlineMs?: number;
+  /**
+   * The internal token callers must send (`authorization: Bearer <token>`); calls without it
+   * get UNAUTHENTICATED. Health (and reflection, when on) stay open. Unset: no check.
+   */
+  token?: string;
 }
 
 /** Concurrent streams per connection when the options name none. */
@@ -200,11 +205,26 @@ export class GrpcServer {
     };
   }
 
+  /** Whether the call carries the token, compared in constant time. */
+  #tokenOk(metadata: Metadata): boolean {
+    const given = metadata.get('authorization')[0];
+    if (typeof given !== 'string') return false;
+    const digest = (s: string) => createHash('sha256').update(s).digest();
+    return timingSafeEqual(digest(given), digest(`Bearer ${this.options.token!}`));
+  }
+
   private async run<T>(
     method: string,
     call: ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>,
     body: (ctx: CallContext) => Promise<T>,
   ): Promise<T> {
+    if (this.options.token !== undefined && !this.#tokenOk(call.metadata)) {
+      throw new ServiceError(
+        status.UNAUTHENTICATED,
+        'this service takes calls with the internal token only (LOUPE_GRPC_TOKEN)',
+        'unauthenticated',
+      );
+    }
     const started = process.hrtime.bigint();
     const requestId = String(call.metadata.get('x-request-id')[0] ?? randomUUID());
     const parent = extractTraceContext(call.metadata);

@@ -23,6 +23,8 @@ export interface ServiceOptions {
     reflection?: boolean;
     /** Streams one connection may have open at once (LOUPE_GRPC_MAX_CONCURRENT_STREAMS). */
     maxConcurrentStreams?: number;
+    /** The internal token callers must send (LOUPE_GRPC_TOKEN); unset: no check. */
+    token?: string;
   };
   metrics: { host: string; port: number };
   shutdownGraceMs: number;
@@ -52,6 +54,7 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     defaultDeadlineMs: options.grpc.defaultDeadlineMs,
     reflection: options.grpc.reflection,
     maxConcurrentStreams: options.grpc.maxConcurrentStreams,
+    ...(options.grpc.token === undefined ? {} : { token: options.grpc.token }),
   });
   options.register(server, tracing.tracer);
   let alive = true;
