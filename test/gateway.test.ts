@@ -126,6 +126,34 @@ afterAll(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
+/**
+ * A chat completion whose body never finishes: admitted and counted in flight from its first
+ * byte, and held there until `signal` aborts.
+ */
+function heldRequest(url: string, signal: AbortSignal) {
+  return fetch(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+    body: new ReadableStream({
+      start(c) {
+        c.enqueue(new TextEncoder().encode('{"model": "tiny-seed0", '));
+      },
+    }),
+    duplex: 'half',
+    signal,
+  } as RequestInit);
+}
+
+/** Waits (bounded) until the gateway reports `n` requests in flight. */
+async function untilInFlight(metricsUrl: string, n: number) {
+  for (let i = 0; ; i++) {
+    const m = await (await fetch(metricsUrl)).text();
+    if (new RegExp(`loupe_gateway_requests_in_flight\\{[^}]*\\} ${n}`).test(m)) return;
+    if (i > 500) throw new Error(`the gateway never had ${n} requests in flight`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 const openai = () => new OpenAI({ baseURL: `${base}/v1`, apiKey: KEY, maxRetries: 0 });
 
 describe('gateway, end to end with the openai SDK', () => {
@@ -707,24 +735,9 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
       // Two requests whose bodies never finish stay in flight (admission counts a request
       // from its first byte); then three more from the same key.
       const held = Array.from({ length: 2 }, () =>
-        fetch(`${g.base}/v1/chat/completions`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
-          body: new ReadableStream({
-            start(c) {
-              c.enqueue(new TextEncoder().encode('{"model": "tiny-seed0", '));
-            },
-          }),
-          duplex: 'half',
-          signal: controller.signal,
-        } as RequestInit).catch(() => undefined),
+        heldRequest(g.base, controller.signal).catch(() => undefined),
       );
-      for (let i = 0; ; i++) {
-        const m = await (await fetch(g.metrics)).text();
-        if (/loupe_gateway_requests_in_flight\{[^}]*\} 2/.test(m)) break;
-        if (i > 500) throw new Error('the held requests never got in flight');
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await untilInFlight(g.metrics, 2);
       const more = await Promise.all(Array.from({ length: 3 }, () => send(g.base, chat('hi'))));
       expect(more.map((r) => r.status)).toEqual([429, 429, 429]);
       for (const r of more) expect((await error(r)).code).toBe('too_many_concurrent_requests');
@@ -749,25 +762,9 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
     });
     const controller = new AbortController();
     try {
-      const chunked = () =>
-        fetch(`${g.base}/v1/chat/completions`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
-          body: new ReadableStream({
-            start(c) {
-              c.enqueue(new TextEncoder().encode('{"model": "tiny-seed0", '));
-            },
-          }),
-          duplex: 'half',
-          signal: controller.signal,
-        } as RequestInit);
+      const chunked = () => heldRequest(g.base, controller.signal);
       const held = chunked().catch(() => undefined);
-      for (let i = 0; ; i++) {
-        const m = await (await fetch(g.metrics)).text();
-        if (/loupe_gateway_requests_in_flight\{[^}]*\} 1/.test(m)) break;
-        if (i > 500) throw new Error('the held request never got in flight');
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await untilInFlight(g.metrics, 1);
       const second = await chunked();
       expect(second.status).toBe(429);
       expect(Number(second.headers.get('retry-after'))).toBeGreaterThan(0);

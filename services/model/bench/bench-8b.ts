@@ -742,7 +742,7 @@ async function main(): Promise<void> {
   const packedBefore = existsSync(join(DIR, '.loupe-cache'))
     ? readdirSync(join(DIR, '.loupe-cache')).some((n) => n.endsWith('.json'))
     : false;
-  const dec = await stack.start('decoder', {
+  const decoderEnv = {
     ...common,
     LOUPE_DECODER_HOST: '127.0.0.1',
     LOUPE_DECODER_PORT: '0',
@@ -751,7 +751,8 @@ async function main(): Promise<void> {
     LOUPE_DECODER_MAX_RUNNING: String(Math.max(...STREAMS)),
     LOUPE_DECODER_MAX_CONTEXT: String(MAX_CONTEXT),
     LOUPE_DECODER_DEFAULT_DEADLINE_MS: deadline,
-  });
+  };
+  const dec = await stack.start('decoder', decoderEnv);
   process.stdout.write(
     `decoder ready in ${(dec.loadMs / 1000).toFixed(1)} s (${packedBefore ? 'packed weights reused' : 'first load: packed weights made'})\n`,
   );
@@ -788,17 +789,7 @@ async function main(): Promise<void> {
   await stack.stopStage(dec);
   const decInt8 = await stack.start(
     'decoder',
-    {
-      ...common,
-      LOUPE_DECODER_HOST: '127.0.0.1',
-      LOUPE_DECODER_PORT: '0',
-      LOUPE_DECODER_METRICS_PORT: '0',
-      LOUPE_DECODER_THREADS: String(THREADS),
-      LOUPE_DECODER_MAX_RUNNING: String(Math.max(...STREAMS)),
-      LOUPE_DECODER_MAX_CONTEXT: String(MAX_CONTEXT),
-      LOUPE_DECODER_DEFAULT_DEADLINE_MS: deadline,
-      LOUPE_DECODER_QUANT_ACTIVATIONS: 'int8',
-    },
+    { ...decoderEnv, LOUPE_DECODER_QUANT_ACTIVATIONS: 'int8' },
     'decoder-int8',
   );
   process.stdout.write(
