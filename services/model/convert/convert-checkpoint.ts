@@ -13,7 +13,6 @@ import {
   openSync,
   readdirSync,
   readFileSync,
-  readSync,
   renameSync,
   rmSync,
   statSync,
@@ -38,7 +37,9 @@ import {
   type SafetensorsEntry,
   type TensorLayout,
 } from '../safetensors/index.js';
-import { bfloat16ToFloat32, float16ToFloat32, float32ToFloat16 } from './half.js';
+import { convertTensor, readFloats, readRange } from './tensor-bytes.js';
+
+const onShort = (message: string) => new ConvertError(message);
 
 export type TargetDtype = 'float32' | 'float16';
 
@@ -85,29 +86,6 @@ export interface ConvertSummary {
   sourceBytes: number;
 }
 
-function readFloats(source: Buffer, from: SafetensorsDtype): Float32Array {
-  if (from === 'F32')
-    return new Float32Array(source.buffer, source.byteOffset, source.byteLength / 4);
-  const bits = new Uint16Array(source.buffer, source.byteOffset, source.byteLength / 2);
-  const widen = from === 'BF16' ? bfloat16ToFloat32 : float16ToFloat32;
-  const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) out[i] = widen(bits[i]!);
-  return out;
-}
-
-/** Converts the elements of one floating-point tensor. */
-function convertTensor(source: Buffer, from: SafetensorsDtype, to: SafetensorsDtype): Uint8Array {
-  if (from === to) return source;
-  if (to === 'F32') {
-    const out = readFloats(source, from);
-    return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
-  }
-  const values = readFloats(source, from);
-  const out = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) out[i] = float32ToFloat16(values[i]!);
-  return new Uint8Array(out.buffer);
-}
-
 /**
  * One read buffer for every tensor of a conversion, sized once for the largest: memory stays
  * at one tensor, where a buffer per tensor (or one that grows) leaves earlier ones waiting
@@ -124,25 +102,8 @@ class Scratch {
   read(fd: number, offset: number, length: number): Buffer {
     if (length > this.#buffer.byteLength)
       throw new ConvertError(`a tensor of ${length} bytes outgrows the read buffer`);
-    return readRange(fd, offset, length, Buffer.from(this.#buffer, 0, length));
+    return readRange(fd, offset, length, { buffer: Buffer.from(this.#buffer, 0, length), onShort });
   }
-}
-
-function readRange(
-  fd: number,
-  offset: number,
-  length: number,
-  // 8-byte aligned so typed-array views over it are valid.
-  buffer = Buffer.from(new ArrayBuffer(length)),
-): Buffer {
-  let done = 0;
-  while (done < length) {
-    const n = readSync(fd, buffer, done, length - done, offset + done);
-    if (n === 0)
-      throw new ConvertError(`unexpected end of file reading ${length} bytes at ${offset}`);
-    done += n;
-  }
-  return buffer;
 }
 
 function writeAll(fd: number, bytes: Uint8Array): void {
@@ -224,13 +185,9 @@ function convertFile(
         progress(entry.byteLength);
       } else if (part === 'scales') {
         const length = (layout[name]!.shape as number[]).reduce((a, b) => a * b, 1) * 2;
-        const bytes = Buffer.alloc(length);
-        let done = 0;
-        while (done < length) {
-          const n = readSync(spill, bytes, done, length - done, spillRead + done);
-          if (n === 0) throw new ConvertError(`scales spill file ${spillPath} is short`);
-          done += n;
-        }
+        const bytes = readRange(spill, spillRead, length, {
+          onShort: () => new ConvertError(`scales spill file ${spillPath} is short`),
+        });
         spillRead += length;
         writeAll(output, bytes);
       } else {

@@ -26,7 +26,6 @@ import {
   mkdirSync,
   openSync,
   readFileSync,
-  readSync,
   realpathSync,
   renameSync,
   rmSync,
@@ -37,7 +36,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Checkpoint, TensorLocation } from '../checkpoint/index.js';
-import { bfloat16ToFloat32, float16ToFloat32, float32ToFloat16 } from '../convert/half.js';
+import { convertTensor, readRange } from '../convert/tensor-bytes.js';
 import { attr, type ElementType, type GraphBuilder, type GraphFloatType } from '../onnx/index.js';
 import { GptqLayoutError, repackForMatMulNBits } from './gptq.js';
 import { type QuantizedLinearSpec, textLinears, visionLinears } from './quantization-config.js';
@@ -165,49 +164,17 @@ function cacheKey(
 }
 
 function readTensor(t: TensorLocation): Buffer {
-  const buffer = Buffer.from(new ArrayBuffer(t.byteLength)); // aligned for typed views
   const fd = openSync(t.file, 'r');
   try {
-    let done = 0;
-    while (done < t.byteLength) {
-      const n = readSync(fd, buffer, done, t.byteLength - done, t.offset + done);
-      if (n === 0)
-        throw new WeightCacheError(
+    return readRange(fd, t.offset, t.byteLength, {
+      onShort: () =>
+        new WeightCacheError(
           `${t.file} is truncated (reading ${t.byteLength} bytes at ${t.offset})`,
-        );
-      done += n;
-    }
+        ),
+    });
   } finally {
     closeSync(fd);
   }
-  return buffer;
-}
-
-function floatsAs(bytes: Buffer, from: TensorLocation['dtype'], to: GraphFloatType): Uint8Array {
-  const target = to === 'float32' ? 'F32' : 'F16';
-  if (from === target) return bytes;
-  const n = bytes.byteLength / (from === 'F32' ? 4 : 2);
-  const read =
-    from === 'F32'
-      ? (
-          (v) => (i: number) =>
-            v[i]!
-        )(new Float32Array(bytes.buffer, bytes.byteOffset, n))
-      : (
-          (v, widen) => (i: number) =>
-            widen(v[i]!)
-        )(
-          new Uint16Array(bytes.buffer, bytes.byteOffset, n),
-          from === 'BF16' ? bfloat16ToFloat32 : float16ToFloat32,
-        );
-  if (to === 'float32') {
-    const out = new Float32Array(n);
-    for (let i = 0; i < n; i++) out[i] = read(i);
-    return new Uint8Array(out.buffer);
-  }
-  const out = new Uint16Array(n);
-  for (let i = 0; i < n; i++) out[i] = float32ToFloat16(read(i));
-  return new Uint8Array(out.buffer);
 }
 
 const view = <T extends Int32Array | Uint16Array | Float32Array>(
@@ -272,7 +239,12 @@ export function packWeights(
     for (const linear of linears) packLinear(checkpoint, linear, type, put);
     for (const name of floats) {
       const t = checkpoint.tensors.get(name)!;
-      put(name, type, [...t.shape], floatsAs(readTensor(t), t.dtype, type));
+      put(
+        name,
+        type,
+        [...t.shape],
+        convertTensor(readTensor(t), t.dtype, type === 'float32' ? 'F32' : 'F16'),
+      );
     }
     closeSync(fd);
     renameSync(binPath + suffix, binPath);
