@@ -1,6 +1,7 @@
 // The OpenAI chat-completions request, as a zod schema (it validates requests and generates
 // /openapi.json), and OpenAI's error shape.
 import { z } from 'zod';
+import { invalid } from './api-error.js';
 
 const TextPart = z.object({ type: z.literal('text'), text: z.string() });
 const ImagePart = z.object({
@@ -108,63 +109,14 @@ export function refuseUnsupported(json: unknown): void {
     const rule = UNSUPPORTED[key];
     if (rule) {
       if (value === null || rule.neutral(value)) continue;
-      throw new ApiError(
-        400,
-        `\`${key}\` is not supported: ${rule.why}`,
-        'invalid_request_error',
-        'unsupported_parameter',
-        key,
-      );
+      throw invalid(`\`${key}\` is not supported: ${rule.why}`, key, 'unsupported_parameter');
     }
-    throw new ApiError(
-      400,
+    throw invalid(
       `Unrecognized request argument supplied: ${key.length > 64 ? `${key.slice(0, 64)}…` : key}`,
-      'invalid_request_error',
-      'unknown_parameter',
       key.slice(0, 64),
+      'unknown_parameter',
     );
   }
-}
-
-export type ErrorType =
-  | 'invalid_request_error'
-  | 'authentication_error'
-  | 'rate_limit_error'
-  | 'server_error'
-  | 'service_unavailable';
-
-export class ApiError extends Error {
-  override readonly name = 'ApiError';
-  constructor(
-    readonly status: 400 | 401 | 404 | 405 | 413 | 429 | 500 | 503,
-    message: string,
-    readonly type: ErrorType,
-    readonly code: string | null = null,
-    readonly param: string | null = null,
-    /** Seconds, for 429 and 503. */
-    readonly retryAfter?: number,
-  ) {
-    super(message);
-  }
-
-  body() {
-    return {
-      error: { message: this.message, type: this.type, param: this.param, code: this.code },
-    };
-  }
-}
-
-export const invalid = (message: string, param: string | null = null, code: string | null = null) =>
-  new ApiError(400, message, 'invalid_request_error', code, param);
-
-/** The first zod issue as an OpenAI 400 naming the parameter. */
-export function fromZod(error: z.ZodError): ApiError {
-  const issue = error.issues[0]!;
-  const param = issue.path
-    .map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`))
-    .join('')
-    .replace(/^\./, '');
-  return invalid(`\`${param || 'body'}\`: ${issue.message}`, param || null, 'invalid_value');
 }
 
 /** The OpenAPI document of the API, from the same schemas. */

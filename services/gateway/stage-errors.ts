@@ -4,8 +4,8 @@
 // is logged, never sent.
 import { status as grpcStatus } from '@grpc/grpc-js';
 import type { Logger } from '../runtime/index.js';
-import { ApiError, invalid } from './openai.js';
-import type { StageError } from './stages.js';
+import { ApiError, invalid, limited } from './api-error.js';
+import type { StageError } from './stage-client.js';
 
 /** `loupe-reason` values with an OpenAI error code of their own; others are `invalid_value`. */
 const CODES: Readonly<Record<string, string>> = {
@@ -25,32 +25,22 @@ export function stageFailure(error: StageError, logger?: Logger): ApiError {
     case grpcStatus.INVALID_ARGUMENT:
       return invalid(`${error.stage}: ${details}`, null, CODES[reason] ?? 'invalid_value');
     case grpcStatus.RESOURCE_EXHAUSTED:
-      return new ApiError(
-        429,
-        `the ${error.stage} is at capacity: ${details}`,
-        'rate_limit_error',
-        'overloaded',
-        null,
-        1,
-      );
+      return limited(`the ${error.stage} is at capacity: ${details}`, 'overloaded', 1);
     case grpcStatus.UNAVAILABLE:
     case grpcStatus.DEADLINE_EXCEEDED:
       logger?.warn({ stage: error.stage, code, details, reason }, 'stage unavailable');
-      return new ApiError(
-        503,
-        `the ${error.stage} is unavailable${reason ? ` (${reason})` : ''}; retry shortly`,
-        'service_unavailable',
-        'stage_unavailable',
-        null,
-        5,
-      );
+      return new ApiError({
+        status: 503,
+        message: `the ${error.stage} is unavailable${reason ? ` (${reason})` : ''}; retry shortly`,
+        code: 'stage_unavailable',
+        retryAfter: 5,
+      });
     default:
       logger?.error({ stage: error.stage, code, details, reason }, 'stage failed');
-      return new ApiError(
-        500,
-        `the ${error.stage} failed${reason ? ` (${reason})` : ''}`,
-        'server_error',
-        'stage_failed',
-      );
+      return new ApiError({
+        status: 500,
+        message: `the ${error.stage} failed${reason ? ` (${reason})` : ''}`,
+        code: 'stage_failed',
+      });
   }
 }

@@ -40,6 +40,7 @@ import {
   type Logger,
 } from '../runtime/index.js';
 import { watchEndpoints, type EndpointSource, type Watcher } from './discovery.js';
+import { StageError, type CallContext, type StageClient } from './stage-client.js';
 
 interface Endpoint<C> {
   address: string;
@@ -138,29 +139,12 @@ export class EndpointPool<C extends Client> {
   }
 }
 
-export interface CallContext {
-  signal: AbortSignal;
-  requestId: string;
-  /** Absolute deadline of the whole request, ms since the epoch. */
-  deadline: number;
-}
-
 type Unary<Req, Res> = (
   request: Req,
   metadata: Metadata,
   options: { deadline: Date },
   callback: (error: ServiceError | null, response: Res) => void,
 ) => { cancel(): void };
-
-export class StageError extends Error {
-  override readonly name = 'StageError';
-  constructor(
-    readonly stage: string,
-    readonly error: ServiceError,
-  ) {
-    super(`${stage}: ${error.details || error.message}`);
-  }
-}
 
 function unaryCall<C extends Client, Req, Res>(
   endpoint: Endpoint<C>,
@@ -217,7 +201,8 @@ export interface StageSources {
   decoder: EndpointSource;
 }
 
-export class Stages {
+/** The stages over gRPC, endpoints found by discovery (discovery.ts). */
+export class Stages implements StageClient {
   readonly preprocessor: EndpointPool<PreprocessorClient>;
   readonly encoder: EndpointPool<EncoderClient>;
   readonly decoder: EndpointPool<DecoderClient>;

@@ -1,0 +1,193 @@
+// Execute: a planned request's images become embeddings (fetch → preprocess → encode, or the
+// encoder's cache), then the decoder generates and its tokens become text deltas
+// (docs/gateway.md).
+import { createHash } from 'node:crypto';
+import {
+  FinishReason,
+  type GenerateRequest,
+  type GenerateResponse,
+} from '../../proto/gen/loupe/v1/decoder.js';
+import type { EncodeResponse } from '../../proto/gen/loupe/v1/encoder.js';
+import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
+import { subImagesHash } from '../runtime/index.js';
+import type { IncrementalDetokenizer } from './detokenizer.js';
+import { loadImage, type ImageSourceOptions } from './image-source.js';
+import type { ImageRef, ValidChatRequest } from './request.js';
+import type { CallContext, GenerationStream, StageClient } from './stage-client.js';
+
+export interface EmbeddedImage {
+  /** Sub-image hash: the encoder's cache key, and the image's identity for the decoder. */
+  contentHash: Buffer;
+  split: boolean;
+  /** Embedding rows: sub-images × tokens per sub-image. */
+  rows: number;
+  hidden: number;
+  embeddings: NonNullable<EncodeResponse['embeddings']>;
+}
+
+export interface ImageEmbedderOptions {
+  stages: Pick<StageClient, 'preprocess' | 'lookup' | 'encode'>;
+  fetch: ImageSourceOptions;
+  /** Told, per image, whether its embeddings came from the cache or were computed. */
+  onImage?: (source: 'cache' | 'computed') => void;
+}
+
+export class ImageEmbedder {
+  /** Image file (sha256, split) → the sub-image hash this gateway's preprocessor gave it. */
+  readonly #subImageHashes = new BoundedMap<string, { hash: Buffer; split: boolean }>(10_000);
+
+  constructor(private readonly o: ImageEmbedderOptions) {}
+
+  /** Every image of the request, in order, all at once. */
+  embedAll(images: readonly ImageRef[], ctx: CallContext): Promise<EmbeddedImage[]> {
+    return Promise.all(images.map((image) => this.embed(image, ctx)));
+  }
+
+  /**
+   * The encoder's cache is keyed by the hash of the sub-images it encodes (it checks any hash
+   * a caller claims), so the key is known once the preprocessor has run; a file this gateway
+   * preprocessed before skips that step through the sub-image hash it remembers.
+   */
+  async embed({ url, field, split }: ImageRef, ctx: CallContext): Promise<EmbeddedImage> {
+    const { stages } = this.o;
+    const bytes = await loadImage(url, field, this.o.fetch, ctx.signal);
+    const fileKey = `${createHash('sha256').update(bytes).digest('hex')}:${split}`;
+    const known = this.#subImageHashes.get(fileKey);
+    let contentHash = known?.hash;
+    let found = known ? await stages.lookup(known.hash, known.split, ctx) : undefined;
+    if (found) {
+      this.o.onImage?.('cache');
+    } else {
+      const pre = await stages.preprocess({ image: bytes, split }, ctx);
+      contentHash = subImagesHash(
+        pre.subImages.map(({ height, width, pixels }) => ({
+          height,
+          width,
+          pixels: pixels?.data ?? new Uint8Array(0),
+        })),
+      );
+      this.#subImageHashes.set(fileKey, { hash: contentHash, split: pre.split });
+      found =
+        (known ? undefined : await stages.lookup(contentHash, pre.split, ctx)) ??
+        (await stages.encode(
+          {
+            subImages: pre.subImages,
+            contentHash,
+            split: pre.split,
+            outputDtype: Dtype.DTYPE_FLOAT16,
+          },
+          ctx,
+        ));
+      this.o.onImage?.(found.cacheHit ? 'cache' : 'computed');
+    }
+    const embeddings = found.embeddings!;
+    const [subImages, tokens, hidden] = embeddings.shape.map(Number) as [number, number, number];
+    if (subImages > 1 !== split)
+      throw new Error(`the image at ${field} came back ${split ? 'not ' : ''}split`);
+    return { contentHash: contentHash!, split, rows: subImages * tokens, hidden, embeddings };
+  }
+}
+
+/** The decoder's request: the prompt, each image's rows at its image tokens, the sampling. */
+export function generateRequest(
+  request: ValidChatRequest,
+  ids: number[],
+  images: readonly EmbeddedImage[],
+  imageTokenId: number,
+): GenerateRequest {
+  const positions = ids.flatMap((id, i) => (id === imageTokenId ? [i] : []));
+  const rows = images.reduce((n, e) => n + e.rows, 0);
+  if (positions.length !== rows)
+    throw new Error(`prompt has ${positions.length} image tokens but ${rows} embedding rows`);
+  let at = 0;
+  return {
+    promptTokenIds: ids,
+    images: images.map((e) => {
+      const p = positions.slice(at, at + e.rows);
+      at += e.rows;
+      return {
+        embeddings: {
+          dtype: e.embeddings.dtype,
+          shape: [e.rows, e.hidden],
+          data: e.embeddings.data,
+        },
+        positions: p,
+      };
+    }),
+    sampling: request.sampling,
+    stopTokenIds: [],
+    maxNewTokens: request.maxTokens,
+    logprobs: request.logprobs,
+    topLogprobs: request.topLogprobs,
+  };
+}
+
+type TokenEvent = Extract<GenerateResponse['event'], { $case: 'token' }>['value'];
+
+export type Delta<L> =
+  | { kind: 'text'; text: string; logprobs: L[] | undefined }
+  | { kind: 'finish'; finish: 'stop' | 'length' };
+
+/**
+ * One decoder stream as text deltas, ending with one `finish`; the decoder is stopped as soon
+ * as a stop string appears. `logprob` renders a token's logprobs when they were asked for.
+ */
+export class Generation<L> {
+  /** Tokens generated so far. */
+  completionTokens = 0;
+
+  constructor(
+    private readonly stream: GenerationStream,
+    private readonly detokenizer: IncrementalDetokenizer,
+    private readonly logprob?: (token: TokenEvent) => L,
+  ) {}
+
+  async *deltas(): AsyncGenerator<Delta<L>> {
+    for await (const message of this.stream) {
+      const event = message.event;
+      if (event?.$case === 'token') {
+        this.completionTokens++;
+        const text = this.detokenizer.push(event.value.id);
+        yield {
+          kind: 'text',
+          text,
+          logprobs: this.logprob ? [this.logprob(event.value)] : undefined,
+        };
+        if (this.detokenizer.stopped) {
+          this.stream.cancel();
+          yield { kind: 'finish', finish: 'stop' };
+          return;
+        }
+      } else if (event?.$case === 'finished') {
+        const tail = this.detokenizer.finish();
+        if (tail) yield { kind: 'text', text: tail, logprobs: undefined };
+        yield {
+          kind: 'finish',
+          finish: event.value.reason === FinishReason.FINISH_REASON_LENGTH ? 'length' : 'stop',
+        };
+        return;
+      }
+    }
+  }
+}
+
+/** A Map that forgets its least recently used entries beyond `limit`. */
+class BoundedMap<K, V> {
+  readonly #map = new Map<K, V>();
+  constructor(private readonly limit: number) {}
+
+  get(key: K): V | undefined {
+    const value = this.#map.get(key);
+    if (value !== undefined) {
+      this.#map.delete(key);
+      this.#map.set(key, value);
+    }
+    return value;
+  }
+
+  set(key: K, value: V): void {
+    this.#map.delete(key);
+    this.#map.set(key, value);
+    if (this.#map.size > this.limit) this.#map.delete(this.#map.keys().next().value as K);
+  }
+}
