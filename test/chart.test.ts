@@ -214,6 +214,94 @@ describe.runIf(helm)('chart', () => {
     expect(monitors(['--set', 'serviceMonitor.enabled=true'])).toBe(3);
   });
 
+  it('with grpc.tls on, mounts the Secret, sets the TLS variables and probes the health port', () => {
+    interface Container {
+      env: Array<{ name: string; value?: string }>;
+      ports: Array<{ name: string; containerPort: number }>;
+      volumeMounts: Array<Record<string, unknown>>;
+      startupProbe: { grpc?: { port: number } };
+      readinessProbe: { grpc?: { port: number; service?: string } };
+    }
+    const pods = (args: string[]) =>
+      deployments(template(args)).map((d) => {
+        const pod = d.spec!.template!.spec as unknown as {
+          containers: Container[];
+          volumes: Array<Record<string, unknown>>;
+        };
+        const c = pod.containers[0]!;
+        const env = Object.fromEntries(c.env.map((e) => [e.name, e.value]));
+        return {
+          name: d.metadata.name,
+          stage: d.metadata.name.replace('demo-loupe-', ''),
+          pod,
+          c,
+          env,
+        };
+      });
+    const on = pods([
+      '--set',
+      'grpc.tls.enabled=true',
+      '--set',
+      'grpc.tls.secretName=loupe-grpc-tls',
+    ]);
+    expect(on.length).toBe(4);
+    for (const { name, stage, pod, c, env } of on) {
+      expect(pod.volumes, name).toContainEqual({
+        name: 'grpc-tls',
+        secret: { secretName: 'loupe-grpc-tls', defaultMode: 0o440 },
+      });
+      expect(c.volumeMounts, name).toContainEqual({
+        name: 'grpc-tls',
+        mountPath: '/etc/loupe/grpc-tls',
+        readOnly: true,
+      });
+      expect(env.LOUPE_GRPC_TLS_CERT_FILE).toBe('/etc/loupe/grpc-tls/tls.crt');
+      expect(env.LOUPE_GRPC_TLS_KEY_FILE).toBe('/etc/loupe/grpc-tls/tls.key');
+      expect(env.LOUPE_GRPC_TLS_CA_FILE).toBe('/etc/loupe/grpc-tls/ca.crt');
+      if (stage === 'gateway') {
+        // It dials pod IPs: the certificate is checked against the Service name instead.
+        expect(env.LOUPE_GRPC_TLS_SERVER_NAME).toBe('demo-loupe-preprocessor.loupe.svc');
+        expect(env.LOUPE_GRPC_HEALTH_PORT).toBeUndefined();
+        continue;
+      }
+      expect(env.LOUPE_GRPC_HEALTH_PORT, name).toBe('50050');
+      expect(c.ports, name).toContainEqual({ name: 'grpc-health', containerPort: 50050 });
+      expect(c.startupProbe.grpc, name).toEqual({ port: 50050 });
+      expect(c.readinessProbe.grpc, name).toEqual({
+        port: 50050,
+        service: `loupe.v1.${stage[0]!.toUpperCase()}${stage.slice(1)}`,
+      });
+    }
+    // Off (the default): plaintext, no Secret, probes on the gRPC port.
+    for (const { name, stage, pod, c, env } of pods([])) {
+      expect(
+        Object.keys(env).filter((k) => k.startsWith('LOUPE_GRPC_')),
+        name,
+      ).toEqual([]);
+      expect(
+        pod.volumes.map((v) => v.name),
+        name,
+      ).not.toContain('grpc-tls');
+      if (stage !== 'gateway') {
+        const port = c.ports.find((p) => p.name === 'grpc')!.containerPort;
+        expect(c.readinessProbe.grpc?.port, name).toBe(port);
+      }
+    }
+    expect(helmError(['--set', 'grpc.tls.enabled=true'])).toMatch(
+      /grpc\.tls\.enabled needs grpc\.tls\.secretName/,
+    );
+    expect(
+      helmError([
+        '--set',
+        'grpc.tls.enabled=true',
+        '--set',
+        'grpc.tls.secretName=s',
+        '--set',
+        'grpc.tls.healthPort=50053',
+      ]),
+    ).toMatch(/grpc\.tls\.healthPort \(50053\) must differ from decoder\.port/);
+  });
+
   it('refuses wrong values with a readable message', () => {
     expect(helmError(['--set', 'model.source=s3'])).toMatch(/model\.source|source/);
     expect(helmError(['--set', 'decoder.port=70000'])).toMatch(/port/);

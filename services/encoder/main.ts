@@ -10,6 +10,7 @@ import {
   type GrpcServer,
   type RunningService,
   internalToken,
+  stageTransport,
 } from '../runtime/index.js';
 import { Batcher } from './batcher.js';
 import { EmbeddingCache } from './cache.js';
@@ -23,6 +24,8 @@ const NAME = 'encoder';
 async function main(): Promise<void> {
   const config = loadEncoderConfig();
   const logger = createLogger({ service: NAME, level: config.LOUPE_LOG_LEVEL });
+  // TLS files and the health port are checked now, before a slow start fails late on them.
+  const transport = stageTransport(config, logger);
   const modelDir = resolve(config.LOUPE_MODEL_DIR);
   const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
   const loadStarted = performance.now();
@@ -103,6 +106,7 @@ async function main(): Promise<void> {
       reflection: config.LOUPE_GRPC_REFLECTION,
       maxConcurrentStreams: config.LOUPE_GRPC_MAX_CONCURRENT_STREAMS,
       token: internalToken(config),
+      ...transport,
       reflectionProtos: ['loupe/v1/encoder.proto'],
       defaultDeadlineMs: config.LOUPE_ENCODER_DEFAULT_DEADLINE_MS,
     },

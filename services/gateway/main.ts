@@ -14,6 +14,7 @@ import {
   initTracing,
   onShutdownSignal,
   internalToken,
+  grpcTlsConfig,
   runMain,
   startMetricsServer,
 } from '../runtime/index.js';
@@ -60,9 +61,11 @@ async function main(): Promise<void> {
     throw new ConfigError(`invalid configuration: ${(error as Error).message}`);
   }
   const token = internalToken(config);
+  const tls = grpcTlsConfig(config);
   const stages = new Stages(sources, config.LOUPE_GRPC_MAX_MESSAGE_BYTES, {
     logger,
     ...(token === undefined ? {} : { token }),
+    ...(tls === undefined ? {} : { tls }),
   });
   const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
   const prompts = new PromptPool({ modelDir, threads: config.LOUPE_GATEWAY_PROMPT_THREADS });

@@ -4,7 +4,6 @@
 // Every call carries a deadline, the trace context and the request id, and is cancelled when
 // the request's signal aborts (the client went away).
 import {
-  credentials,
   Metadata,
   status,
   type Client,
@@ -35,8 +34,11 @@ import {
 import type { KubeConfig } from '@kubernetes/client-node';
 import {
   clientChannelOptions,
+  clientTransport,
   tokenInterceptor,
   traceContextInterceptor,
+  type ClientTls,
+  type ClientTransport,
   type Logger,
 } from '../runtime/index.js';
 import { watchEndpoints, type EndpointSource, type Watcher } from './discovery.js';
@@ -65,6 +67,8 @@ export class EndpointPool<C extends Client> {
     readonly stage: string,
     private readonly make: (address: string) => C,
     private readonly maxMessageBytes: number,
+    /** Credentials (TLS or plaintext) for the health clients, as the stage's clients have. */
+    private readonly transport: ClientTransport = clientTransport(),
   ) {}
 
   /** Replaces the endpoint list; clients of endpoints still listed are kept. */
@@ -75,11 +79,10 @@ export class EndpointPool<C extends Client> {
         keep.get(address) ?? {
           address,
           client: this.make(address),
-          health: new HealthClient(
-            address,
-            credentials.createInsecure(),
-            clientChannelOptions(this.maxMessageBytes),
-          ),
+          health: new HealthClient(address, this.transport.credentials, {
+            ...clientChannelOptions(this.maxMessageBytes),
+            ...this.transport.options,
+          }),
           outstanding: 0,
         },
     );
@@ -218,33 +221,41 @@ export class Stages implements StageClient {
       kubeConfig,
       loadIntervalMs = 1000,
       token,
+      tls,
     }: {
       logger: Logger;
       kubeConfig?: KubeConfig;
       loadIntervalMs?: number;
       /** The internal token sent with every call (LOUPE_GRPC_TOKEN). */
       token?: string;
+      /** mTLS to the stages (LOUPE_GRPC_TLS_*); unset: plaintext. */
+      tls?: ClientTls;
     },
   ) {
+    const transport = clientTransport(tls, logger);
     const options = {
       ...clientChannelOptions(maxMessageBytes),
+      ...transport.options,
       interceptors: [traceContextInterceptor, ...(token ? [tokenInterceptor(token)] : [])],
     };
-    const insecure = credentials.createInsecure();
+    const channel = transport.credentials;
     this.preprocessor = new EndpointPool(
       'preprocessor',
-      (a) => new PreprocessorClient(a, insecure, options),
+      (a) => new PreprocessorClient(a, channel, options),
       maxMessageBytes,
+      transport,
     );
     this.encoder = new EndpointPool(
       'encoder',
-      (a) => new EncoderClient(a, insecure, options),
+      (a) => new EncoderClient(a, channel, options),
       maxMessageBytes,
+      transport,
     );
     this.decoder = new EndpointPool(
       'decoder',
-      (a) => new DecoderClient(a, insecure, options),
+      (a) => new DecoderClient(a, channel, options),
       maxMessageBytes,
+      transport,
     );
     this.#watchers = (['preprocessor', 'encoder', 'decoder'] as const).map((stage) =>
       watchEndpoints(sources[stage], (addresses) => this[stage].setAddresses(addresses), {

@@ -7,6 +7,7 @@ import {
   runMain,
   startService,
   internalToken,
+  stageTransport,
 } from '../runtime/index.js';
 import { decodeLimits, loadPreprocessorConfig } from './config.js';
 import { createPreprocessorMetrics } from './metrics.js';
@@ -18,6 +19,8 @@ const NAME = 'preprocessor';
 async function main(): Promise<void> {
   const config = loadPreprocessorConfig();
   const logger = createLogger({ service: NAME, level: config.LOUPE_LOG_LEVEL });
+  // TLS files and the health port are checked now, before a slow start fails late on them.
+  const transport = stageTransport(config, logger);
   const processorConfig = config.LOUPE_MODEL_DIR
     ? loadImageProcessorConfig(config.LOUPE_MODEL_DIR)
     : DEFAULT_IMAGE_PROCESSOR_CONFIG;
@@ -47,6 +50,7 @@ async function main(): Promise<void> {
       reflection: config.LOUPE_GRPC_REFLECTION,
       maxConcurrentStreams: config.LOUPE_GRPC_MAX_CONCURRENT_STREAMS,
       token: internalToken(config),
+      ...transport,
       reflectionProtos: ['loupe/v1/preprocessor.proto'],
       defaultDeadlineMs: config.LOUPE_PREPROCESSOR_DEFAULT_DEADLINE_MS,
     },

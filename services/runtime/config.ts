@@ -53,6 +53,23 @@ export function portVar(defaultValue: number) {
   return intVar(defaultValue, { min: 0, max: 65535 });
 }
 
+/** An optional TCP port: undefined when unset or empty; 0 asks the OS for a free one. */
+export function optionalPortVar() {
+  return z
+    .string()
+    .trim()
+    .optional()
+    .transform((v) => (v === undefined || v === '' ? undefined : v))
+    .pipe(
+      z
+        .string()
+        .regex(/^\d+$/, 'must be an integer')
+        .transform(Number)
+        .pipe(z.number().int().min(0).max(65535))
+        .optional(),
+    );
+}
+
 /** A boolean: true/false/1/0/yes/no/on/off. */
 export function boolVar(defaultValue: boolean) {
   return z
@@ -113,6 +130,25 @@ export const commonEnvSchema = {
    */
   LOUPE_GRPC_TOKEN: optionalStringVar(),
   LOUPE_GRPC_TOKEN_FILE: optionalStringVar(),
+  /**
+   * TLS with client certificates (mTLS) for internal gRPC, beside or instead of the token: this
+   * process's certificate chain and key, and the CA bundle peers' certificates must chain to
+   * (PEM files: tls.crt, tls.key and ca.crt of a cert-manager Secret). All three or none
+   * (grpcTlsConfig in grpc-tls.ts checks); re-read when they change. Unset: plaintext.
+   */
+  LOUPE_GRPC_TLS_CERT_FILE: optionalStringVar(),
+  LOUPE_GRPC_TLS_KEY_FILE: optionalStringVar(),
+  LOUPE_GRPC_TLS_CA_FILE: optionalStringVar(),
+  /**
+   * Clients (the gateway): the name checked against the stages' certificates instead of the
+   * dialled host (grpc.ssl_target_name_override), for endpoints that are pod IPs.
+   */
+  LOUPE_GRPC_TLS_SERVER_NAME: optionalStringVar(),
+  /**
+   * Stages: also serve grpc.health.v1 alone, in plaintext, on this port (Kubernetes' gRPC
+   * probes cannot speak TLS). Required when TLS is on; 0 picks a free port.
+   */
+  LOUPE_GRPC_HEALTH_PORT: optionalPortVar(),
   /** Time allowed to drain in-flight calls after SIGTERM before they are cancelled, ms. */
   LOUPE_SHUTDOWN_GRACE_MS: intVar(25_000, { min: 0, max: 600_000 }),
   /** OTLP/HTTP traces endpoint base (e.g. http://otel-collector:4318); unset: spans are not exported. */

@@ -1,6 +1,7 @@
-// gRPC server bootstrap: message size and stream limits, health, reflection (when enabled), and
-// the interceptors every handler runs inside — request id, tracing, deadline, cancellation,
-// error mapping, metrics and in-flight tracking for a graceful drain.
+// gRPC server bootstrap: message size and stream limits, health, reflection (when enabled),
+// TLS with client certificates and a plaintext health port (when configured), and the
+// interceptors every handler runs inside — request id, tracing, deadline, cancellation, error
+// mapping, metrics and in-flight tracking for a graceful drain.
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { join } from 'node:path';
 import {
@@ -21,6 +22,7 @@ import { context, SpanKind, SpanStatusCode, trace, type Tracer } from '@opentele
 import { HealthService } from '../../proto/gen/grpc/health/v1/health.js';
 import type { CallContext } from './call-context.js';
 import { ServiceError, toStatus } from './errors.js';
+import { serverTlsCredentials, type CertificateFiles } from './grpc-tls.js';
 import { HealthRegistry, ServingStatus } from './health.js';
 import type { Logger } from './logger.js';
 import { createRpcMetrics, type Registry, type RpcMetrics } from './metrics.js';
@@ -60,6 +62,16 @@ export interface GrpcServerOptions {
    * get UNAUTHENTICATED. Health (and reflection, when on) stay open. Unset: no check.
    */
   token?: string;
+  /**
+   * Serve TLS and require client certificates that chain to the CA (mTLS), following these
+   * files as they change (grpc-tls.ts). Unset: plaintext.
+   */
+  tls?: CertificateFiles;
+  /**
+   * Also serve grpc.health.v1 alone, in plaintext, on this port (0: a free one), for probes
+   * that cannot speak TLS; it reports from the same registry as the main port.
+   */
+  healthPort?: number;
 }
 
 /** Concurrent streams per connection when the options name none. */
@@ -67,7 +79,11 @@ export const DEFAULT_MAX_CONCURRENT_STREAMS = 100;
 
 export class GrpcServer {
   readonly health = new HealthRegistry();
+  /** The certificates in use, when TLS is on (reload() re-reads the files now). */
+  readonly certificates: CertificateFiles | undefined;
   private readonly server: Server;
+  #healthServer: Server | undefined;
+  #healthPort: number | undefined;
   private readonly metrics: RpcMetrics;
   private readonly inFlight = new Set<AbortController>();
   private drained: (() => void) | undefined;
@@ -86,6 +102,7 @@ export class GrpcServer {
       'grpc.keepalive_timeout_ms': 10_000,
       'grpc.max_concurrent_streams': options.maxConcurrentStreams ?? DEFAULT_MAX_CONCURRENT_STREAMS,
     });
+    this.certificates = options.tls;
     this.metrics = createRpcMetrics(options.registry);
     this.server.addService(HealthService, this.health.implementation);
     if (options.reflection) {
@@ -112,14 +129,28 @@ export class GrpcServer {
     this.health.setAll(ServingStatus.SERVING);
   }
 
+  /** Binds the gRPC port (and the health port, when set); resolves with the gRPC port. */
   async listen(host: string, port: number): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.server.bindAsync(
-        `${host.includes(':') ? `[${host}]` : host}:${port}`,
+    const credentials = this.certificates
+      ? serverTlsCredentials(this.certificates)
+      : ServerCredentials.createInsecure();
+    const bound = await bind(this.server, host, port, credentials);
+    if (this.options.healthPort !== undefined) {
+      this.#healthServer = new Server();
+      this.#healthServer.addService(HealthService, this.health.implementation);
+      this.#healthPort = await bind(
+        this.#healthServer,
+        host,
+        this.options.healthPort,
         ServerCredentials.createInsecure(),
-        (error, bound) => (error ? reject(error) : resolve(bound)),
       );
-    });
+    }
+    return bound;
+  }
+
+  /** The plaintext health port, once listening; undefined when there is none. */
+  get healthPort(): number | undefined {
+    return this.#healthPort;
   }
 
   get inFlightCount(): number {
@@ -157,6 +188,8 @@ export class GrpcServer {
     if ((await raceTimeout(tryShutdown, Math.max(1_000, deadline - Date.now()))) === 'timeout')
       this.server.forceShutdown();
     await tryShutdown;
+    // Health last, so probes see NOT_SERVING throughout the drain; its calls are short.
+    this.#healthServer?.forceShutdown();
     return { drained: outcome === 'drained' };
   }
 
@@ -314,6 +347,21 @@ export class GrpcServer {
       });
     }
   }
+}
+
+function bind(
+  server: Server,
+  host: string,
+  port: number,
+  credentials: ServerCredentials,
+): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(
+      `${host.includes(':') ? `[${host}]` : host}:${port}`,
+      credentials,
+      (error, bound) => (error ? reject(error) : resolve(bound)),
+    );
+  });
 }
 
 async function raceTimeout<T>(promise: Promise<T>, ms: number): Promise<T | 'timeout'> {

@@ -7,6 +7,7 @@ export * from './metrics.js';
 export * from './call-context.js';
 export * from './grpc-server.js';
 export * from './grpc-client.js';
+export * from './grpc-tls.js';
 export * from './health.js';
 export * from './service.js';
 export * from './paths.js';

@@ -3,6 +3,7 @@
 import type { Tracer } from '@opentelemetry/api';
 import { ConfigError } from './config.js';
 import { GrpcServer } from './grpc-server.js';
+import type { CertificateFiles } from './grpc-tls.js';
 import type { Logger } from './logger.js';
 import { startMetricsServer, type Registry } from './metrics.js';
 import { onShutdownSignal } from './shutdown.js';
@@ -25,6 +26,10 @@ export interface ServiceOptions {
     maxConcurrentStreams?: number;
     /** The internal token callers must send (LOUPE_GRPC_TOKEN); unset: no check. */
     token?: string;
+    /** mTLS with these certificates (LOUPE_GRPC_TLS_*); unset: plaintext. */
+    tls?: CertificateFiles;
+    /** A plaintext port serving health alone (LOUPE_GRPC_HEALTH_PORT), for probes. */
+    healthPort?: number;
   };
   metrics: { host: string; port: number };
   shutdownGraceMs: number;
@@ -55,6 +60,8 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     reflection: options.grpc.reflection,
     maxConcurrentStreams: options.grpc.maxConcurrentStreams,
     ...(options.grpc.token === undefined ? {} : { token: options.grpc.token }),
+    ...(options.grpc.tls === undefined ? {} : { tls: options.grpc.tls }),
+    ...(options.grpc.healthPort === undefined ? {} : { healthPort: options.grpc.healthPort }),
   });
   options.register(server, tracing.tracer);
   let alive = true;
@@ -79,15 +86,19 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
   // Before the ready line: whoever reads it (a test, a supervisor) may signal at once, and a
   // SIGTERM that arrives before the handler exists kills the process without draining.
   if (options.handleSignals ?? true) onShutdownSignal(logger, stop);
+  const grpcTls = options.grpc.tls !== undefined;
+  const healthPort = server.healthPort;
   logger.info(
     {
       event: 'ready',
       grpcHost: options.grpc.host,
       grpcPort,
+      grpcTls,
+      ...(healthPort === undefined ? {} : { grpcHealthPort: healthPort }),
       metricsHost: options.metrics.host,
       metricsPort: metrics.port,
     },
-    `${name} ready: gRPC on ${options.grpc.host}:${grpcPort}, metrics on http://${options.metrics.host}:${metrics.port}/metrics`,
+    `${name} ready: gRPC${grpcTls ? ' (TLS)' : ''} on ${options.grpc.host}:${grpcPort}${healthPort === undefined ? '' : `, plaintext health on ${options.grpc.host}:${healthPort}`}, metrics on http://${options.metrics.host}:${metrics.port}/metrics`,
   );
 
   return { grpcPort, metricsPort: metrics.port, server, stop };

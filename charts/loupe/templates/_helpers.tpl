@@ -47,9 +47,28 @@ app.kubernetes.io/component: {{ .stage }}
 {{- fail (printf "%s.autoscaling.maxReplicas (%v) must be >= minReplicas (%v)" $stage $v.autoscaling.maxReplicas $v.autoscaling.minReplicas) -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.grpc.tls.enabled (not .Values.grpc.tls.secretName) -}}
+{{- fail "grpc.tls.enabled needs grpc.tls.secretName: a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt (e.g. from cert-manager)" -}}
+{{- end -}}
+{{- if .Values.grpc.tls.enabled -}}
+{{- range $stage := list "preprocessor" "encoder" "decoder" -}}
+{{- $v := index $.Values $stage -}}
+{{- if has (int $.Values.grpc.tls.healthPort) (list (int $v.port) (int $v.metricsPort)) -}}
+{{- fail (printf "grpc.tls.healthPort (%v) must differ from %s.port and %s.metricsPort" $.Values.grpc.tls.healthPort $stage $stage) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if not (has .Values.autoscalingProvider (list "keda" "hpa")) -}}
 {{- fail (printf "autoscalingProvider must be keda or hpa, got %q" .Values.autoscalingProvider) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Where the internal gRPC TLS Secret is mounted. */}}
+{{- define "loupe.grpcTlsDir" -}}/etc/loupe/grpc-tls{{- end -}}
+
+{{/* The name the gateway checks the stages' certificate against (grpc.tls.serverName). */}}
+{{- define "loupe.grpcTlsServerName" -}}
+{{- default (printf "%s.%s.svc" (include "loupe.stageName" (dict "root" . "stage" "preprocessor")) .Release.Namespace) .Values.grpc.tls.serverName -}}
 {{- end -}}
 
 {{/* The checkpoint directory inside the pods. */}}
