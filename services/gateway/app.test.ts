@@ -69,6 +69,8 @@ class ScriptedStages implements StageClient {
       /** The decoder fails Generate at its start, or after its tokens (mid-stream). */
       generateFails?: Failure;
       failMidStream?: boolean;
+      /** The first token waits for this. */
+      firstToken?: Promise<void>;
     } = {},
   ) {}
 
@@ -121,6 +123,7 @@ class ScriptedStages implements StageClient {
     const { tokens = [], finish = FinishReason.FINISH_REASON_STOP } = this.script;
     const fails = this.script.generateFails;
     const midStream = this.script.failMidStream;
+    const firstToken = this.script.firstToken;
     let cancelled = false;
     const cancel = () => {
       cancelled = true;
@@ -130,6 +133,7 @@ class ScriptedStages implements StageClient {
       cancel,
       async *[Symbol.asyncIterator](): AsyncGenerator<GenerateResponse> {
         if (fails && !midStream) throw serviceError(fails);
+        await firstToken;
         for (const [index, id] of tokens.entries()) {
           if (cancelled) return;
           yield { event: { $case: 'token', value: { id, index, logprob: -1, topLogprobs: [] } } };
@@ -250,6 +254,43 @@ describe('the pipeline in-process, with scripted stages', () => {
     const finish = chunks.find((c) => c.choices[0]?.finish_reason);
     expect(finish.choices[0].finish_reason).toBe('stop');
     expect(chunks.at(-1).usage.completion_tokens).toBe(tokens.length);
+  });
+
+  it('sends the status and first byte of a stream with its first token, not before', async () => {
+    let release!: () => void;
+    const stages = new ScriptedStages({
+      tokens: idsOf('late'),
+      firstToken: new Promise<void>((r) => (release = r)),
+    });
+    const { post } = gateway(stages);
+    let answered = false;
+    const pending = Promise.resolve(post(ask('hi', { stream: true }))).then((res) => {
+      answered = true;
+      return res;
+    });
+    // The decoder has the request, and the client has nothing yet.
+    while (stages.generated.length === 0) await new Promise((r) => setImmediate(r));
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    expect(answered).toBe(false);
+    release();
+    const res = await pending;
+    expect(res.status).toBe(200);
+    const data = events(await res.text());
+    expect(JSON.parse(data[0]!).choices[0].delta).toEqual({ role: 'assistant', content: '' });
+    const text = data
+      .slice(1, -1)
+      .map((d) => JSON.parse(d).choices[0]?.delta?.content ?? '')
+      .join('');
+    expect(text).toBe('late');
+  });
+
+  it('answers a stream the decoder refuses with that HTTP status, not an error event', async () => {
+    const stages = new ScriptedStages({
+      generateFails: { code: status.RESOURCE_EXHAUSTED, details: 'queue full' },
+    });
+    const res = await gateway(stages).post(ask('hi', { stream: true }));
+    expect(res.status).toBe(429);
+    expect(res.headers.get('retry-after')).toBe('1');
   });
 
   it('stops the decoder at a stop string and cuts the text before it', async () => {

@@ -302,13 +302,22 @@ export function createGateway(o: GatewayOptions) {
             return c.json(answer);
           }
 
+          // The response (its status and headers) waits for the first token: what the client
+          // times as the first byte is the first token, and a decoder that refuses the request
+          // (a full queue, a context overflow) gets its own HTTP status, not an error event.
+          const chunks = render.chunks(generation, request.includeUsage ? usage : undefined);
+          let first: IteratorResult<string>;
+          try {
+            first = await chunks.next();
+          } catch (error) {
+            throw controller.signal.aborted ? error : decoderError(error);
+          }
           handedOff = true;
           return streamSSE(c, async (sse) => {
             sse.onAbort(() => controller.abort(new Error('the client disconnected')));
             try {
-              const usageIfAsked = request.includeUsage ? usage : undefined;
-              for await (const data of render.chunks(generation, usageIfAsked))
-                await sse.writeSSE({ data });
+              if (!first.done) await sse.writeSSE({ data: first.value });
+              for await (const data of chunks) await sse.writeSSE({ data });
               await sse.writeSSE({ data: '[DONE]' });
               account();
               metrics.requests.inc({ route: 'chat', status: '200' });

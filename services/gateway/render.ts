@@ -80,14 +80,19 @@ export class Renderer {
 
   /**
    * The SSE events of a generation, as JSON strings: the role chunk, one chunk per text delta,
-   * the finish chunk, then the usage chunk when asked for. (`[DONE]` is the caller's.)
+   * the finish chunk, then the usage chunk when asked for. (`[DONE]` is the caller's.) The
+   * role chunk waits for the first token, so that a stream's first byte is its first token.
    */
   async *chunks(
     generation: Generation<TokenLogprob>,
     usage: (() => Usage) | undefined,
   ): AsyncGenerator<string> {
-    yield JSON.stringify(this.#chunk({ role: 'assistant', content: '' }, null));
+    let started = false;
     for await (const d of generation.deltas()) {
+      if (!started) {
+        started = true;
+        yield JSON.stringify(this.#chunk({ role: 'assistant', content: '' }, null));
+      }
       if (d.kind === 'finish') yield JSON.stringify(this.#chunk({}, d.finish));
       else if (d.text || d.logprobs)
         yield JSON.stringify(this.#chunk({ content: d.text }, null, d.logprobs));
