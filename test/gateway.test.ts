@@ -869,12 +869,16 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
       expect(message).toMatch(/the decoder is unavailable/);
       // Connection errors name internal addresses and ports: logged, never sent.
       expect(message).not.toMatch(/127\.0\.0\.1|ECONNREFUSED|:\d{2,5}\b/);
+      // The gateway itself stays ready (it answers, with 503s); its body names the stage down.
       const ready = await fetch(`${g.base}/readyz`);
-      expect(ready.status).toBe(503);
+      expect(ready.status).toBe(200);
       expect(await ready.json()).toEqual({
-        ready: false,
+        ready: true,
         stages: { preprocessor: true, encoder: true, decoder: false },
       });
+      expect(await (await fetch(g.metrics)).text()).toMatch(
+        /loupe_gateway_stage_up\{[^}]*stage="decoder"[^}]*\} 0/,
+      );
     } finally {
       expect(await g.process.stop()).toBe(0);
     }
@@ -957,7 +961,16 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
         'service_unavailable',
       );
       expect((await fetch(`${g.base}/healthz`)).status).toBe(200);
-      expect((await fetch(`${g.base}/readyz`)).status).toBe(503);
+      // The stage's health reaches /readyz's body within a second or so.
+      const until = Date.now() + 10_000;
+      for (;;) {
+        const ready = await fetch(`${g.base}/readyz`);
+        expect(ready.status).toBe(200);
+        const body = (await ready.json()) as { stages: { decoder: boolean } };
+        if (!body.stages.decoder) break;
+        if (Date.now() > until) throw new Error('/readyz still reports the dead decoder up');
+        await new Promise((r) => setTimeout(r, 100));
+      }
     } finally {
       expect(await g.process.stop()).toBe(0);
       await doomed.stop();

@@ -38,6 +38,7 @@ import { Renderer, type TokenLogprob } from './render.js';
 import { parseChatRequest, type RequestRules, type ValidChatRequest } from './request.js';
 import { StageError, type CallContext, type StageClient } from './stage-client.js';
 import { stageFailure } from './stage-errors.js';
+import { StageHealth } from './stage-health.js';
 
 export interface GatewayOptions {
   config: GatewayConfig;
@@ -81,7 +82,10 @@ export function createGateway(o: GatewayOptions) {
     maxImageBytes: config.LOUPE_GATEWAY_MAX_IMAGE_BYTES,
     memoryBudgetBytes: config.LOUPE_GATEWAY_MEMORY_BUDGET_BYTES || defaultMemoryBudget(),
   });
-  const metrics = gatewayMetrics(o.registry, () => admission.inFlight);
+  const health = new StageHealth(stages);
+  void health.poll();
+  let draining = false;
+  const metrics = gatewayMetrics(o.registry, () => admission.inFlight, health);
   const rules: RequestRules = {
     modelId,
     maxMessages: config.LOUPE_GATEWAY_MAX_MESSAGES || Math.ceil(o.maxPositions / 2),
@@ -157,10 +161,11 @@ export function createGateway(o: GatewayOptions) {
   });
 
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
+  // Ready while this process can serve (not draining); the stages' health is in the body,
+  // at most a second old and never waited on for more than half a second.
   app.get('/readyz', async (c) => {
-    const stagesReady = await stages.ready(2000);
-    const ready = Object.values(stagesReady).every(Boolean);
-    return c.json({ ready, stages: stagesReady }, ready ? 200 : 503);
+    const ready = !draining;
+    return c.json({ ready, stages: await health.current() }, ready ? 200 : 503);
   });
   app.get('/openapi.json', (c) => c.json(openApiDocument(modelId)));
 
@@ -390,7 +395,15 @@ export function createGateway(o: GatewayOptions) {
     ),
   );
 
-  return { app, inFlight: () => admission.inFlight };
+  return {
+    app,
+    inFlight: () => admission.inFlight,
+    /** From now on /readyz answers 503 (a SIGTERM): the endpoint leaves its Service. */
+    drain: () => {
+      draining = true;
+    },
+    close: () => health.close(),
+  };
 }
 
 function fail(c: Context, error: ApiError) {
@@ -398,8 +411,17 @@ function fail(c: Context, error: ApiError) {
   return c.json(error.body(), error.status);
 }
 
-function gatewayMetrics(registry: Registry, inFlight: () => number) {
+function gatewayMetrics(registry: Registry, inFlight: () => number, health: StageHealth) {
   const registers = [registry];
+  new Gauge({
+    name: 'loupe_gateway_stage_up',
+    help: 'Whether some endpoint of the stage answered its health check SERVING (1) or not (0).',
+    labelNames: ['stage'],
+    registers,
+    collect() {
+      for (const [stage, up] of Object.entries(health.last)) this.set({ stage }, up ? 1 : 0);
+    },
+  });
   new Gauge({
     name: 'loupe_gateway_requests_in_flight',
     help: 'Chat completions being handled.',

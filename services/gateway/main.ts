@@ -69,7 +69,7 @@ async function main(): Promise<void> {
   });
   const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
   const prompts = new PromptPool({ modelDir, threads: config.LOUPE_GATEWAY_PROMPT_THREADS });
-  const { app, inFlight } = createGateway({
+  const { app, inFlight, drain, close } = createGateway({
     config,
     modelId,
     tokenizer: loadTokenizer(modelDir),
@@ -103,11 +103,13 @@ async function main(): Promise<void> {
   // Before the ready line: whoever reads it may signal at once (see runtime/service.ts).
   onShutdownSignal(logger, async () => {
     // Stop accepting, let requests in flight finish within the grace period, then close.
+    drain();
     server.close();
     const until = Date.now() + config.LOUPE_SHUTDOWN_GRACE_MS;
     while (inFlight() > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
     const drained = inFlight() === 0;
     logger.info({ event: 'stopped', drained }, 'gateway stopped');
+    close();
     stages.close();
     await prompts.close();
     await metricsServer.close();

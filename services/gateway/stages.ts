@@ -1,8 +1,11 @@
 // The gateway's clients of the three internal stages. Each stage may have several endpoints;
-// a call goes to the one with the fewest calls outstanding from this gateway. Preprocess,
+// a call goes to the one with the fewest calls outstanding from this gateway, except the
+// encoder's calls for an image, which go to that image's own encoder (rendezvous hashing of
+// its content hash) so that the encoders' caches do not hold copies of each other. Preprocess,
 // Lookup and Encode are idempotent: on UNAVAILABLE they are retried once on another endpoint.
 // Every call carries a deadline, the trace context and the request id, and is cancelled when
 // the request's signal aborts (the client went away).
+import { createHash } from 'node:crypto';
 import {
   Metadata,
   status,
@@ -102,7 +105,14 @@ export class EndpointPool<C extends Client> {
     return e.outstanding + (e.load ? e.load.waiting + e.load.kvCacheUsage : 0);
   }
 
-  pick(exclude?: Endpoint<C>): Endpoint<C> {
+  /**
+   * The endpoint for a call: with a `key` (an image's content hash), the key's own endpoint by
+   * rendezvous hashing — each key always goes to the same encoder, so N encoders hold N
+   * different caches rather than N copies of one, and an endpoint that joins or leaves moves
+   * only its share of keys; without, the least loaded. `exclude` (a failed first try) gives
+   * the next choice.
+   */
+  pick(exclude?: Endpoint<C>, key?: Buffer): Endpoint<C> {
     if (this.endpoints.length === 0) {
       const error = Object.assign(new Error(`no ${this.stage} endpoint is known`), {
         code: status.UNAVAILABLE,
@@ -113,6 +123,11 @@ export class EndpointPool<C extends Client> {
     }
     const candidates = this.endpoints.filter((e) => e !== exclude);
     const pool = candidates.length > 0 ? candidates : this.endpoints;
+    if (key !== undefined) {
+      const weight = (e: Endpoint<C>) =>
+        createHash('sha256').update(key).update(e.address).digest().readBigUInt64BE(0);
+      return pool.reduce((best, e) => (weight(e) > weight(best) ? e : best));
+    }
     return pool.reduce((best, e) => (this.#score(e) < this.#score(best) ? e : best));
   }
 
@@ -177,21 +192,25 @@ function unaryCall<C extends Client, Req, Res>(
   });
 }
 
-/** A unary call, retried once on another endpoint when the first answers UNAVAILABLE. */
+/**
+ * A unary call, retried once on another endpoint when the first answers UNAVAILABLE; `key`
+ * routes by content (EndpointPool.pick).
+ */
 async function idempotent<C extends Client, Req, Res>(
   pool: EndpointPool<C>,
   method: (client: C) => Unary<Req, Res>,
   request: Req,
   ctx: CallContext,
+  key?: Buffer,
 ): Promise<Res> {
-  const first = pool.pick();
+  const first = pool.pick(undefined, key);
   try {
     return await unaryCall(first, method, request, ctx);
   } catch (error) {
     const e = error as ServiceError;
     if (e.code !== status.UNAVAILABLE || ctx.signal.aborted) throw new StageError(pool.stage, e);
     try {
-      return await unaryCall(pool.pick(first), method, request, ctx);
+      return await unaryCall(pool.pick(first, key), method, request, ctx);
     } catch (retryError) {
       throw new StageError(pool.stage, retryError as ServiceError);
     }
@@ -305,6 +324,7 @@ export class Stages implements StageClient {
           >,
         { contentHash, split, outputDtype: 0 },
         ctx,
+        contentHash,
       );
     } catch (error) {
       if (error instanceof StageError && error.error.code === status.NOT_FOUND) return undefined;
@@ -318,6 +338,7 @@ export class Stages implements StageClient {
       (c) => c.encode as Unary<EncodeRequest, EncodeResponse>,
       request,
       ctx,
+      request.contentHash.length > 0 ? request.contentHash : undefined,
     );
   }
 
