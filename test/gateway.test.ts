@@ -891,8 +891,8 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
       LOUPE_DECODER_THREADS: '1',
       LOUPE_DECODER_MAX_RUNNING: '1',
       LOUPE_DECODER_MAX_WAITING: '0',
-      LOUPE_DECODER_MAX_CONTEXT: '16384',
-      LOUPE_DECODER_MAX_NEW_TOKENS: '16000',
+      LOUPE_DECODER_MAX_CONTEXT: '4096',
+      LOUPE_DECODER_MAX_NEW_TOKENS: '4000',
     });
     const g = await startGateway({ LOUPE_DECODER_ENDPOINTS: busy.grpcAddress });
     const controller = new AbortController();
@@ -901,7 +901,7 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
         method: 'POST',
         headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
         body: JSON.stringify(
-          chat('Hello there, who are you?', { max_tokens: 16000, temperature: 0, stream: true }),
+          chat('Hello there, who are you?', { max_tokens: 4000, temperature: 0, stream: true }),
         ),
         signal: controller.signal,
       });
@@ -930,14 +930,14 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
       ...ephemeralPorts('DECODER'),
       LOUPE_MODEL_DIR: modelDir,
       LOUPE_DECODER_THREADS: '1',
-      LOUPE_DECODER_MAX_CONTEXT: '16384',
-      LOUPE_DECODER_MAX_NEW_TOKENS: '16000',
+      LOUPE_DECODER_MAX_CONTEXT: '4096',
+      LOUPE_DECODER_MAX_NEW_TOKENS: '4000',
     });
     const g = await startGateway({ LOUPE_DECODER_ENDPOINTS: doomed.grpcAddress });
     try {
       const r = await send(
         g.base,
-        chat('Hello there, who are you?', { max_tokens: 16000, temperature: 0, stream: true }),
+        chat('Hello there, who are you?', { max_tokens: 4000, temperature: 0, stream: true }),
       );
       expect(r.status).toBe(200);
       const reader = r.body!.getReader();

@@ -25,7 +25,11 @@ export const decoderEnvSchema = z.object({
   LOUPE_DECODER_THREADS: intVar(0, { min: 0, max: 1024 }),
   /** Sequences decoded at once: KV slots, each holding LOUPE_DECODER_MAX_CONTEXT tokens. */
   LOUPE_DECODER_MAX_RUNNING: intVar(16, { min: 1, max: 1024 }),
-  /** Tokens per sequence, prompt + generated. */
+  /**
+   * Tokens per sequence, prompt + generated. Checked at start against the model's
+   * max_position_embeddings, and with LOUPE_DECODER_MAX_RUNNING and
+   * LOUPE_DECODER_PREFIX_CACHE_BYTES against the memory the KV takes (capacity.ts).
+   */
   LOUPE_DECODER_MAX_CONTEXT: intVar(2048, { min: 16, max: 131_072 }),
   /** Most tokens one request may generate. */
   LOUPE_DECODER_MAX_NEW_TOKENS: intVar(1024, { min: 1, max: 131_072 }),
@@ -33,6 +37,13 @@ export const decoderEnvSchema = z.object({
   LOUPE_DECODER_MAX_WAITING: intVar(64, { min: 0, max: 100_000 }),
   /** Most prompt tokens per prefill step (longer prompts are prefilled in chunks). */
   LOUPE_DECODER_MAX_PREFILL_TOKENS: intVar(512, { min: 1, max: 131_072 }),
+  /**
+   * Memory for automatic prefix caching, bytes: the KV of prompts (and answers) stays after
+   * their requests end, in blocks of 16 tokens, for later requests that start the same way
+   * (a conversation's next turn, a shared system prompt, the same image); the least recently
+   * used blocks go first. 0 turns it off. See docs/decoder-engine.md.
+   */
+  LOUPE_DECODER_PREFIX_CACHE_BYTES: intVar(1024 * 2 ** 20, { min: 0, max: 2 ** 50 }),
   /**
    * Quantized (GPTQ) checkpoints: `float` computes what the float model computes with the
    * dequantized weights; `int8` quantizes activations too (MatMulNBits accuracy level 4):
@@ -58,6 +69,11 @@ export const decoderEnvSchema = z.object({
   LOUPE_DECODER_STEP_TIMEOUT_MS: intVar(0, { min: 0, max: 86_400_000 }),
   /** Deadline applied to calls that carry none, ms. */
   LOUPE_DECODER_DEFAULT_DEADLINE_MS: intVar(600_000, { min: 1, max: 86_400_000 }),
+  /**
+   * Testing only: steps that would write KV at or past this position fail, as a model run
+   * that fails does (fault-injection.ts); 0: off.
+   */
+  LOUPE_DECODER_TEST_FAULT_POSITION: intVar(0, { min: 0, max: 131_072 }),
 });
 
 export type DecoderConfig = Readonly<z.infer<typeof decoderEnvSchema>>;

@@ -1,6 +1,6 @@
-// The gRPC thread's handle on the engine thread (engine-worker.ts). Commands go in (add,
-// abort); step reports come out and are routed to each request's own event queue, so RPC
-// handlers never touch engine state.
+// The gRPC thread's handle on the engine thread (engine-worker.ts; what they say to each other:
+// protocol.ts). Commands go in (add, abort); step reports come out and are routed to each
+// request's own event queue, so RPC handlers never touch engine state.
 //
 // A failed step fails the sequences the engine aborted for it (INTERNAL, `step_failed`); the
 // engine goes on. A dead thread (it throws, exits, or leaves requests without a step past the
@@ -13,53 +13,26 @@ import {
   unavailable,
   WorkerWatch,
   type ServiceError,
-  type StopWorker,
   type WorkerDeath,
 } from '../runtime/index.js';
-import type { EngineRequest, TokenEvent } from './engine.js';
-import type { EngineSetup } from './engine-worker.js';
+import type {
+  EngineCommand,
+  EngineInfo,
+  EngineLoad,
+  EngineMessage,
+  EngineRequest,
+  EngineSetup,
+  RejectReason,
+  StepStats,
+  TokenEvent,
+} from './protocol.js';
 
-export interface EngineLoad {
-  waiting: number;
-  running: number;
-  /** Share of KV slots reserved, [0, 1]. */
-  kvCacheUsage: number;
-}
-
-export interface EngineInfo {
-  vocabSize: number;
-  hiddenSize: number;
-  imageTokenId: number;
-  eosTokenIds: number[];
-  /** `float32`, `float16`, `gptq-4bit-g128-sym`, ... */
-  weightFormat: string;
-  /** Bytes of the text model's weights as loaded (quantized ones as stored). */
-  weightBytes: number;
-  /** A quantized checkpoint's packed weights file and whether it was reused. */
-  packedWeights?: { path: string; reused: boolean };
-}
-
-export type EngineCommand =
-  { kind: 'add'; request: EngineRequest } | { kind: 'abort'; id: string } | StopWorker;
-
-export type EngineMessage =
-  | { kind: 'ready'; info: EngineInfo }
-  | { kind: 'failed'; message: string }
-  | { kind: 'accepted'; id: string; load: EngineLoad }
-  | { kind: 'rejected'; id: string; reason: 'queue_full' | 'invalid'; message: string }
-  | { kind: 'load'; load: EngineLoad }
-  | {
-      kind: 'step';
-      step: { kind: 'prefill' | 'decode'; batch: number; tokens: number; ms: number };
-      events: TokenEvent[];
-      load: EngineLoad;
-    }
-  | { kind: 'step_failed'; message: string; ids: string[]; load: EngineLoad };
+export type { EngineInfo, EngineLoad, StepStats } from './protocol.js';
 
 export class EngineRejectedError extends Error {
   override readonly name = 'EngineRejectedError';
   constructor(
-    readonly reason: 'queue_full' | 'invalid',
+    readonly reason: RejectReason,
     message: string,
   ) {
     super(message);
@@ -73,13 +46,6 @@ export type RequestEvent =
 interface Listener {
   push(event: RequestEvent): void;
   accepted?: { resolve(): void; reject(error: Error): void };
-}
-
-export interface StepStats {
-  kind: 'prefill' | 'decode';
-  batch: number;
-  tokens: number;
-  ms: number;
 }
 
 export interface EngineClientOptions {

@@ -1,25 +1,14 @@
-// The engine's own thread: loads the text model, then runs the engine loop — one step at a
-// time, handling queued commands (add, abort, stop) between steps — and reports every step's
-// tokens to the gRPC thread. Protocol: see engine-client.ts.
+// The engine's own thread: loads the text model into a model runner, then runs the engine
+// loop — one step at a time, handling queued commands (add, abort, stop) between steps — and
+// reports every step's tokens to the gRPC thread. Protocol: protocol.ts.
 import { parentPort, workerData } from 'node:worker_threads';
-import {
-  eosTokenIds,
-  loadTextModel,
-  openCheckpoint,
-  type ExecutionProvider,
-} from '../model/index.js';
-import { Engine, type EngineOptions, type EngineRequest } from './engine.js';
+import { eosTokenIds, loadTextModel, openCheckpoint } from '../model/index.js';
+import { Engine } from './engine.js';
+import { failingPast } from './fault-injection.js';
+import type { ModelRunner } from './model-runner.js';
+import { OrtModelRunner } from './ort-runner.js';
+import type { EngineCommand, EngineMessage, EngineSetup } from './protocol.js';
 import { QueueFullError } from './scheduler.js';
-import type { EngineCommand, EngineMessage } from './engine-client.js';
-
-export interface EngineSetup {
-  modelDir: string;
-  executionProvider: ExecutionProvider;
-  intraOpThreads: number;
-  /** For GPTQ checkpoints: int8 activations, and where the packed weights go. */
-  quantized: { int8Activations: boolean; weightCacheDir?: string };
-  engine: Omit<EngineOptions, 'eosTokenIds'>;
-}
 
 const port = parentPort!;
 const post = (message: EngineMessage) => port.postMessage(message);
@@ -34,7 +23,17 @@ async function main(): Promise<void> {
       session: { executionProvider: setup.executionProvider, intraOpThreads: setup.intraOpThreads },
       quantized: setup.quantized,
     });
-    engine = new Engine(model, { ...setup.engine, eosTokenIds: eos });
+    let runner: ModelRunner = new OrtModelRunner(model, {
+      slots: setup.engine.maxRunning,
+      context: setup.engine.maxContext,
+      cacheBlocks: setup.engine.prefixCacheBlocks,
+    });
+    if (setup.faultAtPosition) runner = failingPast(runner, setup.faultAtPosition);
+    engine = new Engine(runner, {
+      maxWaiting: setup.engine.maxWaiting,
+      maxPrefillTokens: setup.engine.maxPrefillTokens,
+      eosTokenIds: eos,
+    });
     post({
       kind: 'ready',
       info: {
@@ -56,7 +55,7 @@ async function main(): Promise<void> {
   port.on('message', (command: EngineCommand) => {
     if (command.kind === 'add') {
       try {
-        engine.add(command.request as EngineRequest);
+        engine.add(command.request);
         post({ kind: 'accepted', id: command.request.id, load: engine.load });
       } catch (error) {
         post({
@@ -87,7 +86,14 @@ async function main(): Promise<void> {
       if (report) {
         post({
           kind: 'step',
-          step: { kind: report.kind, batch: report.batch, tokens: report.tokens, ms: report.ms },
+          step: {
+            kind: report.kind,
+            batch: report.batch,
+            tokens: report.tokens,
+            ms: report.ms,
+            prefixQueries: report.prefixQueries,
+            prefixHits: report.prefixHits,
+          },
           events: report.events,
           load: engine.load,
         });

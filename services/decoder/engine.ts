@@ -1,61 +1,39 @@
-// The decoder engine: owns the text session, the KV buffers, the scheduler and each
-// sequence's sampling state, and runs the loop — schedule a step, run it, sample, report.
-// It lives in the engine thread (engine-worker.ts); everything here is synchronous per step.
-import type * as ort from 'onnxruntime-node';
-import {
-  cacheNames,
-  float16ToFloat32,
-  makeTensor,
-  readOutput,
-  spliceImageRows,
-  type TextModel,
-} from '../model/index.js';
+// The decoder engine loop (docs/decoder-engine.md): the scheduler plans a step, the engine
+// assembles it for the model runner (tokens, image rows, which prefix-cache blocks to load
+// and to save), the runner runs it, and the engine samples every sampled row and reports the
+// tokens. It owns each sequence's sampling state and the prefix cache's bookkeeping; the KV
+// memory belongs to the runner. It lives in the engine thread (engine-worker.ts), one step at
+// a time.
+import { float16ToFloat32 } from '../model/index.js';
+import { BlockKeys } from './block-keys.js';
 import { SlotKvCache } from './kv-cache.js';
-import { Rng, sample, type SamplingParams } from './sampler.js';
-import { Scheduler, type StepEvent, type StepPlan } from './scheduler.js';
+import {
+  BLOCK_TOKENS,
+  type BlockCopy,
+  type ModelRunner,
+  type PrefillChunk,
+  type RunnerStep,
+} from './model-runner.js';
+import { PrefixCache } from './prefix-cache.js';
+import type { EngineRequest, TokenEvent } from './protocol.js';
+import { Rng, sample } from './sampler.js';
+import { Scheduler, type StepPlan } from './scheduler.js';
 
 export interface EngineOptions {
-  /** Sequences decoded at once (KV slots). */
-  maxRunning: number;
-  /** Tokens per sequence, prompt + generated. */
-  maxContext: number;
   maxWaiting: number;
   maxPrefillTokens: number;
   eosTokenIds: readonly number[];
 }
 
-/** A request as the engine takes it (checked by the service before). */
-export interface EngineRequest {
-  id: string;
-  promptIds: number[];
-  /** Image embedding rows in prompt order, [rows, hidden], raw little-endian bytes. */
-  imageRows: Uint8Array;
-  imageDtype: 'float16' | 'float32';
-  sampling: SamplingParams;
-  /** Seed of the request's generator. */
-  seed: bigint;
-  stopTokenIds: number[];
-  maxNewTokens: number;
-  logprobs: boolean;
-  topLogprobs: number;
-}
-
-export interface TokenEvent {
-  id: string;
-  token: number;
-  /** 0-based among generated tokens. */
-  index: number;
-  logprob: number;
-  top: Array<{ id: number; logprob: number }>;
-  finished?: 'stop' | 'length';
-  /** With `finished`: seconds waiting, prefilling (to the first token) and decoding. */
-  timings?: { queue: number; prefill: number; decode: number };
-}
-
 interface SequenceState {
   request: EngineRequest;
-  /** Prompt input embeddings [prompt, hidden] until the prefill is done. */
-  promptRows: Float32Array | undefined;
+  /** Prompt, then generated tokens: what block keys hash. */
+  tokens: number[];
+  keys: BlockKeys;
+  /** The prompt's image rows as float32 [rows, hidden], until its prefill is done. */
+  imageRows: Float32Array | undefined;
+  /** Leading blocks the prefix cache holds or is saving (none of them is saved again). */
+  cachedBlocks: number;
   rng: Rng;
   prompt: Set<number>;
   output: Map<number, number>;
@@ -74,34 +52,34 @@ export interface StepReport {
   tokens: number;
   ms: number;
   events: TokenEvent[];
+  /** Prompt tokens looked up in the prefix cache, and those it held. */
+  prefixQueries: number;
+  prefixHits: number;
 }
 
 export class Engine {
   readonly kv: SlotKvCache;
   readonly scheduler: Scheduler;
+  readonly prefixCache: PrefixCache;
   readonly #states = new Map<string, SequenceState>();
-  /** Per layer: [slots, kv heads, context, head dim] K and V buffers. */
-  readonly #buffers: Array<{ key: Float32Array | Uint16Array; value: Float32Array | Uint16Array }>;
-  /** Cache tensors over the first n slots, by n (decode) and per slot (prefill). */
-  readonly #prefixViews = new Map<number, ort.Tensor[]>();
-  readonly #slotViews = new Map<number, ort.Tensor[]>();
-  readonly #slotElements: number;
+  /** Blocks the plan being made loads (pinned for it): [sequence, block ids]. */
+  #matched: [string, number[]] | undefined;
+  #prefixQueries = 0;
+  #prefixHits = 0;
 
   constructor(
-    private readonly model: TextModel,
+    private readonly runner: ModelRunner,
     private readonly options: EngineOptions,
   ) {
-    const { layers, kvHeads, headDim } = model.graph;
-    this.kv = new SlotKvCache(options.maxRunning, options.maxContext);
+    this.kv = new SlotKvCache(runner.kv.slots, runner.kv.context);
+    this.prefixCache = new PrefixCache(runner.kv.cacheBlocks);
     this.scheduler = new Scheduler(this.kv, {
       maxPrefillTokens: options.maxPrefillTokens,
       maxWaiting: options.maxWaiting,
+      ...(this.prefixCache.enabled
+        ? { prefix: { cachedPrefix: (id: string, limit: number) => this.#cachedPrefix(id, limit) } }
+        : {}),
     });
-    this.#slotElements = kvHeads * options.maxContext * headDim;
-    const elements = options.maxRunning * this.#slotElements;
-    const make = () =>
-      model.graph.cacheType === 'float16' ? new Uint16Array(elements) : new Float32Array(elements);
-    this.#buffers = Array.from({ length: layers }, () => ({ key: make(), value: make() }));
   }
 
   get load() {
@@ -120,9 +98,13 @@ export class Engine {
       maxNewTokens: request.maxNewTokens,
       stopTokenIds: new Set([...this.options.eosTokenIds, ...request.stopTokenIds]),
     });
+    const tokens = [...request.promptIds];
     this.#states.set(request.id, {
       request,
-      promptRows: undefined,
+      tokens,
+      keys: new BlockKeys(tokens, tokens.length, request.images, this.runner.imageTokenId),
+      imageRows: undefined,
+      cachedBlocks: 0,
       rng: new Rng(request.seed),
       prompt: new Set(request.promptIds),
       output: new Map(),
@@ -152,19 +134,38 @@ export class Engine {
 
   /** Runs one step; null when there was nothing to run. */
   async step(): Promise<StepReport | null> {
+    this.#matched = undefined;
     const plan = this.scheduler.schedule();
     if (plan === null) return null;
     const started = performance.now();
-    const { logits, rows } = await this.#run(plan);
+    const matched = this.#matched as [string, number[]] | undefined;
+    this.#matched = undefined;
+    /** Blocks this step saves into: cached once it succeeds, free again if it fails. */
+    const saved: number[] = [];
+    const saving = new Set<SequenceState>();
+    let logits: Float32Array[];
+    try {
+      logits = (await this.runner.run(this.#assemble(plan, matched, saved, saving))).logits;
+    } catch (error) {
+      this.prefixCache.discard(saved);
+      throw error;
+    } finally {
+      if (matched) this.prefixCache.unpin(matched[1]);
+    }
+    this.prefixCache.commit(saved);
+    for (const state of saving) this.prefixCache.touch(state.keys.keys(state.cachedBlocks));
+
+    // Sampled rows, in the runner's order: the prefill's last chunk, or every decode row.
+    const rows =
+      plan.kind === 'prefill' ? (plan.last ? [plan.id] : []) : plan.rows.map((r) => r.id);
     const sampled = new Map<string, number>();
     const details = new Map<string, { logprob: number; top: TokenEvent['top'] }>();
-    const { vocab } = this.model.graph;
     rows.forEach((id, b) => {
       const state = this.#states.get(id);
-      if (!state) return;
+      if (!state) return; // aborted during the run
       const r = state.request;
       const s = sample(
-        logits.subarray(b * vocab, (b + 1) * vocab),
+        logits[b]!,
         r.sampling,
         { prompt: state.prompt, output: state.output },
         state.rng,
@@ -174,9 +175,10 @@ export class Engine {
       details.set(id, { logprob: s.logprob, top: s.top });
     });
     const now = performance.now();
-    const events = this.scheduler.update(plan, sampled).map((e: StepEvent) => {
+    const events = this.scheduler.update(plan, sampled).map((e) => {
       const state = this.#states.get(e.id)!;
       state.output.set(e.token, (state.output.get(e.token) ?? 0) + 1);
+      state.tokens.push(e.token);
       state.lastToken = e.token;
       state.firstToken ??= now;
       const event: TokenEvent = {
@@ -185,7 +187,7 @@ export class Engine {
         index: state.generated++,
         ...details.get(e.id)!,
       };
-      if (e.finished === 'stop' || e.finished === 'length') {
+      if (e.finished) {
         event.finished = e.finished;
         event.timings = {
           queue: (state.prefillStarted! - state.arrived) / 1000,
@@ -196,156 +198,128 @@ export class Engine {
       }
       return event;
     });
-    return {
+    const report: StepReport = {
       kind: plan.kind,
       batch: plan.kind === 'prefill' ? 1 : plan.rows.length,
       tokens: plan.kind === 'prefill' ? plan.length : plan.rows.length,
       ms: now - started,
       events,
+      prefixQueries: this.#prefixQueries,
+      prefixHits: this.#prefixHits,
     };
+    this.#prefixQueries = 0;
+    this.#prefixHits = 0;
+    return report;
   }
 
-  /** Runs the graph for `plan`; returns logits [rows, vocab] and the sequence of each row. */
-  async #run(plan: StepPlan): Promise<{ logits: Float32Array; rows: string[] }> {
-    const { hidden } = this.model.graph;
-    const feeds: Record<string, ort.Tensor> = {};
-    const fetches: Record<string, ort.Tensor | null> = { logits: null };
-    let views: ort.Tensor[];
-    let rows: string[];
-    /** Where each batch row's new keys go: [slot, first position, tokens]; none for idle rows. */
-    let writes: Array<[slot: number, position: number, tokens: number] | undefined>;
-    if (plan.kind === 'prefill') {
-      const state = this.#states.get(plan.id)!;
-      state.prefillStarted ??= performance.now();
-      state.promptRows ??= this.#promptRows(state.request);
-      const chunk = state.promptRows.subarray(
-        plan.start * hidden,
-        (plan.start + plan.length) * hidden,
-      );
-      feeds['inputs_embeds'] = makeTensor('float32', chunk, [1, plan.length, hidden]);
-      feeds['seqlens_k'] = makeTensor('int32', Int32Array.of(plan.start + plan.length - 1), [1]);
-      feeds['total_sequence_length'] = makeTensor(
-        'int32',
-        Int32Array.of(plan.start + plan.length),
-        [],
-      );
-      feeds['logit_positions'] = makeTensor(
-        'int64',
-        BigInt64Array.of(BigInt(plan.length - 1)),
-        [1, 1],
-      );
-      feeds['position_ids'] = makeTensor(
-        'int64',
-        BigInt64Array.from({ length: plan.length }, (_, i) => BigInt(plan.start + i)),
-        [1, plan.length],
-      );
-      writes = [[plan.slot, plan.start, plan.length]];
-      views = this.#slotView(plan.slot);
-      rows = plan.last ? [plan.id] : [];
-      if (plan.last) state.promptRows = undefined;
-    } else {
-      const n = plan.slots;
-      const embeds = new Float32Array(n * hidden);
-      const seqlens = new Int32Array(n);
-      // Idle slots in the range run too (their rows are not written back): give them their
-      // length (0 when free) as a valid position.
-      for (let s = 0; s < n; s++) seqlens[s] = Math.max(0, this.kv.length(s));
-      const byRow = new Array<string>(n).fill('');
-      for (const row of plan.rows) {
+  /**
+   * The scheduler's question when it plans a sequence's first chunk: how much of its prompt
+   * is cached. The blocks found stay pinned until the step that loads them has run.
+   */
+  #cachedPrefix(id: string, limit: number): number {
+    const state = this.#states.get(id);
+    if (!state) return 0;
+    const blocks = this.prefixCache.match(state.keys.keys(Math.floor(limit / BLOCK_TOKENS)));
+    this.#matched = [id, blocks];
+    state.cachedBlocks = blocks.length;
+    this.#prefixQueries += state.request.promptIds.length;
+    this.#prefixHits += blocks.length * BLOCK_TOKENS;
+    return blocks.length * BLOCK_TOKENS;
+  }
+
+  /**
+   * The runner's form of `plan`; adds the blocks it saves into to `saved`, and the sequences
+   * saving to `saving`.
+   */
+  #assemble(
+    plan: StepPlan,
+    matched: [string, number[]] | undefined,
+    saved: number[],
+    saving: Set<SequenceState>,
+  ): RunnerStep {
+    if (plan.kind === 'decode') {
+      const saves: BlockCopy[] = [];
+      const decode = plan.rows.map((row) => {
         const state = this.#states.get(row.id)!;
-        embeds.set(this.model.embeddings.embed([state.lastToken]), row.slot * hidden);
-        seqlens[row.slot] = row.position;
-        byRow[row.slot] = row.id;
+        // This step writes the KV of position `row.position`.
+        saves.push(...this.#saves(state, row.slot, row.position + 1, saved, saving));
+        return { slot: row.slot, position: row.position, token: state.lastToken };
+      });
+      return { loads: [], prefill: [], decode, saves };
+    }
+    const state = this.#states.get(plan.id)!;
+    state.prefillStarted ??= performance.now();
+    state.imageRows ??= imageRowsFloat32(state.request);
+    const loads: BlockCopy[] = [];
+    if (matched) {
+      if (matched[0] !== plan.id || matched[1].length * BLOCK_TOKENS !== plan.cached) {
+        throw new Error(`prefix blocks matched for ${matched[0]} but planned for ${plan.id}`);
       }
-      let total = 0;
-      for (const l of seqlens) total = Math.max(total, l + 1);
-      feeds['inputs_embeds'] = makeTensor('float32', embeds, [n, 1, hidden]);
-      feeds['seqlens_k'] = makeTensor('int32', seqlens, [n]);
-      feeds['total_sequence_length'] = makeTensor('int32', Int32Array.of(total), []);
-      feeds['logit_positions'] = makeTensor('int64', new BigInt64Array(n), [n, 1]);
-      feeds['position_ids'] = makeTensor('int64', BigInt64Array.from(seqlens, BigInt), [n, 1]);
-      views = this.#prefixView(n);
-      rows = byRow;
-      writes = byRow.map((id, slot) => (id === '' ? undefined : [slot, seqlens[slot]!, 1]));
+      matched[1].forEach((block, k) =>
+        loads.push({ block, slot: plan.slot, position: k * BLOCK_TOKENS }),
+      );
     }
-    // The cache goes in as past only; this step's keys and values come back as new_* rows,
-    // written into the cache here (fetching present would copy the whole cache into
-    // JavaScript every step: onnxruntime-node 1.30 copies every output it returns).
-    const { layers, kvHeads, headDim, cacheType } = this.model.graph;
-    for (let l = 0; l < layers; l++) {
-      const names = cacheNames(l);
-      feeds[names.pastKey] = views[2 * l]!;
-      feeds[names.pastValue] = views[2 * l + 1]!;
-      fetches[names.newKey] = null;
-      fetches[names.newValue] = null;
+    const end = plan.start + plan.length;
+    const chunk: PrefillChunk = {
+      slot: plan.slot,
+      start: plan.start,
+      tokens: state.request.promptIds.slice(plan.start, end),
+      imageRows: this.#chunkImageRows(state, plan.start, end),
+      sample: plan.last,
+    };
+    const saves = this.#saves(state, plan.slot, end, saved, saving);
+    if (plan.last) state.imageRows = undefined;
+    return { loads, prefill: [chunk], decode: [], saves };
+  }
+
+  /** The image rows of prompt positions start .. end - 1 (a chunk may cut an image's run). */
+  #chunkImageRows(state: SequenceState, start: number, end: number): Float32Array {
+    const { promptIds } = state.request;
+    const image = this.runner.imageTokenId;
+    let first = 0;
+    for (let p = 0; p < start; p++) if (promptIds[p] === image) first++;
+    let rows = 0;
+    for (let p = start; p < end; p++) if (promptIds[p] === image) rows++;
+    const { hidden } = this.runner;
+    return state.imageRows!.subarray(first * hidden, (first + rows) * hidden);
+  }
+
+  /**
+   * Saves for the blocks of `state` that are full once positions 0 .. known - 1 hold KV and
+   * that the prefix cache does not hold yet.
+   */
+  #saves(
+    state: SequenceState,
+    slot: number,
+    known: number,
+    saved: number[],
+    saving: Set<SequenceState>,
+  ): BlockCopy[] {
+    if (!this.prefixCache.enabled) return [];
+    const full = Math.floor(known / BLOCK_TOKENS);
+    if (full > state.cachedBlocks) saving.add(state);
+    const copies: BlockCopy[] = [];
+    for (let k = state.cachedBlocks; k < full; k++) {
+      const block = this.prefixCache.reserve(state.keys.key(k));
+      // No room (every block pinned or being saved): the rest of this chain would not be
+      // reachable without this block anyway.
+      if (block === null) break;
+      if (block === 'cached') continue;
+      copies.push({ block, slot, position: k * BLOCK_TOKENS });
+      saved.push(block);
     }
-    const out = await this.model.session.run(feeds, fetches);
-    const logits = readOutput(out, 'logits', 'float32').data;
-    const { maxContext } = this.options;
-    for (let l = 0; l < layers; l++) {
-      const names = cacheNames(l);
-      for (const [name, buffer] of [
-        [names.newKey, this.#buffers[l]!.key],
-        [names.newValue, this.#buffers[l]!.value],
-      ] as const) {
-        const fresh = readOutput(out, name, cacheType).data; // [batch, seq, kv heads · d]
-        const seq = fresh.length / (writes.length * kvHeads * headDim);
-        writes.forEach((w, b) => {
-          if (!w) return;
-          const [slot, position, tokens] = w;
-          for (let h = 0; h < kvHeads; h++) {
-            for (let t = 0; t < tokens; t++) {
-              const from = ((b * seq + t) * kvHeads + h) * headDim;
-              const to = ((slot * kvHeads + h) * maxContext + position + t) * headDim;
-              buffer.set(fresh.subarray(from, from + headDim), to);
-            }
-          }
-        });
-      }
-    }
-    return { logits, rows };
+    state.cachedBlocks = Math.max(state.cachedBlocks, full);
+    return copies;
   }
+}
 
-  /** Input embeddings of a prompt, image rows spliced in (their count checked). */
-  #promptRows(r: EngineRequest): Float32Array {
-    const rows = this.model.embeddings.embed(r.promptIds);
-    const image =
-      r.imageDtype === 'float32'
-        ? new Float32Array(r.imageRows.buffer, r.imageRows.byteOffset, r.imageRows.byteLength / 4)
-        : Float32Array.from(
-            new Uint16Array(r.imageRows.buffer, r.imageRows.byteOffset, r.imageRows.byteLength / 2),
-            (bits) => float16ToFloat32(bits),
-          );
-    spliceImageRows(rows, r.promptIds, image, {
-      imageTokenId: this.model.imageTokenId,
-      hidden: this.model.graph.hidden,
-    });
-    return rows;
-  }
-
-  #tensors(from: number, slots: number): ort.Tensor[] {
-    const { kvHeads, headDim } = this.model.graph;
-    const dims = [slots, kvHeads, this.options.maxContext, headDim];
-    const start = from * this.#slotElements;
-    const end = (from + slots) * this.#slotElements;
-    return this.#buffers.flatMap(({ key, value }) =>
-      [key, value].map((buffer) =>
-        buffer instanceof Float32Array
-          ? makeTensor('float32', buffer.subarray(start, end), dims)
-          : makeTensor('float16', buffer.subarray(start, end), dims),
-      ),
-    );
-  }
-
-  #slotView(slot: number): ort.Tensor[] {
-    let views = this.#slotViews.get(slot);
-    if (!views) this.#slotViews.set(slot, (views = this.#tensors(slot, 1)));
-    return views;
-  }
-
-  #prefixView(slots: number): ort.Tensor[] {
-    let views = this.#prefixViews.get(slots);
-    if (!views) this.#prefixViews.set(slots, (views = this.#tensors(0, slots)));
-    return views;
-  }
+/** A request's image rows as float32 (float16 ones widened exactly). */
+function imageRowsFloat32(r: EngineRequest): Float32Array {
+  const bytes = r.imageRows;
+  return r.imageDtype === 'float32'
+    ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
+    : Float32Array.from(
+        new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2),
+        (bits) => float16ToFloat32(bits),
+      );
 }

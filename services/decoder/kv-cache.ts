@@ -1,7 +1,7 @@
-// Who holds which part of the KV cache. The memory itself is one buffer per layer and kind,
-// [slots, kv heads, context, head dim], allocated once by the engine; a sequence owns one
-// slot (a contiguous [kv heads, context, head dim] region) from admission to its end, so a
-// running sequence never runs out of room and nothing is ever preempted. Slots are handed
+// Who holds which KV slot: the scheduler's bookkeeping. The memory itself belongs to the model
+// runner (model-runner.ts; ort-runner.ts holds one buffer per layer and kind, [slots, kv heads,
+// context, head dim]); a sequence owns one slot from admission to its end, so a running
+// sequence never runs out of room and nothing is ever preempted. Slots are handed
 // out lowest first, which keeps the running ones packed at the front: a decode step covers
 // slots 0 .. highest, one contiguous view of each buffer.
 

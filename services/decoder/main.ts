@@ -12,6 +12,8 @@ import {
   internalToken,
   stageTransport,
 } from '../runtime/index.js';
+import { openCheckpoint } from '../model/index.js';
+import { checkKvCapacity } from './capacity.js';
 import { loadDecoderConfig } from './config.js';
 import { EngineClient } from './engine-client.js';
 import { createDecoderMetrics } from './metrics.js';
@@ -26,6 +28,13 @@ async function main(): Promise<void> {
   const transport = stageTransport(config, logger);
   const modelDir = resolve(config.LOUPE_MODEL_DIR);
   const modelId = config.LOUPE_MODEL_ID ?? basename(modelDir);
+  // A context past the model's positions or KV past the machine's memory: exit 2 now.
+  const kv = checkKvCapacity(openCheckpoint(modelDir), {
+    maxRunning: config.LOUPE_DECODER_MAX_RUNNING,
+    maxContext: config.LOUPE_DECODER_MAX_CONTEXT,
+    prefixCacheBytes: config.LOUPE_DECODER_PREFIX_CACHE_BYTES,
+    executionProvider: config.LOUPE_DECODER_EXECUTION_PROVIDER,
+  });
   const loadStarted = performance.now();
   const engine = await EngineClient.start(
     {
@@ -41,7 +50,11 @@ async function main(): Promise<void> {
         maxContext: config.LOUPE_DECODER_MAX_CONTEXT,
         maxWaiting: config.LOUPE_DECODER_MAX_WAITING,
         maxPrefillTokens: config.LOUPE_DECODER_MAX_PREFILL_TOKENS,
+        prefixCacheBlocks: kv.prefixCacheBlocks,
       },
+      ...(config.LOUPE_DECODER_TEST_FAULT_POSITION > 0
+        ? { faultAtPosition: config.LOUPE_DECODER_TEST_FAULT_POSITION }
+        : {}),
     },
     { stepTimeoutMs: config.LOUPE_DECODER_STEP_TIMEOUT_MS },
   );
@@ -82,9 +95,11 @@ async function main(): Promise<void> {
   const registry = createRegistry(NAME);
   const metrics = createDecoderMetrics(registry, () => engine.load);
   metrics.weightBytes.set({ format: engine.info.weightFormat }, engine.info.weightBytes);
-  engine.onStep = ({ kind, batch, ms }) => {
+  engine.onStep = ({ kind, batch, ms, prefixQueries, prefixHits }) => {
     metrics.batchSize.observe({ step: kind }, batch);
     metrics.stepSeconds.observe({ step: kind }, ms / 1000);
+    if (prefixQueries > 0) metrics.prefixCacheQueries.inc(prefixQueries);
+    if (prefixHits > 0) metrics.prefixCacheHits.inc(prefixHits);
   };
   const tracing = initTracing({
     serviceName: config.OTEL_SERVICE_NAME ?? `loupe-${NAME}`,

@@ -1,6 +1,6 @@
 // Decoder metrics, named as vLLM names them where the meaning is the same.
 import { Counter, Gauge, Histogram, type Registry } from '../runtime/index.js';
-import type { EngineLoad } from './engine-client.js';
+import type { EngineLoad } from './protocol.js';
 
 export interface DecoderMetrics {
   timeToFirstToken: Histogram;
@@ -11,6 +11,8 @@ export interface DecoderMetrics {
   requestSuccess: Counter<'finished_reason'>;
   failures: Counter<'reason'>;
   preemptions: Counter;
+  prefixCacheQueries: Counter;
+  prefixCacheHits: Counter;
   batchSize: Histogram<'step'>;
   stepSeconds: Histogram<'step'>;
   weightBytes: Gauge<'format'>;
@@ -94,6 +96,16 @@ export function createDecoderMetrics(registry: Registry, load: () => EngineLoad)
     preemptions: new Counter({
       name: 'loupe_decoder_num_preemptions_total',
       help: 'Sequences preempted (always 0: a sequence reserves its whole KV slot at admission).',
+      registers,
+    }),
+    prefixCacheQueries: new Counter({
+      name: 'loupe_decoder_prefix_cache_queries_total',
+      help: 'Prompt tokens looked up in the prefix cache (every prompt token of every request, when it is on).',
+      registers,
+    }),
+    prefixCacheHits: new Counter({
+      name: 'loupe_decoder_prefix_cache_hits_total',
+      help: 'Prompt tokens found in the prefix cache (their KV loaded, not computed).',
       registers,
     }),
     batchSize: new Histogram({

@@ -107,6 +107,31 @@ describe('Scheduler', () => {
     expect(scheduler.abort('r1')).toBe(false);
   });
 
+  it("starts a sequence's first chunk after what the prefix cache holds, asking once", () => {
+    const kv = new SlotKvCache(2, 64);
+    const asked: Array<[string, number]> = [];
+    const scheduler = new Scheduler(kv, {
+      maxPrefillTokens: 8,
+      maxWaiting: 10,
+      prefix: {
+        cachedPrefix: (id, limit) => {
+          asked.push([id, limit]);
+          return 16;
+        },
+      },
+    });
+    scheduler.addRequest(createRequests(1, { promptTokens: 20 })[0]!);
+    const chunks: string[] = [];
+    for (let plan = scheduler.schedule(); plan?.kind === 'prefill'; plan = scheduler.schedule()) {
+      chunks.push(`${plan.start}+${plan.length} cached ${plan.cached}`);
+      scheduler.update(plan, tokens(plan));
+    }
+    // The limit keeps the prompt's last token computed.
+    expect(asked).toEqual([['r0', 19]]);
+    expect(chunks).toEqual(['16+4 cached 16']);
+    expect(kv.length(0)).toBe(20);
+  });
+
   it('refuses work beyond the queue and requests beyond the context', () => {
     const { scheduler } = createScheduler({ slots: 1, context: 16, maxWaiting: 1 });
     const [a, b, c] = createRequests(3);

@@ -2,6 +2,7 @@
 // Runtime). The engine calls schedule() for the next step, runs it, samples, and reports the
 // sampled tokens with update(), which returns what happened to each sequence.
 import type { SlotKvCache } from './kv-cache.js';
+import type { FinishReason, TokenFinishReason } from './protocol.js';
 
 /** Ordered: every status from FinishedStop on is final. */
 export enum SequenceStatus {
@@ -14,8 +15,6 @@ export enum SequenceStatus {
 }
 
 export const isFinished = (status: SequenceStatus) => status >= SequenceStatus.FinishedStop;
-
-export type FinishReason = 'stop' | 'length' | 'cancelled';
 
 export const FINISH_REASON: Partial<Record<SequenceStatus, FinishReason>> = {
   [SequenceStatus.FinishedStop]: 'stop',
@@ -41,6 +40,8 @@ interface Sequence extends SequenceSpec {
   generated: number;
   /** Arrival order (first come, first served). */
   order: number;
+  /** Whether the prefix cache was asked about it (once, when its first chunk is planned). */
+  looked: boolean;
 }
 
 /** One model run. Positions and lengths are in tokens. */
@@ -51,6 +52,11 @@ export type StepPlan =
       slot: number;
       /** Cache position of the chunk's first token (prompt tokens already prefilled). */
       start: number;
+      /**
+       * Tokens before `start` that the prefix cache holds and this step loads into the slot
+       * (on a sequence's first chunk only; 0 otherwise).
+       */
+      cached: number;
       /** Tokens in this chunk. */
       length: number;
       /** Whether the chunk ends the prompt: then its last logits are sampled. */
@@ -73,7 +79,17 @@ export interface StepEvent {
   /** The token sampled for this sequence in this step. */
   token: number;
   /** Set when the sequence ended with this token. */
-  finished?: FinishReason;
+  finished?: TokenFinishReason;
+}
+
+/** The prefix cache, as the scheduler sees it. */
+export interface PrefixLookup {
+  /**
+   * Leading prompt tokens of `id` whose KV the cache holds, reserved for the step about to be
+   * planned: at most `limit` (the prompt's length - 1: its last token is always computed, for
+   * its logits).
+   */
+  cachedPrefix(id: string, limit: number): number;
 }
 
 export interface SchedulerOptions {
@@ -81,6 +97,8 @@ export interface SchedulerOptions {
   maxPrefillTokens: number;
   /** Most sequences waiting for a free slot; addRequest refuses more (0: only when a slot is free). */
   maxWaiting: number;
+  /** Asked once per sequence, when its first chunk is planned; none: nothing is cached. */
+  prefix?: PrefixLookup;
 }
 
 export class QueueFullError extends Error {
@@ -140,6 +158,7 @@ export class Scheduler {
       prefilled: 0,
       generated: 0,
       order: this.#arrivals++,
+      looked: false,
     };
     this.#sequences.set(spec.id, sequence);
     this.#waiting.push(sequence);
@@ -166,6 +185,9 @@ export class Scheduler {
    *    whichever kind there is.
    * 3. A prefill step takes the earliest-arrived prefilling sequence's next chunk of at most
    *    maxPrefillTokens; a decode step feeds one token to every decoding sequence at once.
+   *    A sequence's first chunk starts after what the prefix cache holds of its prompt. It
+   *    is asked then, not at admission, so a prompt admitted beside another with the same
+   *    prefix finds what that one's prefill has cached by then.
    */
   schedule(): StepPlan | null {
     while (this.#waiting.length > 0) {
@@ -188,18 +210,28 @@ export class Scheduler {
     const prefillNow =
       prefilling !== undefined && (decoding.length === 0 || this.#lastStep === 'decode');
     if (prefillNow) {
+      const s = prefilling!;
       this.#lastStep = 'prefill';
-      const length = Math.min(
-        this.options.maxPrefillTokens,
-        prefilling!.promptTokens - prefilling!.prefilled,
-      );
+      let cached = 0;
+      if (!s.looked) {
+        s.looked = true;
+        cached = this.options.prefix?.cachedPrefix(s.id, s.promptTokens - 1) ?? 0;
+        if (!Number.isSafeInteger(cached) || cached < 0 || cached >= s.promptTokens) {
+          throw new RangeError(
+            `prefix cache answered ${cached} tokens for a ${s.promptTokens}-token prompt`,
+          );
+        }
+        s.prefilled = cached;
+      }
+      const length = Math.min(this.options.maxPrefillTokens, s.promptTokens - s.prefilled);
       return {
         kind: 'prefill',
-        id: prefilling!.id,
-        slot: prefilling!.slot,
-        start: prefilling!.prefilled,
+        id: s.id,
+        slot: s.slot,
+        start: s.prefilled,
+        cached,
         length,
-        last: prefilling!.prefilled + length === prefilling!.promptTokens,
+        last: s.prefilled + length === s.promptTokens,
       };
     }
     if (decoding.length === 0) return null;
@@ -222,7 +254,7 @@ export class Scheduler {
     if (plan.kind === 'prefill') {
       const s = this.#sequences.get(plan.id);
       if (!s || s.status !== SequenceStatus.Prefilling) return events;
-      s.prefilled += plan.length;
+      s.prefilled = plan.start + plan.length;
       this.kv.setLength(s.slot, s.prefilled);
       if (!plan.last) return events;
       s.status = SequenceStatus.Decoding;

@@ -350,6 +350,13 @@ describe('decoder service', () => {
         'bad_image',
       ],
       [
+        request([1, IMAGE_TOKEN, 5], {
+          images: [{ ...image(1, [1]), contentHash: Buffer.alloc(65) }],
+        }),
+        /`images\[0\].content_hash` has 65 bytes; at most 64/,
+        'bad_image',
+      ],
+      [
         request([1, IMAGE_TOKEN, 5], { images: [image(1, [1], Dtype.DTYPE_INT32)] }),
         /`images\[0\].embeddings.dtype` must be DTYPE_FLOAT16 or DTYPE_FLOAT32/,
         'bad_image',
@@ -377,15 +384,15 @@ describe('decoder limits and shutdown', () => {
       LOUPE_DECODER_THREADS: '1',
       LOUPE_DECODER_MAX_RUNNING: '1',
       LOUPE_DECODER_MAX_WAITING: '1',
-      LOUPE_DECODER_MAX_CONTEXT: '16384',
-      LOUPE_DECODER_MAX_NEW_TOKENS: '16000',
+      LOUPE_DECODER_MAX_CONTEXT: '4096',
+      LOUPE_DECODER_MAX_NEW_TOKENS: '4000',
     });
     const decoder = client(service.grpcAddress);
     try {
       const prompt = loadGoldenCase('tiny-text-only').inputIds;
       // Greedy on this prompt runs past 1,000 tokens without an EOS: long enough to queue behind.
       let cancelFirst: (() => void) | undefined;
-      const first = generate(decoder, request(prompt, { maxNewTokens: 16000 }), {
+      const first = generate(decoder, request(prompt, { maxNewTokens: 4000 }), {
         onToken: (_, cancel) => (cancelFirst = cancel),
       });
       await waitForLoad(decoder, (l) => l.running === 1);

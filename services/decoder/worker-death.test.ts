@@ -2,9 +2,8 @@
 //
 // A failed step fails the sequences in it with INTERNAL (`step_failed`, and the model's
 // message), and the engine goes on: the next request gets what it would get alone. The fault
-// is a real one: the tiny model has rotary positions for 4096 tokens, and a decoder allowed a
-// longer context (LOUPE_DECODER_MAX_CONTEXT=8192) runs a prefill past them, which ONNX Runtime
-// refuses.
+// is injected at the model runner (LOUPE_DECODER_TEST_FAULT_POSITION): the real one this test
+// used, a context past the model's rotary positions, is refused at start now (capacity.ts).
 //
 // A decoder whose engine thread dies cannot serve: its requests fail with UNAVAILABLE
 // (`worker_died`), health goes NOT_SERVING, an error line says `worker_died`, and the process
@@ -133,9 +132,10 @@ describe('decoder whose step fails', () => {
       ...ephemeralPorts('DECODER'),
       LOUPE_MODEL_DIR: modelDir,
       LOUPE_DECODER_THREADS: '1',
-      LOUPE_DECODER_MAX_CONTEXT: '8192',
+      LOUPE_DECODER_MAX_CONTEXT: '4096',
       LOUPE_DECODER_MAX_NEW_TOKENS: '32',
       LOUPE_DECODER_MAX_PREFILL_TOKENS: '1024',
+      LOUPE_DECODER_TEST_FAULT_POSITION: '2048',
     });
     const decoder = new DecoderClient(
       service.grpcAddress,
@@ -144,8 +144,8 @@ describe('decoder whose step fails', () => {
     );
     const health = healthClient(service.grpcAddress);
     try {
-      // Positions 4096 on are past the tiny model's rotary table: the fifth prefill chunk fails.
-      const failed = await generate(decoder, request(prompt(4100), 4));
+      // Positions 2048 on fail: the third prefill chunk does.
+      const failed = await generate(decoder, request(prompt(2100), 4));
       expect(failed.tokens).toEqual([]);
       expect(failed.error?.code).toBe(status.INTERNAL);
       expect(reason(failed.error!)).toBe('step_failed');

@@ -50,6 +50,9 @@ async function startDecoder(modelDir: string) {
     LOUPE_DECODER_THREADS: String(THREADS),
     LOUPE_DECODER_MAX_RUNNING: String(Math.max(...STREAMS)),
     LOUPE_DECODER_MAX_CONTEXT: String(Math.max(...PROMPT_LENGTHS) + MAX_NEW_TOKENS),
+    // The levels resend the same four prompts: with prefix caching their prefills would be
+    // hits, and the figures no longer comparable with the ones before it (docs/decoder-engine.md).
+    LOUPE_DECODER_PREFIX_CACHE_BYTES: '0',
   });
   return { address: `127.0.0.1:${Number(service.ready.grpcPort)}`, stop: service.stop };
 }

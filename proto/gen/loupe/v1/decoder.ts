@@ -97,6 +97,13 @@ export interface ImageEmbeddings {
    * len(positions) == rows.
    */
   positions: number[];
+  /**
+   * Identifies the rows, for the prefix cache's keys: two images sent with equal hashes (and
+   * equal dtype and shape) must have equal rows. The encoder's content_hash (SHA-256 of the
+   * sub-images it encoded) is one. Absent or empty: the decoder hashes the rows themselves.
+   * At most 64 bytes.
+   */
+  contentHash?: Buffer | undefined;
 }
 
 export interface SamplingParams {
@@ -417,7 +424,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
 };
 
 function createBaseImageEmbeddings(): ImageEmbeddings {
-  return { embeddings: undefined, positions: [] };
+  return { embeddings: undefined, positions: [], contentHash: undefined };
 }
 
 export const ImageEmbeddings: MessageFns<ImageEmbeddings> = {
@@ -431,6 +438,9 @@ export const ImageEmbeddings: MessageFns<ImageEmbeddings> = {
         writer.uint32(v);
       }
       writer.join();
+    }
+    if (message.contentHash !== undefined) {
+      writer.uint32(26).bytes(message.contentHash);
     }
     return writer;
   },
@@ -474,6 +484,14 @@ export const ImageEmbeddings: MessageFns<ImageEmbeddings> = {
 
             break;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.contentHash = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -492,6 +510,11 @@ export const ImageEmbeddings: MessageFns<ImageEmbeddings> = {
       positions: globalThis.Array.isArray(object?.positions)
         ? object.positions.map((e: any) => globalThis.Number(e))
         : [],
+      contentHash: isSet(object.contentHash)
+        ? Buffer.from(bytesFromBase64(object.contentHash))
+        : isSet(object.content_hash)
+        ? Buffer.from(bytesFromBase64(object.content_hash))
+        : undefined,
     };
   },
 
@@ -502,6 +525,9 @@ export const ImageEmbeddings: MessageFns<ImageEmbeddings> = {
     }
     if (message.positions?.length) {
       obj.positions = message.positions.map((e) => Math.round(e));
+    }
+    if (message.contentHash !== undefined) {
+      obj.contentHash = base64FromBytes(message.contentHash);
     }
     return obj;
   },
@@ -515,6 +541,7 @@ export const ImageEmbeddings: MessageFns<ImageEmbeddings> = {
       ? Tensor.fromPartial(object.embeddings)
       : undefined;
     message.positions = object.positions?.map((e) => e) || [];
+    message.contentHash = object.contentHash ?? undefined;
     return message;
   },
 };
@@ -1853,6 +1880,14 @@ export const DecoderClient = makeGenericClientConstructor(DecoderService, "loupe
   service: typeof DecoderService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 function floatToJson(value: number | null | undefined): number | string | null | undefined {
   return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;

@@ -1,0 +1,239 @@
+// The ONNX Runtime model runner with the KV cache in host memory (the CPU execution provider's
+// runner; see docs/decoder-engine.md for what a GPU runner does instead).
+//
+// KV memory: per layer, one key and one value buffer of [slots, kv heads, context, head dim]
+// (a slot is one contiguous region per head), and per layer a key and a value pool of
+// prefix-cache blocks [blocks, kv heads, BLOCK_TOKENS, head dim]. A prefill chunk runs over
+// its slot's view; a decode step runs slots 0 .. highest decoding slot at once over one view
+// of the first slots (idle ones in the range run too, at length 0, and nothing of theirs is
+// written back). The graph takes the cache as past only and returns this step's keys and
+// values as new_* rows, which are written into the slots here: fetching `present` would copy
+// the whole cache into JavaScript every step (onnxruntime-node 1.30 copies every output).
+//
+// Prefix hits copy a block's rows into the new slot (a load) rather than pointing the slot at
+// shared blocks: GroupQueryAttention on CPU reads each sequence's past as one contiguous
+// buffer, so a block table would mean gathering every sequence's whole context every step.
+// docs/decoder-engine.md has the measured costs of both.
+import type * as ort from 'onnxruntime-node';
+import {
+  cacheNames,
+  makeTensor,
+  readOutput,
+  spliceImageRows,
+  type TextModel,
+} from '../model/index.js';
+import {
+  BLOCK_TOKENS,
+  type BlockCopy,
+  type KvShape,
+  type ModelRunner,
+  type PrefillChunk,
+  type RunnerOutput,
+  type RunnerStep,
+} from './model-runner.js';
+
+type KvBuffer = Float32Array | Uint16Array;
+
+/** Bytes of KV one token takes: keys and values of every layer. */
+export function kvBytesPerToken(graph: TextModel['graph']): number {
+  const bytes = graph.cacheType === 'float16' ? 2 : 4;
+  return graph.layers * 2 * graph.kvHeads * graph.headDim * bytes;
+}
+
+export class OrtModelRunner implements ModelRunner {
+  readonly vocab: number;
+  readonly hidden: number;
+  readonly imageTokenId: number;
+  /** Per layer: the slots' keys and values, then the prefix-cache blocks'. */
+  readonly #slots: Array<{ key: KvBuffer; value: KvBuffer }>;
+  readonly #blocks: Array<{ key: KvBuffer; value: KvBuffer }>;
+  /** Cache tensors over the first n slots, by n (decode) and per slot (prefill). */
+  readonly #prefixViews = new Map<number, ort.Tensor[]>();
+  readonly #slotViews = new Map<number, ort.Tensor[]>();
+  readonly #slotElements: number;
+
+  constructor(
+    private readonly model: TextModel,
+    readonly kv: KvShape,
+  ) {
+    const { layers, kvHeads, headDim, cacheType, vocab, hidden } = model.graph;
+    this.vocab = vocab;
+    this.hidden = hidden;
+    this.imageTokenId = model.imageTokenId;
+    this.#slotElements = kvHeads * kv.context * headDim;
+    const make = (elements: number) =>
+      cacheType === 'float16' ? new Uint16Array(elements) : new Float32Array(elements);
+    const slotElements = kv.slots * this.#slotElements;
+    const blockElements = kv.cacheBlocks * kvHeads * BLOCK_TOKENS * headDim;
+    this.#slots = Array.from({ length: layers }, () => ({
+      key: make(slotElements),
+      value: make(slotElements),
+    }));
+    this.#blocks = Array.from({ length: layers }, () => ({
+      key: make(blockElements),
+      value: make(blockElements),
+    }));
+  }
+
+  async run(step: RunnerStep): Promise<RunnerOutput> {
+    for (const load of step.loads) this.#copy(load, 'load');
+    const logits: Float32Array[] = [];
+    for (const chunk of step.prefill) {
+      const out = await this.#prefill(chunk);
+      if (chunk.sample) logits.push(out);
+    }
+    if (step.decode.length > 0) logits.push(...(await this.#decode(step)));
+    for (const save of step.saves) this.#copy(save, 'save');
+    return { logits };
+  }
+
+  async release(): Promise<void> {
+    await this.model.release();
+  }
+
+  /** Runs one chunk over its slot; returns the logits of its last token. */
+  async #prefill(chunk: PrefillChunk): Promise<Float32Array> {
+    const { hidden } = this;
+    const length = chunk.tokens.length;
+    const embeds = this.model.embeddings.embed(chunk.tokens);
+    spliceImageRows(embeds, chunk.tokens, chunk.imageRows, {
+      imageTokenId: this.imageTokenId,
+      hidden,
+    });
+    const end = chunk.start + length;
+    const feeds: Record<string, ort.Tensor> = {
+      inputs_embeds: makeTensor('float32', embeds, [1, length, hidden]),
+      seqlens_k: makeTensor('int32', Int32Array.of(end - 1), [1]),
+      total_sequence_length: makeTensor('int32', Int32Array.of(end), []),
+      logit_positions: makeTensor('int64', BigInt64Array.of(BigInt(length - 1)), [1, 1]),
+      position_ids: makeTensor(
+        'int64',
+        BigInt64Array.from({ length }, (_, i) => BigInt(chunk.start + i)),
+        [1, length],
+      ),
+    };
+    const logits = await this.#runGraph(feeds, this.#slotView(chunk.slot), [
+      [chunk.slot, chunk.start, length],
+    ]);
+    return logits.subarray(0, this.vocab);
+  }
+
+  /** Runs every decode row at once over slots 0 .. highest; returns logits in row order. */
+  async #decode(step: RunnerStep): Promise<Float32Array[]> {
+    const { hidden, vocab } = this;
+    let n = 0;
+    for (const row of step.decode) n = Math.max(n, row.slot + 1);
+    const embeds = new Float32Array(n * hidden);
+    // Idle slots in the range run at length 0 (the cheapest valid position).
+    const seqlens = new Int32Array(n);
+    const writes = new Array<[slot: number, position: number, tokens: number] | undefined>(n).fill(
+      undefined,
+    );
+    for (const row of step.decode) {
+      embeds.set(this.model.embeddings.embed([row.token]), row.slot * hidden);
+      seqlens[row.slot] = row.position;
+      writes[row.slot] = [row.slot, row.position, 1];
+    }
+    let total = 0;
+    for (const l of seqlens) total = Math.max(total, l + 1);
+    const feeds: Record<string, ort.Tensor> = {
+      inputs_embeds: makeTensor('float32', embeds, [n, 1, hidden]),
+      seqlens_k: makeTensor('int32', seqlens, [n]),
+      total_sequence_length: makeTensor('int32', Int32Array.of(total), []),
+      logit_positions: makeTensor('int64', new BigInt64Array(n), [n, 1]),
+      position_ids: makeTensor('int64', BigInt64Array.from(seqlens, BigInt), [n, 1]),
+    };
+    const logits = await this.#runGraph(feeds, this.#prefixView(n), writes);
+    return step.decode.map((row) => logits.subarray(row.slot * vocab, (row.slot + 1) * vocab));
+  }
+
+  /**
+   * Runs the graph with `views` as the past cache, writes each batch row's new keys and values
+   * into its slot ([slot, first position, tokens]; none for idle rows) and returns the logits.
+   */
+  async #runGraph(
+    feeds: Record<string, ort.Tensor>,
+    views: ort.Tensor[],
+    writes: ReadonlyArray<readonly [slot: number, position: number, tokens: number] | undefined>,
+  ): Promise<Float32Array> {
+    const { layers, kvHeads, headDim, cacheType } = this.model.graph;
+    const fetches: Record<string, ort.Tensor | null> = { logits: null };
+    for (let l = 0; l < layers; l++) {
+      const names = cacheNames(l);
+      feeds[names.pastKey] = views[2 * l]!;
+      feeds[names.pastValue] = views[2 * l + 1]!;
+      fetches[names.newKey] = null;
+      fetches[names.newValue] = null;
+    }
+    const out = await this.model.session.run(feeds, fetches);
+    const { context } = this.kv;
+    for (let l = 0; l < layers; l++) {
+      const names = cacheNames(l);
+      for (const [name, buffer] of [
+        [names.newKey, this.#slots[l]!.key],
+        [names.newValue, this.#slots[l]!.value],
+      ] as const) {
+        const fresh = readOutput(out, name, cacheType).data; // [batch, seq, kv heads · d]
+        const seq = fresh.length / (writes.length * kvHeads * headDim);
+        writes.forEach((w, b) => {
+          if (!w) return;
+          const [slot, position, tokens] = w;
+          for (let h = 0; h < kvHeads; h++) {
+            for (let t = 0; t < tokens; t++) {
+              const from = ((b * seq + t) * kvHeads + h) * headDim;
+              const to = ((slot * kvHeads + h) * context + position + t) * headDim;
+              buffer.set(fresh.subarray(from, from + headDim), to);
+            }
+          }
+        });
+      }
+    }
+    return readOutput(out, 'logits', 'float32').data;
+  }
+
+  /** Copies one block's rows between the pool and a slot, per layer, kind and head. */
+  #copy({ block, slot, position }: BlockCopy, direction: 'load' | 'save'): void {
+    const { kvHeads, headDim } = this.model.graph;
+    const { context } = this.kv;
+    const run = BLOCK_TOKENS * headDim;
+    this.#slots.forEach((slots, l) => {
+      const blocks = this.#blocks[l]!;
+      for (const kind of ['key', 'value'] as const) {
+        const inSlots = slots[kind];
+        const inBlocks = blocks[kind];
+        for (let h = 0; h < kvHeads; h++) {
+          const s = ((slot * kvHeads + h) * context + position) * headDim;
+          const b = (block * kvHeads + h) * run;
+          if (direction === 'load') inSlots.set(inBlocks.subarray(b, b + run), s);
+          else inBlocks.set(inSlots.subarray(s, s + run), b);
+        }
+      }
+    });
+  }
+
+  #tensors(from: number, slots: number): ort.Tensor[] {
+    const { kvHeads, headDim } = this.model.graph;
+    const dims = [slots, kvHeads, this.kv.context, headDim];
+    const start = from * this.#slotElements;
+    const end = (from + slots) * this.#slotElements;
+    return this.#slots.flatMap(({ key, value }) =>
+      [key, value].map((buffer) =>
+        buffer instanceof Float32Array
+          ? makeTensor('float32', buffer.subarray(start, end), dims)
+          : makeTensor('float16', buffer.subarray(start, end), dims),
+      ),
+    );
+  }
+
+  #slotView(slot: number): ort.Tensor[] {
+    let views = this.#slotViews.get(slot);
+    if (!views) this.#slotViews.set(slot, (views = this.#tensors(slot, 1)));
+    return views;
+  }
+
+  #prefixView(slots: number): ort.Tensor[] {
+    let views = this.#prefixViews.get(slots);
+    if (!views) this.#prefixViews.set(slots, (views = this.#tensors(0, slots)));
+    return views;
+  }
+}

@@ -1,0 +1,247 @@
+// Checks a Generate request and turns it into the engine's form (protocol.ts EngineRequest):
+// every field the engine relies on, with INVALID_ARGUMENT naming the field otherwise. It runs
+// on the gRPC thread, before the engine thread sees anything.
+import { createHash, randomBytes } from 'node:crypto';
+import type { GenerateRequest } from '../../proto/gen/loupe/v1/decoder.js';
+import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
+import { float16ToFloat32 } from '../model/index.js';
+import { invalidArgument } from '../runtime/index.js';
+import type { EngineImage, EngineInfo, EngineRequest } from './protocol.js';
+
+export interface DecoderLimits {
+  maxContext: number;
+  maxNewTokens: number;
+}
+
+const MAX_TOP_LOGPROBS = 20;
+
+function inRange(value: number, field: string, min: number, max: number, open = ''): void {
+  const low = open.includes('(') ? value > min : value >= min;
+  const high = open.includes(')') ? value < max : value <= max;
+  if (!Number.isFinite(value) || !low || !high) {
+    const interval = `${open.includes('(') ? '(' : '['}${min}, ${max}${open.includes(')') ? ')' : ']'}`;
+    throw invalidArgument(`\`${field}\` must be in ${interval}, got ${value}`, 'bad_sampling');
+  }
+}
+
+/** The engine's form of a request, every field checked; throws INVALID_ARGUMENT naming it. */
+export function engineRequest(
+  id: string,
+  request: GenerateRequest,
+  {
+    vocabSize,
+    hiddenSize,
+    imageTokenId,
+  }: Pick<EngineInfo, 'vocabSize' | 'hiddenSize' | 'imageTokenId'>,
+  { maxContext, maxNewTokens }: DecoderLimits,
+): EngineRequest {
+  const prompt = request.promptTokenIds;
+  if (prompt.length === 0) throw invalidArgument('`prompt_token_ids` is empty', 'empty_prompt');
+  const badToken = prompt.findIndex((t) => t >= vocabSize);
+  if (badToken >= 0) {
+    throw invalidArgument(
+      `\`prompt_token_ids[${badToken}]\` is ${prompt[badToken]}, outside the vocabulary of ${vocabSize}`,
+      'bad_token',
+    );
+  }
+  if (prompt.length >= maxContext) {
+    throw invalidArgument(
+      `the prompt has ${prompt.length} tokens; the maximum context is ${maxContext} tokens, prompt and generated together`,
+      'context_length_exceeded',
+    );
+  }
+  if (request.maxNewTokens > maxNewTokens) {
+    throw invalidArgument(
+      `\`max_new_tokens\` must be <= ${maxNewTokens}, got ${request.maxNewTokens}`,
+      'too_long',
+    );
+  }
+  // 0 (unset): as many as fit.
+  const maxNew = request.maxNewTokens || Math.min(maxNewTokens, maxContext - prompt.length);
+  if (prompt.length + maxNew > maxContext) {
+    throw invalidArgument(
+      `the prompt (${prompt.length} tokens) + \`max_new_tokens\` (${maxNew}) exceed the maximum context of ${maxContext} tokens`,
+      'context_length_exceeded',
+    );
+  }
+  const badStop = request.stopTokenIds.findIndex((t) => t >= vocabSize);
+  if (badStop >= 0) {
+    throw invalidArgument(
+      `\`stop_token_ids[${badStop}]\` is ${request.stopTokenIds[badStop]}, outside the vocabulary of ${vocabSize}`,
+      'bad_token',
+    );
+  }
+  if (request.topLogprobs > MAX_TOP_LOGPROBS) {
+    throw invalidArgument(
+      `\`top_logprobs\` must be <= ${MAX_TOP_LOGPROBS}, got ${request.topLogprobs}`,
+      'bad_logprobs',
+    );
+  }
+  if (request.topLogprobs > 0 && !request.logprobs) {
+    throw invalidArgument('`top_logprobs` needs `logprobs` to be true', 'bad_logprobs');
+  }
+
+  const s = request.sampling;
+  const temperature = s?.temperature ?? 0;
+  inRange(temperature, 'sampling.temperature', 0, 100);
+  const topP = s?.topP ?? 1;
+  inRange(topP, 'sampling.top_p', 0, 1, '(');
+  const topK = s?.topK ?? 0;
+  inRange(topK, 'sampling.top_k', 0, vocabSize);
+  const minP = s?.minP ?? 0;
+  inRange(minP, 'sampling.min_p', 0, 1);
+  const repetitionPenalty = s?.repetitionPenalty ?? 1;
+  inRange(repetitionPenalty, 'sampling.repetition_penalty', 0, 100, '(');
+  const presencePenalty = s?.presencePenalty ?? 0;
+  inRange(presencePenalty, 'sampling.presence_penalty', -2, 2);
+  const frequencyPenalty = s?.frequencyPenalty ?? 0;
+  inRange(frequencyPenalty, 'sampling.frequency_penalty', -2, 2);
+  const seed = s?.seed !== undefined ? BigInt(s.seed) : randomBytes(8).readBigUInt64LE(0);
+
+  const { imageRows, imageDtype, images } = imageEmbeddings(request, prompt, {
+    hiddenSize,
+    imageTokenId,
+  });
+  return {
+    id,
+    promptIds: [...prompt],
+    imageRows,
+    imageDtype,
+    images,
+    sampling: {
+      temperature,
+      topP,
+      topK,
+      minP,
+      repetitionPenalty,
+      presencePenalty,
+      frequencyPenalty,
+    },
+    seed,
+    stopTokenIds: [...request.stopTokenIds],
+    maxNewTokens: maxNew,
+    logprobs: request.logprobs,
+    topLogprobs: request.topLogprobs,
+  };
+}
+
+/** Longest `content_hash` taken (a SHA-512 digest). */
+const MAX_CONTENT_HASH_BYTES = 64;
+
+/**
+ * An image's key for the prefix cache (block-keys.ts): equal keys must mean equal rows. It
+ * hashes the caller's content hash when there is one (the gateway's hash of what the encoder
+ * encoded), else the rows' bytes themselves (correct, only slower); with the dtype and shape,
+ * since float16 and float32 rows of one image give different KV.
+ */
+function imageKey(
+  dtype: 'float16' | 'float32',
+  shape: readonly number[],
+  contentHash: Uint8Array | undefined,
+  data: Uint8Array,
+): string {
+  const hash = createHash('sha256').update(`loupe-image ${dtype} [${shape.join(', ')}] `);
+  if (contentHash && contentHash.length > 0) hash.update('hash ').update(contentHash);
+  else hash.update('rows ').update(data);
+  return hash.digest('base64');
+}
+
+/**
+ * All image rows in prompt order as one buffer (float16 when every image is float16, else
+ * float32), after checking that they cover exactly the prompt's `<image>` tokens; and each
+ * image's rows and key.
+ */
+function imageEmbeddings(
+  request: GenerateRequest,
+  prompt: readonly number[],
+  { hiddenSize, imageTokenId }: { hiddenSize: number; imageTokenId: number },
+): { imageRows: Uint8Array; imageDtype: 'float16' | 'float32'; images: EngineImage[] } {
+  const imageTokens = prompt.reduce((n, t) => n + (t === imageTokenId ? 1 : 0), 0);
+  let previous = -1;
+  let rows = 0;
+  const parts: Array<{ data: Uint8Array; dtype: 'float16' | 'float32' }> = [];
+  const images: EngineImage[] = [];
+  request.images.forEach((image, i) => {
+    const field = `images[${i}]`;
+    const t = image.embeddings;
+    if (t === undefined) throw invalidArgument(`\`${field}.embeddings\` is missing`, 'bad_image');
+    const dtype =
+      t.dtype === Dtype.DTYPE_FLOAT16
+        ? 'float16'
+        : t.dtype === Dtype.DTYPE_FLOAT32
+          ? 'float32'
+          : undefined;
+    if (dtype === undefined) {
+      throw invalidArgument(
+        `\`${field}.embeddings.dtype\` must be DTYPE_FLOAT16 or DTYPE_FLOAT32, got ${Dtype[t.dtype] ?? t.dtype}`,
+        'bad_image',
+      );
+    }
+    const shape = t.shape.map(Number);
+    if (shape.length !== 2 || shape[1] !== hiddenSize) {
+      throw invalidArgument(
+        `\`${field}.embeddings.shape\` is [${shape.join(', ')}], expected [rows, ${hiddenSize}]`,
+        'bad_image',
+      );
+    }
+    const bytes = shape[0]! * hiddenSize * (dtype === 'float16' ? 2 : 4);
+    if (t.data.byteLength !== bytes) {
+      throw invalidArgument(
+        `\`${field}.embeddings.data\` has ${t.data.byteLength} bytes; shape [${shape.join(', ')}] in ${dtype} needs ${bytes}`,
+        'bad_image',
+      );
+    }
+    if (image.positions.length !== shape[0]) {
+      throw invalidArgument(
+        `\`${field}.positions\` has ${image.positions.length} positions for ${shape[0]} embedding rows; they must be equal`,
+        'bad_image',
+      );
+    }
+    for (const [k, p] of image.positions.entries()) {
+      if (p <= previous || p >= prompt.length || prompt[p] !== imageTokenId) {
+        throw invalidArgument(
+          `\`${field}.positions[${k}]\` is ${p}: positions must ascend across images and name <image> tokens (id ${imageTokenId}) of the prompt`,
+          'bad_image',
+        );
+      }
+      previous = p;
+    }
+    const contentHash = image.contentHash;
+    if (contentHash && contentHash.length > MAX_CONTENT_HASH_BYTES) {
+      throw invalidArgument(
+        `\`${field}.content_hash\` has ${contentHash.length} bytes; at most ${MAX_CONTENT_HASH_BYTES}`,
+        'bad_image',
+      );
+    }
+    rows += shape[0]!;
+    parts.push({ data: t.data, dtype });
+    images.push({ rows: shape[0]!, key: imageKey(dtype, shape, contentHash, t.data) });
+  });
+  if (rows !== imageTokens) {
+    throw invalidArgument(
+      `the prompt has ${imageTokens} <image> tokens but ${rows} image embedding rows were given; they must be equal`,
+      'bad_image',
+    );
+  }
+  if (parts.every((p) => p.dtype === 'float16')) {
+    return {
+      imageRows: new Uint8Array(Buffer.concat(parts.map((p) => p.data))),
+      imageDtype: 'float16',
+      images,
+    };
+  }
+  const out = new Float32Array(rows * hiddenSize);
+  let at = 0;
+  for (const { data, dtype } of parts) {
+    const values =
+      dtype === 'float32'
+        ? new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength))
+        : Float32Array.from(
+            new Uint16Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)),
+            (bits) => float16ToFloat32(bits),
+          );
+    out.set(values, at);
+    at += values.length;
+  }
+  return { imageRows: new Uint8Array(out.buffer), imageDtype: 'float32', images };
+}
