@@ -57,6 +57,7 @@ const serviceError = ({ code, details, reason }: Failure): ServiceError => {
 class ScriptedStages implements StageClient {
   calls: string[] = [];
   generated: GenerateRequest[] = [];
+  encoded: EncodeRequest[] = [];
   cancelled = 0;
   readonly #cache = new Map<string, EncodeResponse>();
 
@@ -99,6 +100,7 @@ class ScriptedStages implements StageClient {
 
   async encode(request: EncodeRequest, _ctx: CallContext) {
     this.calls.push('encode');
+    this.encoded.push(request);
     const n = request.subImages.length;
     const response: EncodeResponse = {
       embeddings: {
@@ -233,6 +235,9 @@ describe('the pipeline in-process, with scripted stages', () => {
     expect(sent.images).toHaveLength(1);
     expect(sent.images[0]!.positions).toEqual(imagePositions);
     expect(sent.images[0]!.embeddings!.shape).toEqual([processor.imageSeqLen, HIDDEN]);
+    // The decoder gets the image's identity (its sub-images' hash) for its prefix cache.
+    expect(sent.images[0]!.contentHash).toEqual(stages.encoded[0]!.contentHash);
+    expect(sent.images[0]!.contentHash).toHaveLength(32);
   });
 
   it('streams the role chunk, one chunk per delta, the finish, the usage, then [DONE]', async () => {

@@ -112,6 +112,8 @@ export function generateRequest(
           data: e.embeddings.data,
         },
         positions: p,
+        // The image's identity for the decoder's prefix cache (every image token has one id).
+        contentHash: e.contentHash,
       };
     }),
     sampling: request.sampling,
@@ -161,14 +163,18 @@ export class Generation<L> {
       } else if (event?.$case === 'finished') {
         const tail = this.detokenizer.finish();
         if (tail) yield { kind: 'text', text: tail, logprobs: undefined };
-        yield {
-          kind: 'finish',
-          finish: event.value.reason === FinishReason.FINISH_REASON_LENGTH ? 'length' : 'stop',
-        };
+        yield { kind: 'finish', finish: finishReason(event.value.reason) };
         return;
       }
     }
   }
+}
+
+/** The decoder's finish reason as OpenAI's; any other is the decoder's fault. */
+function finishReason(reason: FinishReason): 'stop' | 'length' {
+  if (reason === FinishReason.FINISH_REASON_STOP) return 'stop';
+  if (reason === FinishReason.FINISH_REASON_LENGTH) return 'length';
+  throw new Error(`the decoder finished a sequence with reason ${reason}`);
 }
 
 /** A Map that forgets its least recently used entries beyond `limit`. */
