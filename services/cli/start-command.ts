@@ -3,7 +3,15 @@ import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { writeTinyModel } from '../model/index.js';
 import { packageRoot } from '../runtime/index.js';
-import { Supervisor, type ChildSpec } from './supervisor.js';
+import { DEFAULT_RESTART, Supervisor, type ChildSpec, type ReadyInfo } from './supervisor.js';
+
+/** A stage restarted after a crash listens where the first one did (the gateway points there). */
+const samePorts =
+  (prefix: string) =>
+  (ready: ReadyInfo): Record<string, string> => ({
+    [`LOUPE_${prefix}_PORT`]: String(ready.grpcPort ?? ready.httpPort),
+    [`LOUPE_${prefix}_METRICS_PORT`]: String(ready.metricsPort),
+  });
 
 /**
  * The checkpoint the stack serves: LOUPE_MODEL_DIR, or a tiny random one made on first use
@@ -28,6 +36,7 @@ function stackServices(model: string): ChildSpec[] {
     {
       name: 'preprocessor',
       script: join(dist, 'preprocessor', 'main.js'),
+      restartEnv: samePorts('PREPROCESSOR'),
       env: {
         LOUPE_MODEL_DIR: model,
         // The local stack serves reflection, so grpcurl works against it (printed below).
@@ -38,6 +47,7 @@ function stackServices(model: string): ChildSpec[] {
     {
       name: 'encoder',
       script: join(dist, 'encoder', 'main.js'),
+      restartEnv: samePorts('ENCODER'),
       env: {
         LOUPE_MODEL_DIR: model,
         // The local stack serves reflection, so grpcurl works against it (printed below).
@@ -48,6 +58,7 @@ function stackServices(model: string): ChildSpec[] {
     {
       name: 'decoder',
       script: join(dist, 'decoder', 'main.js'),
+      restartEnv: samePorts('DECODER'),
       env: {
         LOUPE_MODEL_DIR: model,
         // The local stack serves reflection, so grpcurl works against it (printed below).
@@ -63,10 +74,11 @@ export async function runStart(_args: string[]): Promise<number> {
   let stopping: Promise<void> | undefined;
   const supervisor = new Supervisor({
     color: process.stdout.isTTY === true,
-    onUnexpectedExit: (name, code) => {
-      process.stderr.write(
-        `loupe start: ${name} exited unexpectedly (code ${code}); stopping the stack\n`,
-      );
+    // A stage that dies is started again (the gateway answers 503 with Retry-After meanwhile);
+    // one that keeps dying stops the stack.
+    restart: DEFAULT_RESTART,
+    onGiveUp: (name, reason) => {
+      process.stderr.write(`loupe start: ${name} ${reason}; stopping the stack\n`);
       exitCode = 1;
       void stop();
     },
@@ -98,6 +110,7 @@ export async function runStart(_args: string[]): Promise<number> {
     const gateway = await supervisor.start({
       name: 'gateway',
       script: join(packageRoot(), 'dist', 'services', 'gateway', 'main.js'),
+      restartEnv: samePorts('GATEWAY'),
       env: {
         LOUPE_MODEL_DIR: model,
         LOUPE_GATEWAY_HOST: process.env.LOUPE_GATEWAY_HOST ?? '127.0.0.1',

@@ -16,6 +16,10 @@ export function clientChannelOptions(maxMessageBytes: number): ChannelOptions {
     'grpc.keepalive_time_ms': 30_000,
     'grpc.keepalive_timeout_ms': 10_000,
     'grpc.keepalive_permit_without_calls': 0,
+    // A stage that restarts is found again within seconds: grpc-js's default backoff grows to
+    // two minutes, during which every call to that stage would fail fast.
+    'grpc.initial_reconnect_backoff_ms': 250,
+    'grpc.max_reconnect_backoff_ms': 5_000,
   };
 }
 
