@@ -5,7 +5,7 @@ import sse from 'k6/x/sse';
 import { API_KEY, HOST } from './config.ts';
 import { errors, outputTokens, tpot, ttft } from './chat.ts';
 
-export function chatSse(body: string): void {
+export function chatSse({ body, shape }: { body: string; shape: string }): void {
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   if (API_KEY) headers.authorization = `Bearer ${API_KEY}`;
   const started = Date.now();
@@ -15,7 +15,7 @@ export function chatSse(body: string): void {
   let failed = '';
   const response = sse.open(
     `${HOST}/v1/chat/completions`,
-    { method: 'POST', body, headers, tags: { name: 'chat-sse' } },
+    { method: 'POST', body, headers, tags: { name: 'chat-sse', shape } },
     (client) => {
       client.on('event', (event) => {
         if (event.data === '[DONE]') {
@@ -40,14 +40,14 @@ export function chatSse(body: string): void {
     },
   );
   if (response.status !== 200) {
-    errors.add(1, { type: `http_${response.status}` });
+    errors.add(1, { type: `http_${response.status}`, shape });
     return;
   }
   if (failed || first === 0) {
-    errors.add(1, { type: failed || 'no_tokens' });
+    errors.add(1, { type: failed || 'no_tokens', shape });
     return;
   }
-  ttft.add(first - started);
-  outputTokens.add(tokens);
-  if (tokens > 1) tpot.add((last - first) / (tokens - 1));
+  ttft.add(first - started, { shape });
+  outputTokens.add(tokens, { shape });
+  if (tokens > 1) tpot.add((last - first) / (tokens - 1), { shape });
 }

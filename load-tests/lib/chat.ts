@@ -27,29 +27,31 @@ function usageOf(body: string): Usage | undefined {
   return usage;
 }
 
-export function chat(body: string): void {
+/** One request; `shape` tags its HTTP metrics and Loupe's, so each shape has its own figures. */
+export function chat({ body, shape }: { body: string; shape: string }): void {
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   if (API_KEY) headers.authorization = `Bearer ${API_KEY}`;
   const res = http.post(`${HOST}/v1/chat/completions`, body, {
     headers,
     timeout: '600s',
-    tags: { name: 'chat' },
+    tags: { name: 'chat', shape },
   });
+  const tags = { shape };
   const ok = check(res, { 'status is 200': (r) => r.status === 200 });
   if (!ok) {
-    errors.add(1, { type: `http_${res.status}` });
+    errors.add(1, { type: `http_${res.status}`, shape });
     return;
   }
   const usage = usageOf(res.body as string);
   if (!usage) {
-    errors.add(1, { type: 'stream_error' });
+    errors.add(1, { type: 'stream_error', shape });
     return;
   }
-  // Streaming: the first byte is the first chunk, the moment generation starts. Without
-  // streaming this is the whole answer's time (documented in the README).
-  ttft.add(res.timings.waiting);
-  outputTokens.add(usage.completion_tokens);
+  // Streaming: the gateway sends its status, headers and first chunk with the first token,
+  // so the first byte is the first token. Without streaming this is the whole answer's time.
+  ttft.add(res.timings.waiting, tags);
+  outputTokens.add(usage.completion_tokens, tags);
   if (usage.completion_tokens > 1) {
-    tpot.add(res.timings.receiving / (usage.completion_tokens - 1));
+    tpot.add(res.timings.receiving / (usage.completion_tokens - 1), tags);
   }
 }

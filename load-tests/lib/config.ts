@@ -9,3 +9,5 @@ export const DURATION_OVERRIDE = __ENV.DURATION ?? '';
 export const MAX_TOKENS = Number(__ENV.MAX_TOKENS ?? 32);
 /** Stream answers (SSE). k6 reads the whole stream, so TTFT is measured as time to first byte. */
 export const STREAM = (__ENV.STREAM ?? 'true') === 'true';
+/** Where handleSummary writes loupe-<scenario>-summary.json and .txt. */
+export const SUMMARY_DIR = __ENV.SUMMARY_DIR ?? '.';

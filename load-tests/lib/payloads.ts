@@ -4,7 +4,7 @@
 // changing the picture).
 import encoding from 'k6/encoding';
 import { MAX_TOKENS, MODEL, STREAM } from './config.ts';
-import { chatRequest, pick, type Mix } from './profiles.ts';
+import { chatRequest, pick, shapeTag, type Mix } from './profiles.ts';
 
 const SMALL = open('../../test/fixtures/images/webp-lossy-640x480.webp', 'b');
 const LARGE = open('../../test/fixtures/images/jpeg-2400x1600.jpg', 'b');
@@ -19,15 +19,16 @@ function imageUrl(size: 'small' | 'large', cached: boolean): string {
   return `data:${mime};base64,${encoding.b64encode(unique.buffer)}`;
 }
 
-/** A chat body for one request of `mix`, drawn at random by share. */
+/** One request of `mix`, drawn at random by share: its body and its shape's tag. */
 export function chatRequestK6(
   mix: readonly Mix[],
   settings: { model: string; maxTokens: number; stream: boolean },
-): string {
-  return chatRequest(pick(mix, Math.random()), imageUrl, settings);
+): { body: string; shape: string } {
+  const m = pick(mix, Math.random());
+  return { body: chatRequest(m, imageUrl, settings), shape: shapeTag(m) };
 }
 
 /** The same, with the run's settings (`MODEL`, `MAX_TOKENS`, `STREAM`). */
-export function chatBody(mix: readonly Mix[]): string {
+export function chatBody(mix: readonly Mix[]): { body: string; shape: string } {
   return chatRequestK6(mix, { model: MODEL, maxTokens: MAX_TOKENS, stream: STREAM });
 }

@@ -23,6 +23,11 @@ export interface Limits {
   /** p95 limits, ms. */
   ttftP95Ms: number;
   tpotP95Ms: number;
+  /**
+   * Highest acceptable share of iterations k6 could not start on time (no VU free: the
+   * system is slower than the arrival rate); 1 = no limit.
+   */
+  droppedShare: number;
 }
 
 export interface Profile {
@@ -32,7 +37,7 @@ export interface Profile {
   limits: Limits;
 }
 
-const STRICT: Limits = { errorRate: 0.01, ttftP95Ms: 5000, tpotP95Ms: 500 };
+const STRICT: Limits = { errorRate: 0.01, ttftP95Ms: 5000, tpotP95Ms: 500, droppedShare: 0.01 };
 
 export const PROFILES = {
   smoke: {
@@ -59,7 +64,8 @@ export const PROFILES = {
       { rateFactor: 3, seconds: 60 },
       { rateFactor: 4, seconds: 60 },
     ],
-    limits: { errorRate: 0.05, ttftP95Ms: Infinity, tpotP95Ms: Infinity },
+    // Finds the knee: past it, iterations are dropped, and that is the measurement.
+    limits: { errorRate: 0.05, ttftP95Ms: Infinity, tpotP95Ms: Infinity, droppedShare: 1 },
   },
   spike: {
     mix: [{ share: 1, images: 1, size: 'small', cached: true }],
@@ -71,7 +77,7 @@ export const PROFILES = {
       { rateFactor: 1, seconds: 60 },
     ],
     // 429s are the expected answer during the spike; the run checks the recovery.
-    limits: { errorRate: 1, ttftP95Ms: Infinity, tpotP95Ms: Infinity },
+    limits: { errorRate: 1, ttftP95Ms: Infinity, tpotP95Ms: Infinity, droppedShare: 1 },
   },
   soak: {
     mix: [
@@ -86,7 +92,7 @@ export const PROFILES = {
   'image-heavy': {
     mix: [{ share: 1, images: 3, size: 'large', cached: false, split: true, maxTokens: 16 }],
     stages: [{ rateFactor: 1, seconds: 60 }],
-    limits: { errorRate: 0.01, ttftP95Ms: 20000, tpotP95Ms: Infinity },
+    limits: { errorRate: 0.01, ttftP95Ms: 20000, tpotP95Ms: Infinity, droppedShare: 0.01 },
   },
 } satisfies Record<string, Profile>;
 
@@ -102,14 +108,41 @@ export function pick(mix: readonly Mix[], u: number): Mix {
   return mix[mix.length - 1]!;
 }
 
-/** k6 thresholds for `limits` (the same numbers the harness checks). */
-export function k6Thresholds(limits: Limits): Record<string, string[]> {
+/** Iterations a profile starts at `rate` requests/s × each stage's factor (linear ramps). */
+export function expectedIterations(
+  profile: Profile,
+  rate: number,
+  secondsOverride?: number,
+): number {
+  let previous = profile.stages[0]!.rateFactor;
+  let total = 0;
+  for (const s of profile.stages) {
+    const seconds = secondsOverride ?? s.seconds;
+    total += ((previous + s.rateFactor) / 2) * rate * seconds;
+    previous = s.rateFactor;
+  }
+  return Math.round(total);
+}
+
+/**
+ * k6 thresholds for `limits` (the same numbers the harness checks); `iterations` is what the
+ * run should start (expectedIterations), for the dropped-iterations bound.
+ */
+export function k6Thresholds(limits: Limits, iterations: number): Record<string, string[]> {
   const t: Record<string, string[]> = {
     http_req_failed: [`rate<${limits.errorRate}`],
   };
   if (Number.isFinite(limits.ttftP95Ms)) t.loupe_ttft = [`p(95)<${limits.ttftP95Ms}`];
   if (Number.isFinite(limits.tpotP95Ms)) t.loupe_tpot = [`p(95)<${limits.tpotP95Ms}`];
+  if (limits.droppedShare < 1)
+    t.dropped_iterations = [`count<=${Math.floor(limits.droppedShare * iterations)}`];
   return t;
+}
+
+/** A request shape's tag: `1img-small-new`, `0img`, `3img-large-new-split`. */
+export function shapeTag(m: Mix): string {
+  if (m.images === 0) return '0img';
+  return `${m.images}img-${m.size}-${m.cached ? 'cached' : 'new'}${m.split ? '-split' : ''}`;
 }
 
 /** The body of a chat request for `mix`; `image` turns a size and cache setting into a URL. */

@@ -4,6 +4,7 @@ import grpc from 'k6/net/grpc';
 import { check } from 'k6';
 import { Trend } from 'k6/metrics';
 import type { Options } from 'k6/options';
+import { summaryHandler } from '../lib/scenario.ts';
 
 const client = new grpc.Client();
 client.load(['../../proto'], 'loupe/v1/decoder.proto');
@@ -15,6 +16,8 @@ export const options: Options = {
   duration: __ENV.DURATION ?? '1m',
   thresholds: { loupe_decoder_first_token: ['p(95)<2000'], checks: ['rate>0.99'] },
 };
+
+export const handleSummary = summaryHandler('decoder-grpc');
 
 export default function (): void {
   if (__ITER === 0) client.connect(__ENV.DECODER ?? '127.0.0.1:50053', { plaintext: true });

@@ -276,16 +276,34 @@ export function checkThresholds(results: RequestResult[], profile: Profile): str
   return failures;
 }
 
+/**
+ * Round tick values from 0 to at least `max`: steps of 1, 2 or 5 × a power of ten, about
+ * `target` of them; the last tick is the axis's end.
+ */
+export function niceTicks(max: number, target = 5): number[] {
+  const raw = Math.max(max, 1e-9) / target;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw)!;
+  const count = Math.max(1, Math.ceil(max / step - 1e-9));
+  // Rounded to the step's decimals, so labels read 0.1, 0.2, 0.3 and not 0.30000000000000004.
+  const decimals = Math.max(0, -Math.floor(Math.log10(step)));
+  return Array.from({ length: count + 1 }, (_, i) => Number((i * step).toFixed(decimals)));
+}
+
 /** An SVG chart: latency (p50 and p95 TTFT and end to end) and throughput against offered load. */
 export function chartSvg(title: string, stages: StageSummary[]): string {
   const W = 720;
   const H = 400;
   const pad = { l: 70, r: 70, t: 40, b: 50 };
   const xs = stages.map((s) => s.offeredRate);
-  const xMax = Math.max(1e-9, ...xs) * 1.1;
-  const latMax =
-    Math.max(1, ...stages.flatMap((s) => [s.e2e.p95, s.ttft.p95].filter(Number.isFinite))) * 1.1;
-  const thrMax = Math.max(1e-9, ...stages.map((s) => s.throughputRps)) * 1.1;
+  const xTicks = niceTicks(Math.max(1e-9, ...xs));
+  const latTicks = niceTicks(
+    Math.max(1, ...stages.flatMap((s) => [s.e2e.p95, s.ttft.p95].filter(Number.isFinite))),
+  );
+  const thrTicks = niceTicks(Math.max(1e-9, ...stages.map((s) => s.throughputRps)));
+  const xMax = xTicks.at(-1)!;
+  const latMax = latTicks.at(-1)!;
+  const thrMax = thrTicks.at(-1)!;
   const x = (v: number) => pad.l + (v / xMax) * (W - pad.l - pad.r);
   const yl = (v: number) => H - pad.b - (v / latMax) * (H - pad.t - pad.b);
   const yr = (v: number) => H - pad.b - (v / thrMax) * (H - pad.t - pad.b);
@@ -306,9 +324,26 @@ export function chartSvg(title: string, stages: StageSummary[]): string {
     `<line x1="${pad.l}" y1="${H - pad.b}" x2="${W - pad.r}" y2="${H - pad.b}" stroke="black"/>`,
     `<line x1="${pad.l}" y1="${pad.t}" x2="${pad.l}" y2="${H - pad.b}" stroke="black"/>`,
     `<line x1="${W - pad.r}" y1="${pad.t}" x2="${W - pad.r}" y2="${H - pad.b}" stroke="black"/>`,
-    `<text x="${W / 2}" y="${H - 12}" text-anchor="middle">offered load (requests/s, 0 to ${xMax.toFixed(2)})</text>`,
-    `<text x="15" y="${H / 2}" transform="rotate(-90 15 ${H / 2})" text-anchor="middle">latency (ms, 0 to ${latMax.toFixed(0)})</text>`,
-    `<text x="${W - 15}" y="${H / 2}" transform="rotate(90 ${W - 15} ${H / 2})" text-anchor="middle">throughput (requests/s, 0 to ${thrMax.toFixed(2)})</text>`,
+    // Ticks with their values, and light grid lines at the latency ticks.
+    ...xTicks.map(
+      (t) =>
+        `<line class="tick-x" x1="${x(t).toFixed(1)}" y1="${H - pad.b}" x2="${x(t).toFixed(1)}" y2="${H - pad.b + 5}" stroke="black"/>` +
+        `<text x="${x(t).toFixed(1)}" y="${H - pad.b + 18}" text-anchor="middle">${t}</text>`,
+    ),
+    ...latTicks.map(
+      (t) =>
+        `<line x1="${pad.l}" y1="${yl(t).toFixed(1)}" x2="${W - pad.r}" y2="${yl(t).toFixed(1)}" stroke="#e5e5e5"/>` +
+        `<line class="tick-latency" x1="${pad.l - 5}" y1="${yl(t).toFixed(1)}" x2="${pad.l}" y2="${yl(t).toFixed(1)}" stroke="black"/>` +
+        `<text x="${pad.l - 8}" y="${(yl(t) + 4).toFixed(1)}" text-anchor="end">${t}</text>`,
+    ),
+    ...thrTicks.map(
+      (t) =>
+        `<line class="tick-throughput" x1="${W - pad.r}" y1="${yr(t).toFixed(1)}" x2="${W - pad.r + 5}" y2="${yr(t).toFixed(1)}" stroke="black"/>` +
+        `<text x="${W - pad.r + 8}" y="${(yr(t) + 4).toFixed(1)}">${t}</text>`,
+    ),
+    `<text x="${W / 2}" y="${H - 12}" text-anchor="middle">offered load (requests/s)</text>`,
+    `<text x="15" y="${H / 2}" transform="rotate(-90 15 ${H / 2})" text-anchor="middle">latency (ms)</text>`,
+    `<text x="${W - 15}" y="${H / 2}" transform="rotate(90 ${W - 15} ${H / 2})" text-anchor="middle">throughput (requests/s)</text>`,
     line(
       series((s) => s.e2e.p50, yl),
       '#1f77b4',
