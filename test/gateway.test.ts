@@ -1,7 +1,7 @@
 // The whole stack as users run it: four real processes on ephemeral loopback ports, called
 // with the official `openai` SDK and with fetch, checked against `npx loupe generate`.
 import { execFile } from 'node:child_process';
-import { createServer, type Server } from 'node:http';
+import { createServer, request, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -89,7 +89,11 @@ beforeAll(async () => {
         ...(name === 'preprocessor' ? { LOUPE_PREPROCESSOR_WORKERS: '1' } : {}),
         ...(name === 'encoder' ? { LOUPE_ENCODER_THREADS: '1' } : {}),
         ...(name === 'decoder'
-          ? { LOUPE_DECODER_THREADS: '1', LOUPE_DECODER_MAX_CONTEXT: '4096' }
+          ? {
+              LOUPE_DECODER_THREADS: '1',
+              LOUPE_DECODER_MAX_CONTEXT: '4096',
+              LOUPE_DECODER_MAX_NEW_TOKENS: '4096',
+            }
           : {}),
       }),
     ),
@@ -474,7 +478,7 @@ describe('gateway refusals, in OpenAI error shapes', () => {
       ],
       // Refused by the gateway's plan, before any work, with the decoders' context.
       [
-        chat('hi', { max_tokens: 5000 }),
+        chat('hi', { max_tokens: 4090 }),
         /exceed the maximum context of 4096/,
         'context_length_exceeded',
       ],
@@ -792,6 +796,57 @@ describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
       }
     } finally {
       controller.abort();
+      expect(await g.process.stop()).toBe(0);
+    }
+  });
+
+  it('a keyless gateway refuses foreign hosts, foreign origins and non-JSON bodies', async () => {
+    const g = await startGateway({ LOUPE_GATEWAY_API_KEYS: '' });
+    const port = Number(new URL(g.base).port);
+    // node:http sets the Host header as given, as a rebinding browser would.
+    const post = (headers: Record<string, string>, body: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = request(
+          { host: '127.0.0.1', port, path: '/v1/chat/completions', method: 'POST', headers },
+          (res) => {
+            let text = '';
+            res.on('data', (c: Buffer) => (text += c.toString()));
+            res.on('end', () => resolve({ status: res.statusCode!, body: text }));
+          },
+        );
+        req.on('error', reject);
+        req.end(body);
+      });
+    const json = JSON.stringify({
+      model: 'tiny-seed0',
+      max_tokens: 1,
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    try {
+      const cases: Array<[Record<string, string>, number, string | null]> = [
+        [{ host: 'attacker.example', 'content-type': 'application/json' }, 403, 'host_not_allowed'],
+        [
+          {
+            host: `localhost:${port}`,
+            'content-type': 'application/json',
+            origin: 'https://evil.example',
+          },
+          403,
+          'origin_not_allowed',
+        ],
+        [
+          { host: `localhost:${port}`, 'content-type': 'text/plain' },
+          415,
+          'unsupported_media_type',
+        ],
+        [{ host: `127.0.0.1:${port}`, 'content-type': 'application/json' }, 200, null],
+      ];
+      for (const [headers, status, code] of cases) {
+        const r = await post(headers, json);
+        expect([headers, r.status]).toEqual([headers, status]);
+        if (code) expect(JSON.parse(r.body).error.code).toBe(code);
+      }
+    } finally {
       expect(await g.process.stop()).toBe(0);
     }
   });

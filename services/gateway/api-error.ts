@@ -5,11 +5,12 @@ import type { z } from 'zod';
 export type ErrorType =
   | 'invalid_request_error'
   | 'authentication_error'
+  | 'permission_error'
   | 'rate_limit_error'
   | 'server_error'
   | 'service_unavailable';
 
-export type ErrorStatus = 400 | 401 | 404 | 405 | 413 | 429 | 500 | 503;
+export type ErrorStatus = 400 | 401 | 403 | 404 | 405 | 413 | 415 | 429 | 500 | 503;
 
 export interface ApiErrorOptions {
   status: ErrorStatus;
@@ -27,9 +28,11 @@ export interface ApiErrorOptions {
 const TYPE_OF_STATUS: Record<ErrorStatus, ErrorType> = {
   400: 'invalid_request_error',
   401: 'authentication_error',
+  403: 'permission_error',
   404: 'invalid_request_error',
   405: 'invalid_request_error',
   413: 'invalid_request_error',
+  415: 'invalid_request_error',
   429: 'rate_limit_error',
   500: 'server_error',
   503: 'service_unavailable',
@@ -65,6 +68,10 @@ export const invalid = (
   param: string | null = null,
   code: string | null = null,
 ): ApiError => new ApiError({ status: 400, message, code, param });
+
+/** At most `max` characters of a client's text, for messages that quote it. */
+export const clip = (text: string, max = 64): string =>
+  text.length > max ? `${text.slice(0, max)}…` : text;
 
 /** A 429 whose wait is `retryAfter` seconds. */
 export const limited = (message: string, code: string, retryAfter: number): ApiError =>

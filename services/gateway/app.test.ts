@@ -116,10 +116,14 @@ class ScriptedStages implements StageClient {
 
   async decoderInfo(_ctx: CallContext) {
     this.calls.push('info');
-    return { maxContext: this.script.maxContext ?? 4096 } as never;
+    return {
+      maxContext: this.script.maxContext ?? 4096,
+      maxNewTokens: 1024,
+      vocabSize: checkpoint.config.text.vocabSize,
+    } as never;
   }
 
-  generate(request: GenerateRequest, _ctx: CallContext) {
+  generate(request: GenerateRequest, ctx: CallContext) {
     this.calls.push('generate');
     this.generated.push(request);
     const { tokens = [], finish = FinishReason.FINISH_REASON_STOP } = this.script;
@@ -128,9 +132,12 @@ class ScriptedStages implements StageClient {
     const firstToken = this.script.firstToken;
     let cancelled = false;
     const cancel = () => {
+      if (cancelled) return;
       cancelled = true;
       this.cancelled++;
     };
+    // As the gRPC client does: the request's end cancels the call.
+    ctx.signal.addEventListener('abort', cancel, { once: true });
     return {
       cancel,
       async *[Symbol.asyncIterator](): AsyncGenerator<GenerateResponse> {
@@ -161,7 +168,11 @@ class ScriptedStages implements StageClient {
   }
 }
 
-function gateway(stages: ScriptedStages, env: Record<string, string> = {}) {
+function gateway(
+  stages: ScriptedStages,
+  env: Record<string, string> = {},
+  keys: readonly string[] = [KEY],
+) {
   const { app } = createGateway({
     config: loadGatewayConfig({ LOUPE_MODEL_DIR: modelDir, ...env }),
     modelId: 'tiny',
@@ -171,7 +182,7 @@ function gateway(stages: ScriptedStages, env: Record<string, string> = {}) {
     imageTokenId: IMAGE_TOKEN,
     maxPositions: checkpoint.config.text.maxPositionEmbeddings,
     stages,
-    keys: [KEY],
+    keys,
     registry: createRegistry('gateway'),
     logger: createLogger({ service: 'gateway', level: 'silent' }),
     tracer: trace.getTracer('test'),
@@ -447,12 +458,78 @@ describe('the pipeline in-process, with scripted stages', () => {
 
   it('charges the token rate with max_tokens at admission and refunds what was not used', async () => {
     const stages = new ScriptedStages({ tokens: idsOf('x') });
-    const { post } = gateway(stages, { LOUPE_GATEWAY_TOKENS_PER_MINUTE: '2000' });
-    // 1500 reserved → a second request at once would be over the limit...
-    const first = await post(ask('hi', { max_tokens: 1500 }));
+    const { post } = gateway(stages, { LOUPE_GATEWAY_TOKENS_PER_MINUTE: '1300' });
+    // 1000 reserved → a second request at once would be over the limit...
+    const first = await post(ask('hi', { max_tokens: 1000 }));
     expect(first.status).toBe(200);
     // ...but the first used only its prompt and one token, so the refund lets more in.
     for (let i = 0; i < 5; i++)
       expect((await post(ask('hi', { max_tokens: 200 }))).status).toBe(200);
+  });
+
+  it('refuses what a web page could send: foreign hosts without keys, foreign origins, non-JSON bodies', async () => {
+    const stages = new ScriptedStages({ tokens: idsOf('x') });
+    const keyless = gateway(stages, {}, []);
+    const send = (app: typeof keyless.app, headers: Record<string, string>, body = ask('hi')) =>
+      app.request('/v1/chat/completions', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...headers },
+        body: typeof body === 'string' ? body : JSON.stringify(body),
+      });
+    const code = async (res: Response) =>
+      ((await res.json()) as { error: { code: string } }).error.code;
+    // DNS rebinding: a foreign name pointed at the loopback address.
+    const rebound = await send(keyless.app, { host: 'attacker.example:8080' });
+    expect(rebound.status).toBe(403);
+    expect(await code(rebound)).toBe('host_not_allowed');
+    for (const host of ['localhost:8080', '127.0.0.1:8080', '[::1]:8080', 'app.localhost'])
+      expect((await send(keyless.app, { host })).status, host).toBe(200);
+    // A page's cross-origin POST.
+    const page = await send(keyless.app, { host: 'localhost', origin: 'https://attacker.example' });
+    expect(page.status).toBe(403);
+    expect(await code(page)).toBe('origin_not_allowed');
+    const plain = await send(keyless.app, { host: 'localhost', 'content-type': 'text/plain' });
+    expect(plain.status).toBe(415);
+    expect(await code(plain)).toBe('unsupported_media_type');
+    // With keys, any host; origins only when listed.
+    const keyed = gateway(stages, { LOUPE_GATEWAY_ALLOWED_ORIGINS: 'https://app.example' });
+    const auth = { authorization: `Bearer ${KEY}`, host: 'loupe.example' };
+    expect((await send(keyed.app, auth)).status).toBe(200);
+    expect((await send(keyed.app, { ...auth, origin: 'https://app.example' })).status).toBe(200);
+    expect((await send(keyed.app, { ...auth, origin: 'https://other.example' })).status).toBe(403);
+  });
+
+  it('checks every range the decoder has before any image work', async () => {
+    const stages = new ScriptedStages();
+    const { post } = gateway(stages);
+    const cases: Array<[object, string]> = [
+      [{ stop: '' }, 'stop'],
+      [{ stop: ['a', ''] }, 'stop[1]'],
+      [{ max_tokens: 5000 }, 'max_tokens'],
+      [{ top_k: checkpoint.config.text.vocabSize + 1 }, 'top_k'],
+      [{ repetition_penalty: 1000 }, 'repetition_penalty'],
+    ];
+    for (const [extra, param] of cases) {
+      const res = await post(ask([image(true), { type: 'text', text: 'hi' }], extra));
+      expect(res.status, param).toBe(400);
+      expect(((await res.json()) as { error: { param: string } }).error.param).toBe(param);
+    }
+    expect(stages.calls.filter((c) => c !== 'info')).toEqual([]);
+  });
+
+  it('ends a stream whose client stops reading, and cancels its decoder work', async () => {
+    const stages = new ScriptedStages({
+      tokens: Array.from({ length: 2000 }, () => idsOf('x')[0]!),
+    });
+    const { post } = gateway(stages, { LOUPE_GATEWAY_STREAM_WRITE_TIMEOUT_MS: '200' });
+    const res = await post(ask('hi', { stream: true, max_tokens: 1000 }));
+    expect(res.status).toBe(200);
+    // The body is never read: the gateway's writes wait on the client, then give up.
+    const until = Date.now() + 10_000;
+    while (stages.cancelled === 0) {
+      if (Date.now() > until) throw new Error('the stream was never ended');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await res.body?.cancel();
   });
 });

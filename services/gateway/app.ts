@@ -25,7 +25,7 @@ import type { ChatTemplate, ImageProcessorConfig, TextTokenizer } from '../model
 import { Counter, Gauge, Histogram, type Logger, type Registry } from '../runtime/index.js';
 import { AllowList } from './address-policy.js';
 import { Admission, type Ticket } from './admission.js';
-import { ApiError, invalid } from './api-error.js';
+import { ApiError, clip, invalid } from './api-error.js';
 import type { GatewayConfig } from './config.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
 import { Generation, generateRequest, ImageEmbedder } from './execute.js';
@@ -169,6 +169,43 @@ export function createGateway(o: GatewayOptions) {
   });
   app.get('/openapi.json', (c) => c.json(openApiDocument(modelId)));
 
+  // Browsers: a web page must not drive the API. The Host must be one this gateway serves
+  // (DNS rebinding points a foreign name at 127.0.0.1) and an Origin, when a browser sends
+  // one, must be allowed; chat bodies must be JSON, which no page can send cross-origin
+  // without a CORS preflight, and the gateway answers none.
+  const allowedHosts = new Set(config.LOUPE_GATEWAY_ALLOWED_HOSTS.map((h) => h.toLowerCase()));
+  const hostAllowed = (host: string | undefined) => {
+    const name = hostName(host);
+    if (allowedHosts.size > 0) return name !== undefined && allowedHosts.has(name);
+    if (admission.keys.enabled) return true;
+    return name !== undefined && (LOOPBACK_NAMES.has(name) || name.endsWith('.localhost'));
+  };
+  const allowedOrigins = new Set(config.LOUPE_GATEWAY_ALLOWED_ORIGINS);
+  app.use('/v1/*', async (c, next) => {
+    if (!hostAllowed(c.req.header('host'))) {
+      return fail(
+        c,
+        new ApiError({
+          status: 403,
+          message: `this gateway does not answer for the host \`${clip(c.req.header('host') ?? '')}\` (LOUPE_GATEWAY_ALLOWED_HOSTS)`,
+          code: 'host_not_allowed',
+        }),
+      );
+    }
+    const origin = c.req.header('origin');
+    if (origin !== undefined && !allowedOrigins.has(origin)) {
+      return fail(
+        c,
+        new ApiError({
+          status: 403,
+          message: `requests from the origin \`${clip(origin)}\` are not allowed (LOUPE_GATEWAY_ALLOWED_ORIGINS)`,
+          code: 'origin_not_allowed',
+        }),
+      );
+    }
+    return next();
+  });
+
   app.use('/v1/*', async (c, next) => {
     const refused = admission.authenticate(
       bearerKey(c.req.header('authorization')),
@@ -190,6 +227,14 @@ export function createGateway(o: GatewayOptions) {
   // once it has the body; a request that ends before (a body over the limit, a client gone)
   // is released here.
   app.post('/v1/chat/completions', async (c, next) => {
+    const type = c.req.header('content-type')?.split(';')[0]!.trim().toLowerCase();
+    if (type !== 'application/json') {
+      throw new ApiError({
+        status: 415,
+        message: `the body must be JSON (Content-Type: application/json), not ${clip(type ?? 'none')}`,
+        code: 'unsupported_media_type',
+      });
+    }
     // Rates are per key (the normalized key the auth check accepted), or per client address
     // when no keys are configured.
     const client = admission.keys.enabled
@@ -321,8 +366,20 @@ export function createGateway(o: GatewayOptions) {
           return streamSSE(c, async (sse) => {
             sse.onAbort(() => controller.abort(new Error('the client disconnected')));
             try {
-              if (!first.done) await sse.writeSSE({ data: first.value });
-              for await (const data of chunks) await sse.writeSSE({ data });
+              // A client that stops reading holds a write; past the timeout, the stream ends
+              // and its decoder work is cancelled.
+              const write = (data: string) =>
+                withTimeout(
+                  sse.writeSSE({ data }),
+                  config.LOUPE_GATEWAY_STREAM_WRITE_TIMEOUT_MS,
+                  () => {
+                    metrics.streamTimeouts.inc();
+                    controller.abort(new Error('the client stopped reading'));
+                    sse.abort();
+                  },
+                );
+              if (!first.done) await write(first.value);
+              for await (const data of chunks) await write(data);
               await sse.writeSSE({ data: '[DONE]' });
               account();
               metrics.requests.inc({ route: 'chat', status: '200' });
@@ -389,7 +446,7 @@ export function createGateway(o: GatewayOptions) {
       c,
       new ApiError({
         status: 404,
-        message: `no route ${c.req.method} ${c.req.path.slice(0, 256)}`,
+        message: `no route ${clip(c.req.method, 16)} ${clip(c.req.path)}`,
         code: 'not_found',
       }),
     ),
@@ -465,7 +522,43 @@ function gatewayMetrics(registry: Registry, inFlight: () => number, health: Stag
       help: 'Tokens generated.',
       registers,
     }),
+    streamTimeouts: new Counter({
+      name: 'loupe_gateway_stream_write_timeouts_total',
+      help: 'Streams ended because their client did not take a chunk in time.',
+      registers,
+    }),
   };
+}
+
+const LOOPBACK_NAMES = new Set(['localhost', '127.0.0.1', '::1']);
+
+/** The name of a Host header, without its port or IPv6 brackets, lower-cased. */
+function hostName(host: string | undefined): string | undefined {
+  if (!host) return undefined;
+  const h = host.trim().toLowerCase();
+  if (h.startsWith('[')) return h.slice(1, h.indexOf(']'));
+  return h.split(':')[0];
+}
+
+/**
+ * `promise`, or after `ms` without it settling, `onTimeout()` and a rejection: the caller
+ * stops waiting on a write that a client will never take.
+ */
+async function withTimeout<T>(promise: Promise<T>, ms: number, onTimeout: () => void): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          onTimeout();
+          reject(new Error(`a write waited ${ms} ms on the client`));
+        }, ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');

@@ -40,6 +40,22 @@ export const gatewayEnvSchema = z.object({
   /** API keys, comma-separated; or a file with one key per line. None: loopback only. */
   LOUPE_GATEWAY_API_KEYS: list(''),
   LOUPE_GATEWAY_API_KEYS_FILE: optionalStringVar(),
+  /**
+   * Host names (the Host header, without its port) the API answers; empty: any when API keys
+   * are configured, else only loopback names (localhost, *.localhost, 127.0.0.1, ::1), so no
+   * web page can reach a keyless local gateway through DNS rebinding.
+   */
+  LOUPE_GATEWAY_ALLOWED_HOSTS: list(''),
+  /**
+   * Origins (scheme://host:port) whose browser requests the API takes; a request with any
+   * other Origin header gets 403. Empty: none (the gateway serves no CORS).
+   */
+  LOUPE_GATEWAY_ALLOWED_ORIGINS: list(''),
+  /**
+   * A stream whose client does not take a chunk within this time is ended (its decoder work
+   * cancelled), so clients that do not read cannot hold the gateway; ms.
+   */
+  LOUPE_GATEWAY_STREAM_WRITE_TIMEOUT_MS: intVar(30_000, { min: 100, max: 3_600_000 }),
   /** Largest request body, bytes. */
   LOUPE_GATEWAY_MAX_BODY_BYTES: intVar(32 * 1024 * 1024, { min: 1024, max: 1024 ** 3 }),
   /**

@@ -36,7 +36,12 @@ export const ChatCompletionRequest = z.object({
   max_completion_tokens: z.number().int().min(1).max(1_000_000).nullish(),
   temperature: z.number().min(0).max(2).nullish(),
   top_p: z.number().gt(0).max(1).nullish(),
-  stop: z.union([z.string(), z.array(z.string().min(1)).max(4)]).nullish(),
+  stop: z
+    .union([
+      z.string().min(1, 'a stop string must not be empty'),
+      z.array(z.string().min(1, 'a stop string must not be empty')).max(4),
+    ])
+    .nullish(),
   seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullish(),
   presence_penalty: penalty.nullish(),
   frequency_penalty: penalty.nullish(),
@@ -47,7 +52,7 @@ export const ChatCompletionRequest = z.object({
   /** Loupe extensions. */
   top_k: z.number().int().min(0).max(1_000_000).nullish(),
   min_p: z.number().min(0).max(1).nullish(),
-  repetition_penalty: z.number().gt(0).nullish(),
+  repetition_penalty: z.number().gt(0).max(100).nullish(),
   image_splitting: z.boolean().nullish(),
 });
 
@@ -145,8 +150,13 @@ export function openApiDocument(modelId: string) {
             },
             '401': { description: 'Missing or invalid API key' },
             '404': { description: 'The model is not served here (`model_not_found`)' },
+            '403': {
+              description:
+                'A Host or Origin this gateway does not serve (`host_not_allowed`, `origin_not_allowed`)',
+            },
             '405': { description: 'Another method than POST' },
             '413': { description: 'Body too large' },
+            '415': { description: 'A body that is not JSON (`unsupported_media_type`)' },
             '429': { description: 'Rate limited, or the gateway or a queue is full' },
             '500': { description: 'An internal error' },
             '503': { description: 'A stage is unavailable' },

@@ -13,8 +13,15 @@ import type { CallContext, StageClient } from './stage-client.js';
 /** Prompts with more characters of text than this are built in the prompt pool. */
 export const INLINE_PROMPT_CHARS = 8192;
 
-/** How long the decoders' maximum context is trusted before it is asked again, ms. */
-const CONTEXT_TTL_MS = 60_000;
+/** How long the decoders' limits are trusted before they are asked again, ms. */
+const LIMITS_TTL_MS = 60_000;
+
+/** What a decoder takes; zeros (no check here: the decoder still checks) until one answers. */
+interface DecoderLimits {
+  maxContext: number;
+  maxNewTokens: number;
+  vocabSize: number;
+}
 
 export interface PlannerOptions {
   tokenizer: TextTokenizer;
@@ -28,13 +35,31 @@ export interface PlannerOptions {
 }
 
 export class Planner {
-  /** The decoders' maximum context (tokens) and when it was asked; 0 while none answered. */
-  #context = { tokens: 0, at: 0 };
+  /** The decoders' limits and when they were asked. */
+  #limits = { maxContext: 0, maxNewTokens: 0, vocabSize: 0, at: 0 };
 
   constructor(private readonly o: PlannerOptions) {}
 
-  /** The prompt's token ids, images' runs included; throws a 400 when it cannot fit. */
+  /**
+   * The prompt's token ids, images' runs included; throws a 400 when it cannot fit, or when a
+   * parameter is past what the decoders take — before any image is fetched.
+   */
   async promptIds(request: ValidChatRequest, ctx: CallContext): Promise<number[]> {
+    const { maxContext, maxNewTokens, vocabSize } = await this.#decoderLimits(ctx);
+    if (maxNewTokens > 0 && request.maxTokens > maxNewTokens) {
+      throw invalid(
+        `\`max_tokens\` is ${request.maxTokens}; this server generates at most ${maxNewTokens} tokens per answer`,
+        'max_tokens',
+        'invalid_value',
+      );
+    }
+    if (vocabSize > 0 && (request.sampling.topK ?? 0) > vocabSize) {
+      throw invalid(
+        `\`top_k\` is ${request.sampling.topK}; the model has ${vocabSize} tokens`,
+        'top_k',
+        'invalid_value',
+      );
+    }
     const input: PromptInput = {
       messages: request.messages,
       escaped: request.escaped,
@@ -49,7 +74,6 @@ export class Planner {
       ? await this.o.prompts!.ids(input, ctx.signal)
       : promptIds({ tokenizer: this.o.tokenizer, template: this.o.template }, input);
 
-    const maxContext = await this.#maxContext(ctx);
     const asked = request.maxTokens;
     if (maxContext > 0 && (ids.length >= maxContext || ids.length + asked > maxContext)) {
       throw invalid(
@@ -63,21 +87,23 @@ export class Planner {
     return ids;
   }
 
-  /**
-   * The decoders' maximum context, from their Info, asked once and again every minute; 0
-   * (no check here: the decoder still checks) while no decoder has answered.
-   */
-  async #maxContext(ctx: CallContext): Promise<number> {
-    if (Date.now() - this.#context.at < CONTEXT_TTL_MS) return this.#context.tokens;
+  /** The decoders' limits, from their Info, asked once and again every minute. */
+  async #decoderLimits(ctx: CallContext): Promise<DecoderLimits> {
+    if (Date.now() - this.#limits.at < LIMITS_TTL_MS) return this.#limits;
     try {
       const info = await this.o.stages.decoderInfo({
         ...ctx,
         deadline: Math.min(ctx.deadline, Date.now() + 2000),
       });
-      this.#context = { tokens: info.maxContext, at: Date.now() };
+      this.#limits = {
+        maxContext: info.maxContext,
+        maxNewTokens: info.maxNewTokens,
+        vocabSize: info.vocabSize,
+        at: Date.now(),
+      };
     } catch {
       // The request itself will meet the same decoder and get its answer.
     }
-    return this.#context.tokens;
+    return this.#limits;
   }
 }
