@@ -161,6 +161,27 @@ async function untilInFlight(metricsUrl: string, n: number) {
 const openai = () => new OpenAI({ baseURL: `${base}/v1`, apiKey: KEY, maxRetries: 0 });
 
 describe('gateway, end to end with the openai SDK', () => {
+  it('generates n seeded choices that differ from each other and are reproducible', async () => {
+    const ask = () =>
+      openai().chat.completions.create({
+        model: 'tiny-seed0',
+        n: 3,
+        seed: 5,
+        temperature: 1,
+        max_tokens: 8,
+        messages: [{ role: 'user', content: 'Tell me a story.' }],
+      });
+    const first = await ask();
+    const again = await ask();
+    const texts = (r: typeof first) => r.choices.map((c) => `${c.index}:${c.message.content}`);
+    expect(first.choices.map((c) => c.index)).toEqual([0, 1, 2]);
+    expect(texts(again)).toEqual(texts(first));
+    expect(new Set(first.choices.map((c) => c.message.content)).size).toBeGreaterThan(1);
+    // Every choice's tokens count, the prompt once.
+    expect(first.usage!.completion_tokens).toBeGreaterThanOrEqual(3);
+    expect(first.usage!.completion_tokens).toBeLessThanOrEqual(24);
+  });
+
   it('answers a text-only chat exactly as `loupe generate` does, streamed and not', async () => {
     const expected = await loupeGenerate(
       [{ role: 'user', content: [{ type: 'text', text: 'Hello there, who are you?' }] }],

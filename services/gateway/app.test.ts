@@ -432,7 +432,7 @@ describe('the pipeline in-process, with scripted stages', () => {
         'response_format',
         'unsupported_parameter',
       ],
-      [ask('hi', { n: 2 }), 400, 'n', 'unsupported_parameter'],
+      [ask('hi', { n: 9 }), 400, 'n', 'invalid_value'],
       [ask('hi', { top_logprobs: 2 }), 400, 'top_logprobs', null],
       [{ ...ask('hi'), model: 'x'.repeat(10_000) }, 404, 'model', 'model_not_found'],
       [ask('hi', { bogus: 1 }), 400, 'bogus', 'unknown_parameter'],
@@ -531,5 +531,51 @@ describe('the pipeline in-process, with scripted stages', () => {
       await new Promise((r) => setTimeout(r, 20));
     }
     await res.body?.cancel();
+  });
+
+  it('generates n choices: the first prefills, the others start at its first token, seeds differ', async () => {
+    let release!: () => void;
+    const tokens = idsOf('one two');
+    const stages = new ScriptedStages({
+      tokens,
+      firstToken: new Promise<void>((r) => (release = r)),
+    });
+    const { post } = gateway(stages);
+    const pending = Promise.resolve(post(ask('hi', { n: 3, seed: 7, temperature: 1 })));
+    while (stages.generated.length === 0) await new Promise((r) => setImmediate(r));
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    // Only the first choice runs until it has a token: the decoder then holds the prompt's KV.
+    expect(stages.generated).toHaveLength(1);
+    release();
+    const res = await pending;
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as {
+      choices: Array<{ index: number; message: { content: string } }>;
+      usage: { prompt_tokens: number; completion_tokens: number };
+    };
+    expect(body.choices.map((c) => c.index)).toEqual([0, 1, 2]);
+    expect(body.choices.map((c) => c.message.content)).toEqual(['one two', 'one two', 'one two']);
+    expect(stages.generated.map((g) => g.sampling!.seed)).toEqual([7, 8, 9]);
+    expect(new Set(stages.generated.map((g) => g.promptTokenIds.join()))).toHaveProperty('size', 1);
+    expect(body.usage.completion_tokens).toBe(3 * tokens.length);
+    expect(body.usage.prompt_tokens).toBe(stages.generated[0]!.promptTokenIds.length);
+  });
+
+  it('streams n choices, each with its role chunk, deltas and finish, usage summed', async () => {
+    const tokens = idsOf('a b');
+    const stages = new ScriptedStages({ tokens });
+    const res = await gateway(stages).post(
+      ask('hi', { n: 2, stream: true, stream_options: { include_usage: true } }),
+    );
+    const data = events(await res.text());
+    expect(data.at(-1)).toBe('[DONE]');
+    const chunks = data.slice(0, -1).map((d) => JSON.parse(d));
+    for (const index of [0, 1]) {
+      const mine = chunks.filter((c) => c.choices[0]?.index === index);
+      expect(mine[0].choices[0].delta).toEqual({ role: 'assistant', content: '' });
+      expect(mine.map((c) => c.choices[0].delta.content ?? '').join('')).toBe('a b');
+      expect(mine.at(-1).choices[0].finish_reason).toBe('stop');
+    }
+    expect(chunks.at(-1).usage.completion_tokens).toBe(2 * tokens.length);
   });
 });

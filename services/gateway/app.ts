@@ -28,7 +28,7 @@ import { Admission, type Ticket } from './admission.js';
 import { ApiError, clip, invalid } from './api-error.js';
 import type { GatewayConfig } from './config.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
-import { Generation, generateRequest, ImageEmbedder } from './execute.js';
+import { deferredStream, Generation, generateRequest, ImageEmbedder } from './execute.js';
 import { ImageSourceError, type Resolver } from './image-source.js';
 import { defaultMemoryBudget } from './memory-budget.js';
 import { openApiDocument } from './openai.js';
@@ -36,7 +36,12 @@ import { Planner } from './plan.js';
 import type { PromptPool } from './prompt-pool.js';
 import { Renderer, type TokenLogprob } from './render.js';
 import { parseChatRequest, type RequestRules, type ValidChatRequest } from './request.js';
-import { StageError, type CallContext, type StageClient } from './stage-client.js';
+import {
+  StageError,
+  type CallContext,
+  type GenerationStream,
+  type StageClient,
+} from './stage-client.js';
 import { stageFailure } from './stage-errors.js';
 import { StageHealth } from './stage-health.js';
 
@@ -91,6 +96,7 @@ export function createGateway(o: GatewayOptions) {
     maxMessages: config.LOUPE_GATEWAY_MAX_MESSAGES || Math.ceil(o.maxPositions / 2),
     maxPromptChars: config.LOUPE_GATEWAY_MAX_PROMPT_CHARS || 16 * o.maxPositions,
     maxImages: config.LOUPE_GATEWAY_MAX_IMAGES,
+    maxChoices: config.LOUPE_GATEWAY_MAX_CHOICES,
     splitByDefault: o.processor.doImageSplitting,
     tokenizer,
   };
@@ -286,7 +292,7 @@ export function createGateway(o: GatewayOptions) {
         ticket.release();
         throw error;
       }
-      ticket.reserveTokens(request.maxTokens);
+      ticket.reserveTokens(request.maxTokens * request.choices);
 
       const controller = new AbortController();
       const clientGone = () => controller.abort(new Error('the client disconnected'));
@@ -317,33 +323,49 @@ export function createGateway(o: GatewayOptions) {
           metrics.promptTokens.inc(ids.length);
           ticket.useTokens(ids.length);
 
-          const stream = stages.generate(
-            generateRequest(request, ids, images, o.imageTokenId),
-            ctx,
-          );
           const render = new Renderer(requestId, modelId, tokenizer);
-          const generation = new Generation<TokenLogprob>(
-            stream,
-            new IncrementalDetokenizer(tokenizer, request.stop),
-            request.logprobs ? render.logprob : undefined,
+          const generation = (stream: GenerationStream) =>
+            new Generation<TokenLogprob>(
+              stream,
+              new IncrementalDetokenizer(tokenizer, request.stop),
+              request.logprobs ? render.logprob : undefined,
+            );
+          const firstChoice = generation(
+            stages.generate(generateRequest(request, ids, images, o.imageTokenId), ctx),
           );
+          // Further choices start once the first has its first token: by then the decoder has
+          // cached the prompt's KV, which they reuse (its prefix cache) instead of computing it.
+          const generations = [
+            firstChoice,
+            ...Array.from({ length: request.choices - 1 }, (_, i) =>
+              generation(
+                deferredStream(firstChoice.firstToken, () =>
+                  stages.generate(
+                    generateRequest(request, ids, images, o.imageTokenId, i + 1),
+                    ctx,
+                  ),
+                ),
+              ),
+            ),
+          ];
+          const completionTokens = () => generations.reduce((n, g) => n + g.completionTokens, 0);
           const usage = () => ({
             prompt_tokens: ids.length,
-            completion_tokens: generation.completionTokens,
-            total_tokens: ids.length + generation.completionTokens,
+            completion_tokens: completionTokens(),
+            total_tokens: ids.length + completionTokens(),
           });
           let accounted = false;
           const account = () => {
             if (accounted) return;
             accounted = true;
-            metrics.completionTokens.inc(generation.completionTokens);
-            ticket.useTokens(ids.length + generation.completionTokens);
+            metrics.completionTokens.inc(completionTokens());
+            ticket.useTokens(ids.length + completionTokens());
           };
 
           if (!request.stream) {
             let answer;
             try {
-              answer = await render.completion(generation, request.logprobs, usage);
+              answer = await render.completion(generations, request.logprobs, usage);
             } catch (error) {
               throw controller.signal.aborted ? error : decoderError(error);
             }
@@ -355,7 +377,7 @@ export function createGateway(o: GatewayOptions) {
           // The response (its status and headers) waits for the first token: what the client
           // times as the first byte is the first token, and a decoder that refuses the request
           // (a full queue, a context overflow) gets its own HTTP status, not an error event.
-          const chunks = render.chunks(generation, request.includeUsage ? usage : undefined);
+          const chunks = render.chunks(generations, request.includeUsage ? usage : undefined);
           let first: IteratorResult<string>;
           try {
             first = await chunks.next();

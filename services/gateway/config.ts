@@ -65,6 +65,8 @@ export const gatewayEnvSchema = z.object({
    */
   LOUPE_GATEWAY_MEMORY_BUDGET_BYTES: intVar(0, { min: 0, max: 2 ** 50 }),
   LOUPE_GATEWAY_MAX_IMAGES: intVar(8, { min: 0, max: 256 }),
+  /** Choices (`n`) per request: each is a sequence in the decoder, sharing the prompt's KV. */
+  LOUPE_GATEWAY_MAX_CHOICES: intVar(8, { min: 1, max: 128 }),
   LOUPE_GATEWAY_MAX_IMAGE_BYTES: intVar(20 * 1024 * 1024, { min: 1, max: 1024 ** 3 }),
   /** Requests handled at once; beyond it 429. */
   LOUPE_GATEWAY_MAX_IN_FLIGHT: intVar(256, { min: 1, max: 100_000 }),

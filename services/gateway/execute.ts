@@ -88,12 +88,17 @@ export class ImageEmbedder {
   }
 }
 
-/** The decoder's request: the prompt, each image's rows at its image tokens, the sampling. */
+/**
+ * The decoder's request for one choice: the prompt, each image's rows at its image tokens,
+ * the sampling. Choice i of a seeded request samples with seed + i, so each choice differs
+ * and each is reproducible.
+ */
 export function generateRequest(
   request: ValidChatRequest,
   ids: number[],
   images: readonly EmbeddedImage[],
   imageTokenId: number,
+  choice = 0,
 ): GenerateRequest {
   const positions = ids.flatMap((id, i) => (id === imageTokenId ? [i] : []));
   const rows = images.reduce((n, e) => n + e.rows, 0);
@@ -116,11 +121,39 @@ export function generateRequest(
         contentHash: e.contentHash,
       };
     }),
-    sampling: request.sampling,
-    stopTokenIds: [],
+    sampling:
+      request.sampling.seed === undefined
+        ? request.sampling
+        : { ...request.sampling, seed: (request.sampling.seed + choice) % 2 ** 53 },
+    stopTokenIds: request.stopTokenIds,
     maxNewTokens: request.maxTokens,
     logprobs: request.logprobs,
     topLogprobs: request.topLogprobs,
+  };
+}
+
+/**
+ * A stream opened only once `after` resolves (and not at all if cancelled before): the choices
+ * after the first start when the first has its first token, so that the decoder has cached
+ * the prompt's KV and each of them reuses it instead of computing it again.
+ */
+export function deferredStream(
+  after: Promise<unknown>,
+  open: () => GenerationStream,
+): GenerationStream {
+  let stream: GenerationStream | undefined;
+  let cancelled = false;
+  return {
+    cancel() {
+      cancelled = true;
+      stream?.cancel();
+    },
+    async *[Symbol.asyncIterator]() {
+      await after;
+      if (cancelled) return;
+      stream = open();
+      yield* stream;
+    },
   };
 }
 
@@ -137,18 +170,35 @@ export type Delta<L> =
 export class Generation<L> {
   /** Tokens generated so far. */
   completionTokens = 0;
+  /**
+   * Resolves at the first token (the prompt's prefill is done), or when the generation ends
+   * without one (failed, cancelled, or finished at once).
+   */
+  readonly firstToken: Promise<void>;
+  #first!: () => void;
 
   constructor(
     private readonly stream: GenerationStream,
     private readonly detokenizer: IncrementalDetokenizer,
     private readonly logprob?: (token: TokenEvent) => L,
-  ) {}
+  ) {
+    this.firstToken = new Promise<void>((resolve) => (this.#first = resolve));
+  }
 
   async *deltas(): AsyncGenerator<Delta<L>> {
+    try {
+      yield* this.#deltas();
+    } finally {
+      this.#first();
+    }
+  }
+
+  async *#deltas(): AsyncGenerator<Delta<L>> {
     for await (const message of this.stream) {
       const event = message.event;
       if (event?.$case === 'token') {
         this.completionTokens++;
+        this.#first();
         const text = this.detokenizer.push(event.value.id);
         yield {
           kind: 'text',

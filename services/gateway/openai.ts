@@ -47,13 +47,15 @@ export const ChatCompletionRequest = z.object({
   frequency_penalty: penalty.nullish(),
   logprobs: z.boolean().nullish(),
   top_logprobs: z.number().int().min(0).max(20).nullish(),
-  n: z.number().int().min(1).nullish(),
+  n: z.number().int().min(1).max(128).nullish(),
   user: z.string().optional(),
   /** Loupe extensions. */
   top_k: z.number().int().min(0).max(1_000_000).nullish(),
   min_p: z.number().min(0).max(1).nullish(),
   repetition_penalty: z.number().gt(0).max(100).nullish(),
   image_splitting: z.boolean().nullish(),
+  /** Token ids that end the answer (besides the model's end-of-sequence ids). */
+  stop_token_ids: z.array(z.number().int().min(0)).max(16).nullish(),
 });
 
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;

@@ -32,6 +32,10 @@ export interface ValidChatRequest {
   maxTokens: number;
   sampling: SamplingParams;
   stop: string[];
+  /** Token ids that end the answer, besides the model's EOS. */
+  stopTokenIds: number[];
+  /** Choices to generate (OpenAI's `n`); each its own sequence from the one prompt. */
+  choices: number;
   logprobs: boolean;
   topLogprobs: number;
 }
@@ -41,6 +45,8 @@ export interface RequestRules {
   maxMessages: number;
   maxPromptChars: number;
   maxImages: number;
+  /** The most choices (`n`) one request may ask for. */
+  maxChoices: number;
   /** Whether images are split when the request does not say (the model's processor). */
   splitByDefault: boolean;
   /** Escapes control tokens spelled in text, so they reach the model as plain text. */
@@ -82,12 +88,14 @@ export function parseChatRequest(json: unknown, rules: RequestRules): ValidChatR
       'prompt_too_long',
     );
   }
-  if ((body.n ?? 1) !== 1)
+  const choices = body.n ?? 1;
+  if (choices > rules.maxChoices) {
     throw invalid(
-      '`n` must be 1: one choice per request is supported',
+      `\`n\` is ${choices}; this server generates at most ${rules.maxChoices} choices per request`,
       'n',
-      'unsupported_parameter',
+      'invalid_value',
     );
+  }
   if ((body.top_logprobs ?? 0) > 0 && !body.logprobs)
     throw invalid('`top_logprobs` needs `logprobs: true`', 'top_logprobs');
 
@@ -143,6 +151,8 @@ export function parseChatRequest(json: unknown, rules: RequestRules): ValidChatR
       ...(body.seed != null ? { seed: body.seed } : {}),
     },
     stop: body.stop == null ? [] : typeof body.stop === 'string' ? [body.stop] : body.stop,
+    stopTokenIds: body.stop_token_ids ?? [],
+    choices,
     logprobs: body.logprobs ?? false,
     topLogprobs: body.top_logprobs ?? 0,
   };
