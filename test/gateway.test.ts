@@ -457,7 +457,7 @@ describe('gateway refusals, in OpenAI error shapes', () => {
     const cases: Array<[unknown, RegExp, string | null]> = [
       ['{not json', /not valid JSON/, 'invalid_json'],
       [chat('hi', { temperature: 3 }), /`temperature`/, 'invalid_value'],
-      [chat('hi', { n: 2 }), /`n` must be 1/, 'unsupported_parameter'],
+      [chat('hi', { n: 9 }), /at most 8 choices/, 'invalid_value'],
       [
         { ...chat('hi'), messages: [{ role: 'user', content: [] }] },
         /at least one part/,
