@@ -744,7 +744,7 @@ describe('gateway refusals, in OpenAI error shapes', () => {
   });
 });
 
-describe('gateway limits and failures (the ARCHITECTURE.md table)', () => {
+describe('gateway limits and failures (the docs/architecture.md table)', () => {
   const chat = (content: unknown, extra: object = {}) => ({
     model: 'tiny-seed0',
     max_tokens: 2,

@@ -384,13 +384,20 @@ describe('the pipeline in-process, with scripted stages', () => {
     ],
     [
       'worker died',
-      { code: status.INTERNAL, details: 'at 10.1.2.3:50053', reason: 'worker_died' },
+      { code: status.UNAVAILABLE, details: 'at 10.1.2.3:50053', reason: 'worker_died' },
+      503,
+      'stage_unavailable',
+      '5',
+    ],
+    [
+      'failed step',
+      { code: status.INTERNAL, details: 'at 10.1.2.3:50053', reason: 'step_failed' },
       500,
       'stage_failed',
       null,
     ],
   ];
-  it('has a row for each stage failure', () => expect(failures).toHaveLength(5));
+  it('has a row for each stage failure', () => expect(failures).toHaveLength(6));
   it.each(failures)(
     'maps a decoder failure (%s) by status and loupe-reason, never echoing addresses',
     async (_name, failure, httpStatus, code, retryAfter) => {

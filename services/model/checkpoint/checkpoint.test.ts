@@ -25,14 +25,14 @@ function writeCheckpoint(config: Record<string, unknown>, options?: TinyCheckpoi
 }
 
 describe('expectedTensors', () => {
-  it('adds up to the published idefics2-8b parameter count (IDEFICS2.md §9)', () => {
+  it('adds up to the published idefics2-8b parameter count (docs/model.md §9)', () => {
     const config = parseIdefics2Config(fixtures.cases['idefics2-8b']!.config);
     let total = 0;
     for (const shape of expectedTensors(config).values()) total += elementCount(shape);
     expect(total).toBe(8_402_768_112);
   });
 
-  it('has the reference unit-test shapes (IDEFICS2.md §1.6)', () => {
+  it('has the reference unit-test shapes (docs/model.md §1.6)', () => {
     const shapes = expectedTensors(parseIdefics2Config(TESTER));
     expect(shapes.get('model.connector.perceiver_resampler.latents')).toEqual([2, 64]);
     expect(

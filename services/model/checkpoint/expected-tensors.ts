@@ -1,5 +1,5 @@
 // Every tensor an Idefics2ForConditionalGeneration checkpoint stores, with its shape, from
-// the config (IDEFICS2.md §9). Linear weights are [out, in].
+// the config (docs/model.md §9). Linear weights are [out, in].
 import type { Idefics2Config } from '../config/index.js';
 
 export function expectedTensors(config: Idefics2Config): Map<string, number[]> {

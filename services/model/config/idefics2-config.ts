@@ -1,5 +1,5 @@
 // Idefics2's config.json, resolved as the reference (transformers 4.45-4.54) resolves it:
-// class defaults for every missing key, and the perceiver rule (IDEFICS2.md §1.1).
+// class defaults for every missing key, and the perceiver rule (docs/model.md §1.1).
 // Python's snake_case stops here; the rest of Loupe reads camelCase.
 
 export interface VisionConfig {
@@ -220,7 +220,7 @@ function parsePerceiver(raw: Json, text: TextConfig, file: string): PerceiverCon
   f.oneOf('model_type', MODEL_TYPES.perceiver, 'idefics2');
   let hiddenSize = f.int('hidden_size', 4096);
   let rmsNormEps = f.positive('rms_norm_eps', 1e-6);
-  // IDEFICS2.md §1.1: the reference overwrites both when the hidden sizes differ.
+  // docs/model.md §1.1: the reference overwrites both when the hidden sizes differ.
   if (hiddenSize !== text.hiddenSize) {
     hiddenSize = text.hiddenSize;
     rmsNormEps = text.rmsNormEps;

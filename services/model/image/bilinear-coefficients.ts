@@ -26,7 +26,7 @@ function bilinearFilter(x: number): number {
 }
 
 /**
- * Coefficients for resampling `inSize` samples to `outSize` (IDEFICS2.md §7.3), in the same
+ * Coefficients for resampling `inSize` samples to `outSize` (docs/model.md §7.3), in the same
  * float64 operations and order as Pillow so the rounded integers match exactly:
  *
  * ```

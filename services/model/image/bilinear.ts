@@ -271,14 +271,14 @@ function resampleVertical(
  * places), because the intermediate image is rounded to uint8:
  * - `pillow13`: Pillow 13 (`ImagingResampleInner`) runs the vertical pass first when the
  *   height shrinks by more than twice as many pixels as the width, else horizontal first;
- * - `pillow12`: Pillow <= 12 (IDEFICS2.md §7.3) always runs the horizontal pass first.
+ * - `pillow12`: Pillow <= 12 (docs/model.md §7.3) always runs the horizontal pass first.
  */
 export type PassOrder = 'pillow13' | 'pillow12';
 
 export interface ResizeOptions {
   /**
    * Default `pillow12`: the order of the Pillow releases contemporary with the reference
-   * transformers (4.45-4.54) and with Idefics2's training, and of IDEFICS2.md §7.3.
+   * transformers (4.45-4.54) and with Idefics2's training, and of docs/model.md §7.3.
    */
   passOrder?: PassOrder;
 }
@@ -299,7 +299,7 @@ export function verticalPassFirst(
 
 /**
  * Pillow's `Image.resize((width, height), Image.BILINEAR)` on an 8-bit RGB image, bit for bit
- * (IDEFICS2.md §7.3): two separable passes, each only if that side changes, through a uint8
+ * (docs/model.md §7.3): two separable passes, each only if that side changes, through a uint8
  * intermediate, in the order of `passOrder`. Horizontal first only computes the input rows
  * the vertical pass will read. The same size returns a copy, and an empty input (0 rows or
  * columns, from splitting a 1-pixel-wide image) gives a black image, as PIL does.
@@ -426,7 +426,7 @@ function resizeCrops(
 
 /**
  * Pillow's `Image.resize((width, height), Image.BILINEAR)` on an 8-bit RGB image, bit for bit
- * (IDEFICS2.md §7.3): the result of {@link resizeBilinearJs} (same size: a copy; empty input:
+ * (docs/model.md §7.3): the result of {@link resizeBilinearJs} (same size: a copy; empty input:
  * black), computed by the WebAssembly SIMD kernels of bilinear-wasm.ts where they load, else
  * by the JS passes.
  */

@@ -32,7 +32,7 @@ export interface PreprocessedImage {
 }
 
 /**
- * The geometric part of the image processor on a decoded image (IDEFICS2.md §7 steps 5-6):
+ * The geometric part of the image processor on a decoded image (docs/model.md §7 steps 5-6):
  * optional split of the original-resolution image, then each piece resized on its own by
  * the Idefics2 size rule with PIL's bilinear filter. Returns uint8 HWC images.
  */

@@ -12,7 +12,7 @@ export interface SubImage {
 export interface PixelValues {
   /**
    * float32 [n, 3, height, width]; each sub-image sits in the top-left corner of its slot and
-   * the rest is 0.0 (exactly zero: the model drops all-zero images, IDEFICS2.md §10 G10).
+   * the rest is 0.0 (exactly zero: the model drops all-zero images, docs/model.md §10 G10).
    */
   pixelValues: Float32Array;
   /** [n, height, width]: 1 on each sub-image's real pixels, 0 on the padding. */
@@ -32,7 +32,7 @@ type NormalizeSettings = Pick<
 
 /**
  * The float32 value of every uint8 level, per channel, computed as the reference does
- * (IDEFICS2.md §7 steps 7-8, §10 G15):
+ * (docs/model.md §7 steps 7-8, §10 G15):
  *
  * ```
  * rescale:   x = float32(float64(u8) * rescale_factor)
@@ -84,7 +84,7 @@ export function paddedSize(
 
 /**
  * Rescales, normalizes and pads sub-images into the model's `pixel_values` and
- * `pixel_attention_mask` (IDEFICS2.md §7 steps 7-10), bit for bit as the reference's float32
+ * `pixel_attention_mask` (docs/model.md §7 steps 7-10), bit for bit as the reference's float32
  * output for one image. Padding is bottom/right to the largest height and width, with 0.0.
  *
  * With `doPad` off the reference returns a ragged list; that is only representable here when

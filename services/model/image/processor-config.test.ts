@@ -8,7 +8,7 @@ import {
   processorConfigFiles,
 } from './processor-config.js';
 
-/** idefics2-8b's preprocessor_config.json (IDEFICS2.md §1.7). */
+/** idefics2-8b's preprocessor_config.json (docs/model.md §1.7). */
 const IDEFICS2_8B = {
   do_convert_rgb: true,
   do_image_splitting: true,

@@ -7,7 +7,7 @@ import { join } from 'node:path';
  * refused when the config is loaded.
  */
 export interface ImageProcessorConfig {
-  /** Split each image into 4 crops plus the original (IDEFICS2.md §7 step 5). */
+  /** Split each image into 4 crops plus the original (docs/model.md §7 step 5). */
   doImageSplitting: boolean;
   /** Convert to RGB (always effectively true: the decoder yields RGB). */
   doConvertRgb: boolean;
@@ -27,7 +27,7 @@ export interface ImageProcessorConfig {
   imageSeqLen: number;
 }
 
-/** idefics2-8b (IDEFICS2.md §1.7): splitting on, 378..980 px, mean = std = 0.5. */
+/** idefics2-8b (docs/model.md §1.7): splitting on, 378..980 px, mean = std = 0.5. */
 export const DEFAULT_IMAGE_PROCESSOR_CONFIG: Readonly<ImageProcessorConfig> = Object.freeze({
   doImageSplitting: true,
   doConvertRgb: true,

@@ -12,7 +12,7 @@ export interface Size {
 
 /**
  * Output size of one (sub-)image, as `get_resize_output_image_size` of the reference
- * (IDEFICS2.md §7 step 6):
+ * (docs/model.md §7 step 6):
  *
  * ```
  * ar = width / height                                     (float64)

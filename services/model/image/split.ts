@@ -15,7 +15,7 @@ export function cropImage(img: RgbImage, y0: number, y1: number, x0: number, x1:
 }
 
 /**
- * Image splitting (IDEFICS2.md §7 step 5), applied to the original-resolution image before
+ * Image splitting (docs/model.md §7 step 5), applied to the original-resolution image before
  * any resize. With `midH = floor(H / 2)` and `midW = floor(W / 2)`:
  *
  * ```

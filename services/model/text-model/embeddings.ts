@@ -1,4 +1,4 @@
-// Token embeddings on the host (IDEFICS2.md §5): the text graph takes inputs_embeds, so the
+// Token embeddings on the host (docs/model.md §5): the text graph takes inputs_embeds, so the
 // rows of `<image>` tokens can be replaced by the vision tower's output before it runs.
 import { closeSync, openSync, readSync } from 'node:fs';
 import type { Checkpoint } from '../checkpoint/index.js';
@@ -77,7 +77,7 @@ export class TokenEmbeddings {
 /**
  * Overwrites, in place, the rows of `embeds` ([ids.length, hidden]) at the positions of
  * `imageTokenId` with the rows of `imageRows` ([n, hidden]), the k-th image token taking row
- * k. The count of image tokens must equal n exactly (IDEFICS2.md §5, G17).
+ * k. The count of image tokens must equal n exactly (docs/model.md §5, G17).
  */
 export function spliceImageRows(
   embeds: Float32Array,

@@ -1,4 +1,4 @@
-// The Idefics2 text decoder (Mistral, IDEFICS2.md §6) as one ONNX graph over the checkpoint's
+// The Idefics2 text decoder (Mistral, docs/model.md §6) as one ONNX graph over the checkpoint's
 // weights in place: token embeddings in (looked up on the host, so image rows can be spliced
 // in first), logits and the updated KV cache out.
 //
@@ -50,7 +50,7 @@
 // KV cache (past/present are float16: TextGraph.cacheType), while inputs_embeds stays float32
 // (cast inside; the host embeddings widen the float16 table exactly) and logits stay float32
 // (cast at the end). The RMS norms keep their statistics in float32 (stash_type) and GQA
-// its softmax (IDEFICS2.md §10 G1/G4).
+// its softmax (docs/model.md §10 G1/G4).
 import type { Checkpoint } from '../checkpoint/index.js';
 import { float32ToFloat16 } from '../convert/index.js';
 import {

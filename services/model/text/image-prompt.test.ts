@@ -55,7 +55,7 @@ describe('expandImagePrompt matches Idefics2Processor', () => {
 describe('expandImagePrompt', () => {
   const run = (n: number) => I.repeat(n);
 
-  it('gives the token runs of IDEFICS2.md §5 for 64 latents', () => {
+  it('gives the token runs of docs/model.md §5 for 64 latents', () => {
     expect(expandImagePrompt(I, { imageSeqLen: 64, splits: [false] })).toBe(F + run(64) + F);
     expect(expandImagePrompt(I, { imageSeqLen: 64, splits: [true] })).toBe(
       F + (run(64) + F).repeat(5),

@@ -24,7 +24,7 @@ export function countImagePlaceholders(text: string): number {
 
 /**
  * Expands each `<image>` placeholder into the image's token run, as `Idefics2Processor`
- * does before tokenizing (IDEFICS2.md §5), with F = `<fake_token_around_image>` and
+ * does before tokenizing (docs/model.md §5), with F = `<fake_token_around_image>` and
  * I = `<image>`:
  *
  *   not split:  F I×n F

@@ -1,5 +1,5 @@
 // Host side of the vision graph: pads uint8 sub-images into one batch, builds the patch mask
-// and the position ids (IDEFICS2.md §2.1, §2.4), runs the session.
+// and the position ids (docs/model.md §2.1, §2.4), runs the session.
 import type { InferenceSession } from 'onnxruntime-node';
 import type { VisionConfig } from '../config/index.js';
 import { paddedSize, type SubImage } from '../image/index.js';

@@ -1,7 +1,7 @@
 // Small graph-building blocks shared by the vision tower and the connector: linear layers over
 // weights read in place, norms, activations and (grouped-query) attention, in the checkpoint's
 // float type (float32, or float16 for CUDA). In a float16 graph the statistics stay float32
-// (IDEFICS2.md §10 G1/G4/G5): LayerNormalization keeps them in its float32 stash, the RMS
+// (docs/model.md §10 G1/G4/G5): LayerNormalization keeps them in its float32 stash, the RMS
 // norms and the perceiver's softmax run on float32 casts, and masks are finite.
 import type { Checkpoint } from '../checkpoint/index.js';
 import {

@@ -15,7 +15,7 @@ describe('positionBuckets', () => {
       expect([...positionBuckets(n, 70)], `n=${n}`).toEqual(reference.buckets[n]);
   });
 
-  it('matches IDEFICS2.md Appendix A and the worked examples', () => {
+  it('matches docs/model.md Appendix A and the worked examples', () => {
     expect([...positionBuckets(70, 70)]).toEqual(Array.from({ length: 70 }, (_, i) => i));
     expect([...positionBuckets(46, 70)].slice(0, 8)).toEqual([0, 1, 3, 4, 6, 7, 9, 10]);
     expect([...positionBuckets(27, 70)]).toEqual([

@@ -1,11 +1,11 @@
-// NaViT-style position ids of the vision embeddings (IDEFICS2.md §2.4), computed on the host
+// NaViT-style position ids of the vision embeddings (docs/model.md §2.4), computed on the host
 // and fed to the vision graph: each row (column) of a sub-image's patch grid maps to a row
 // (column) of the learned S×S position table by fractional position.
 
 /**
  * Indices i whose bucket is one lower than ⌊i·70/n⌋ in the reference, because float32
  * rounding puts i/n just below a boundary (torch CPU arange; checked with torch 2.7.1,
- * test/fixtures/model/position_buckets.json, and IDEFICS2.md §2.4's default row).
+ * test/fixtures/model/position_buckets.json, and docs/model.md §2.4's default row).
  */
 const TIES_70: ReadonlyMap<number, ReadonlySet<number>> = new Map([
   [25, new Set([5, 10, 15, 20])],

@@ -1,6 +1,6 @@
 // The image encoder as one ONNX graph: uint8 sub-images -> rescale/normalize -> SigLIP vision
 // tower -> modality projection -> perceiver resampler -> image_hidden_states
-// (IDEFICS2.md §2-§4), over the checkpoint's weights read in place: float32 (CPU), or float16
+// (docs/model.md §2-§4), over the checkpoint's weights read in place: float32 (CPU), or float16
 // (for CUDA: a float16 graph, statistics in float32, see graph-ops.ts) when the checkpoint
 // is float16 (`loupe convert --dtype float16`). Inputs and the output are the same either way.
 import { existsSync } from 'node:fs';

@@ -1,6 +1,6 @@
 // AssemblyScript, compiled to dist/services/model/image/wasm/resample.wasm by `npm run build`
 // (asconfig.json); not Node TypeScript, so tsc and eslint skip this folder. The SIMD kernels
-// of Pillow's 8-bit BILINEAR resampling (IDEFICS2.md §7.3), driven by ../bilinear-wasm.ts:
+// of Pillow's 8-bit BILINEAR resampling (docs/model.md §7.3), driven by ../bilinear-wasm.ts:
 // the coefficients are computed in JS (bilinear-coefficients.ts) and passed in as Int32
 // arrays in linear memory. Every pointer is a byte offset chosen by the caller; the module
 // allocates nothing.
