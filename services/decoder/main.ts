@@ -92,7 +92,7 @@ async function main(): Promise<void> {
       '8-bit weights with float activations decode slowly on CPU; set LOUPE_DECODER_QUANT_ACTIVATIONS=int8 or use 4-bit weights',
     );
   }
-  const registry = createRegistry(NAME);
+  const registry = createRegistry(NAME, modelId);
   const metrics = createDecoderMetrics(registry, () => engine.load);
   metrics.weightBytes.set({ format: engine.info.weightFormat }, engine.info.weightBytes);
   engine.onStep = ({ kind, batch, ms, prefixQueries, prefixHits }) => {

@@ -60,7 +60,7 @@ async function main(): Promise<void> {
     `vision model ${modelId} loaded: ${runner.info.weightFormat}, ${(runner.info.weightBytes / 2 ** 20).toFixed(1)} MiB of weights`,
   );
 
-  const registry = createRegistry(NAME);
+  const registry = createRegistry(NAME, modelId);
   // The cache and the batcher report into the metrics, and the metrics read them back; every
   // reference sits in a callback, so the order of construction does not matter.
   const cache =

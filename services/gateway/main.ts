@@ -49,7 +49,7 @@ async function main(): Promise<void> {
     serviceName: config.OTEL_SERVICE_NAME ?? `loupe-${NAME}`,
     otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
   });
-  const registry = createRegistry(NAME);
+  const registry = createRegistry(NAME, config.LOUPE_MODEL_ID ?? basename(modelDir));
   let sources;
   try {
     sources = {

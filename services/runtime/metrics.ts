@@ -5,10 +5,20 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 
 export { Counter, Gauge, Histogram, Registry };
 
-export function createRegistry(service: string): Registry {
+/**
+ * A registry whose every series carries `service` and, for the stages that run a model (the
+ * gateway, encoder and decoder), `model_name`: dashboards and alerts tell models apart when
+ * several releases share one Prometheus. Prometheus's Kubernetes discovery renames an
+ * application's `service` label to `exported_service` (docs/operations.md). The process and
+ * Node.js metrics prom-client collects are prefixed `loupe_`: `loupe_process_cpu_seconds_total`,
+ * `loupe_nodejs_eventloop_lag_seconds`, ...
+ */
+export function createRegistry(service: string, modelName?: string): Registry {
   const registry = new Registry();
-  registry.setDefaultLabels({ service });
-  collectDefaultMetrics({ register: registry, prefix: 'loupe_process_' });
+  registry.setDefaultLabels(
+    modelName === undefined ? { service } : { service, model_name: modelName },
+  );
+  collectDefaultMetrics({ register: registry, prefix: 'loupe_' });
   return registry;
 }
 
