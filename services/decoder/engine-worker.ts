@@ -32,6 +32,7 @@ async function main(): Promise<void> {
     engine = new Engine(runner, {
       maxWaiting: setup.engine.maxWaiting,
       maxPrefillTokens: setup.engine.maxPrefillTokens,
+      maxStepMs: setup.engine.maxStepMs,
       eosTokenIds: eos,
     });
     post({

@@ -5,7 +5,12 @@ import { Engine, type StepReport } from './engine.js';
 import type { EngineImage, EngineRequest, TokenEvent } from './protocol.js';
 import { GREEDY, type SamplingParams } from './sampler.js';
 import { QueueFullError } from './scheduler.js';
-import { ScriptedRunner, type ScriptedRunnerOptions } from './scripted-runner.test-helper.js';
+import {
+  FakeClock,
+  ScriptedRunner,
+  type ScriptedCost,
+  type ScriptedRunnerOptions,
+} from './scripted-runner.test-helper.js';
 
 const HIDDEN = 4;
 const IMAGE = 49;
@@ -13,10 +18,17 @@ const SEEDED: SamplingParams = { ...GREEDY, temperature: 1, topP: 0.9, topK: 20 
 
 function setup(
   runner: ScriptedRunnerOptions = {},
-  { maxWaiting = 16, maxPrefillTokens = 24, eosTokenIds = [] as number[] } = {},
+  { maxWaiting = 16, maxPrefillTokens = 24, eosTokenIds = [] as number[], maxStepMs = 0 } = {},
 ) {
   const r = new ScriptedRunner({ hidden: HIDDEN, imageTokenId: IMAGE, ...runner });
-  return { runner: r, engine: new Engine(r, { maxWaiting, maxPrefillTokens, eosTokenIds }) };
+  const engine = new Engine(r, {
+    maxWaiting,
+    maxPrefillTokens,
+    eosTokenIds,
+    maxStepMs,
+    ...(runner.clock ? { now: runner.clock.now } : {}),
+  });
+  return { runner: r, engine };
 }
 
 /** Ids 1 .. 48 (no image token), seeded. */
@@ -333,15 +345,139 @@ describe('Engine: prefix cache', () => {
     engine.add(request('b', [...shared, ...text(8, 2)], { maxNewTokens: 4 }));
     engine.add(c());
     const open = runner.hold();
-    const stepping = engine.step(); // b's first chunk: loads a's blocks
+    // b's and c's first chunks in one step: both load a's blocks.
+    const stepping = engine.step();
     expect(engine.prefixCache.stats.pinned).toBe(2);
     engine.abort('b');
     open();
-    expect((await stepping)!.events).toEqual([]);
+    const first = (await stepping)!;
+    expect(first.events).toEqual([]);
+    expect(first.prefixHits).toBe(64);
     expect(engine.prefixCache.stats.pinned).toBe(0);
     const rest = await drain(engine);
-    expect(rest.hits).toBe(32);
+    expect(rest.hits).toBe(0);
     expect(rest.tokens('c')).toEqual(expected);
     expect(rest.events.has('b')).toBe(false);
+  });
+});
+
+describe('Engine: mixed steps and the step-time budget', () => {
+  /** Requests of every kind: greedy and seeded, text and images, some sharing a prefix. */
+  function mix() {
+    const shared = text(40, 9);
+    const photo = [{ at: 4, rows: 20, seed: 3 }];
+    return [
+      request('greedy', text(30, 1), { maxNewTokens: 12, logprobs: true }),
+      request('seeded', text(53, 2), { sampling: SEEDED, seed: 5n, maxNewTokens: 10 }),
+      request('image', text(45, 3), { images: photo, maxNewTokens: 9 }),
+      request('long', text(150, 4), { sampling: SEEDED, seed: 8n, maxNewTokens: 6 }),
+      request('shared a', [...shared, ...text(7, 5)], { maxNewTokens: 5 }),
+      request('shared b', [...shared, ...text(9, 6)], { maxNewTokens: 5, logprobs: true }),
+    ];
+  }
+
+  it('gives the same tokens and logprobs as running each request alone', async () => {
+    const alone = setup({ slots: 1, cacheBlocks: 0 });
+    const expected = new Map<string, TokenEvent[]>();
+    for (const r of mix()) {
+      alone.engine.add(r);
+      expected.set(r.id, (await drain(alone.engine)).events.get(r.id)!);
+    }
+    for (const cacheBlocks of [0, 64]) {
+      const { engine, runner } = setup({ slots: 6, cacheBlocks }, { maxPrefillTokens: 64 });
+      for (const r of mix()) engine.add(r);
+      const done = await drain(engine);
+      for (const r of mix()) {
+        const strip = (events: TokenEvent[]) => events.map(({ timings: _, ...e }) => e);
+        expect(strip(done.events.get(r.id)!), `${r.id}, ${cacheBlocks} blocks`).toEqual(
+          strip(expected.get(r.id)!),
+        );
+      }
+      // Prompts of several requests shared steps, and prompt chunks ran beside decode rows.
+      expect(runner.steps[0]!.prefill.length).toBeGreaterThan(1);
+      expect(runner.steps.some((s) => s.prefill.length > 0 && s.decode.length > 0)).toBe(true);
+      if (cacheBlocks > 0) {
+        // 'shared b' waited for 'shared a' to compute the 32 tokens they share.
+        expect(done.hits).toBe(32);
+      }
+    }
+  });
+
+  const COST: ScriptedCost = { prefillBaseMs: 2, tokenMs: 0.25, decodeBaseMs: 3, rowMs: 0.5 };
+
+  /**
+   * Four streams decoding, then a 1,500-token prompt: the longest gap, in simulated ms,
+   * between two tokens of one of the four while the prompt is prefilled, and the prompt's
+   * time to its first token.
+   */
+  async function longPromptBesideStreams(maxStepMs: number) {
+    const clock = new FakeClock();
+    const { engine, runner } = setup(
+      { slots: 5, context: 2048, cost: COST, clock },
+      { maxPrefillTokens: 512, maxStepMs },
+    );
+    const streams = ['s0', 's1', 's2', 's3'];
+    for (const [i, id] of streams.entries()) {
+      engine.add(request(id, text(12, i), { maxNewTokens: 400 }));
+    }
+    const last = new Map<string, number>();
+    let gap = 0;
+    let firstToken: number | undefined;
+    const step = async () => {
+      const report = (await engine.step())!;
+      for (const e of report.events) {
+        if (e.id === 'long') firstToken ??= clock.ms;
+        if (last.has(e.id)) gap = Math.max(gap, clock.ms - last.get(e.id)!);
+        last.set(e.id, clock.ms);
+      }
+      return report;
+    };
+    while (engine.load.running < 4 || runner.steps.at(-1)!.decode.length < 4) await step();
+    for (let i = 0; i < 5; i++) await step(); // decode-only steps: the budget learns them
+    gap = 0;
+    const admitted = clock.ms;
+    engine.add(request('long', text(1500, 9), { maxNewTokens: 4 }));
+    while (firstToken === undefined) await step();
+    await step(); // the first step with the long prompt's sequence decoding too
+    return { gap, ttft: firstToken - admitted, steps: runner.steps };
+  }
+
+  it('never holds running streams longer than the step budget for a long prompt', async () => {
+    const budgeted = await longPromptBesideStreams(20);
+    expect(budgeted.gap).toBeGreaterThan(0);
+    expect(budgeted.gap).toBeLessThanOrEqual(20 + 1e-9);
+    // The prompt went in many chunks, each beside the four decode rows.
+    const chunks = budgeted.steps.filter((s) => s.prefill.some((c) => c.tokens.length > 50));
+    expect(chunks.length).toBeGreaterThan(10);
+    expect(chunks.every((s) => s.decode.length === 4)).toBe(true);
+
+    // Without the time budget, a 512-token chunk holds them for 2 + 128 + 5 ms.
+    const unbounded = await longPromptBesideStreams(0);
+    expect(unbounded.gap).toBeGreaterThan(100);
+    // The budget costs the long prompt time to its first token, not correctness.
+    expect(budgeted.ttft).toBeGreaterThan(unbounded.ttft);
+  });
+
+  it('gives the same tokens whatever the time budget cut the prompts into', async () => {
+    const run = async (maxStepMs: number) => {
+      const clock = new FakeClock();
+      const { engine, runner } = setup(
+        { slots: 6, cacheBlocks: 64, cost: COST, clock },
+        { maxPrefillTokens: 512, maxStepMs },
+      );
+      const all = mix();
+      engine.add(all[0]!);
+      await engine.step(); // greedy decoding: the others' prompts go beside its rows
+      for (const r of all.slice(1)) engine.add(r);
+      const done = await drain(engine);
+      const chunks = runner.steps.flatMap((s) => s.prefill.map((c) => c.tokens.length));
+      return {
+        chunks,
+        answers: all.map((r) => done.events.get(r.id)?.map((e) => [e.token, e.logprob])),
+      };
+    };
+    const [cut, whole] = [await run(8), await run(0)];
+    expect(cut.chunks.length).toBeGreaterThan(whole.chunks.length);
+    expect(cut.answers).toEqual(whole.answers);
   });
 });

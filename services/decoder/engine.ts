@@ -1,15 +1,17 @@
-// The decoder engine loop (docs/decoder-engine.md): the scheduler plans a step, the engine
-// assembles it for the model runner (tokens, image rows, which prefix-cache blocks to load
-// and to save), the runner runs it, and the engine samples every sampled row and reports the
-// tokens. It owns each sequence's sampling state and the prefix cache's bookkeeping; the KV
-// memory belongs to the runner. It lives in the engine thread (engine-worker.ts), one step at
-// a time.
+// The decoder engine loop (docs/decoder-engine.md): the scheduler plans a step (prompt chunks
+// of several sequences beside every decoding sequence's next token, within the token and time
+// budgets), the engine assembles it for the model runner (tokens, image rows, which
+// prefix-cache blocks to load and to save), the runner runs it, and the engine samples every
+// sampled row and reports the tokens. It owns each sequence's sampling state, the prefix
+// cache's bookkeeping and the step-time budget's estimates; the KV memory belongs to the
+// runner. It lives in the engine thread (engine-worker.ts), one step at a time.
 import { float16ToFloat32 } from '../model/index.js';
 import { BlockKeys } from './block-keys.js';
 import { SlotKvCache } from './kv-cache.js';
 import {
   BLOCK_TOKENS,
   type BlockCopy,
+  type DecodeRow,
   type ModelRunner,
   type PrefillChunk,
   type RunnerStep,
@@ -17,12 +19,21 @@ import {
 import { PrefixCache } from './prefix-cache.js';
 import type { EngineRequest, TokenEvent } from './protocol.js';
 import { Rng, sample } from './sampler.js';
-import { Scheduler, type StepPlan } from './scheduler.js';
+import { Scheduler, stepKind, type ChunkPlan, type StepKind, type StepPlan } from './scheduler.js';
+import { StepTimeBudget } from './step-budget.js';
 
 export interface EngineOptions {
   maxWaiting: number;
+  /** Most prompt tokens per step, all chunks together. */
   maxPrefillTokens: number;
+  /**
+   * The longest a step with decode rows should take, ms (LOUPE_DECODER_MAX_STEP_MS): prompt
+   * chunks beside decode rows are cut to fit (step-budget.ts). 0: no time budget.
+   */
+  maxStepMs?: number;
   eosTokenIds: readonly number[];
+  /** The clock, ms (tests run the engine on simulated time); default performance.now. */
+  now?: () => number;
 }
 
 interface SequenceState {
@@ -39,18 +50,26 @@ interface SequenceState {
   output: Map<number, number>;
   generated: number;
   lastToken: number;
+  /** Its first chunk was planned (the prefix cache was asked) and its prompt is not done. */
+  prefilling: boolean;
   arrived: number;
   prefillStarted: number | undefined;
   firstToken: number | undefined;
 }
 
 export interface StepReport {
-  kind: 'prefill' | 'decode';
-  /** Sequences in the run (1 for a prefill). */
+  kind: StepKind;
+  /** Sequences in the run: prompt chunks and decode rows. */
   batch: number;
-  /** Tokens fed to the model. */
+  /** Tokens fed to the model: prompt tokens and decode rows. */
   tokens: number;
+  /** Prompt tokens and decode rows apart. */
+  prefillTokens: number;
+  decodeRows: number;
+  /** The whole step, ms, and its parts: the runner's run and the sampling (the rest is bookkeeping). */
   ms: number;
+  runMs: number;
+  sampleMs: number;
   events: TokenEvent[];
   /** Prompt tokens looked up in the prefix cache, and those it held. */
   prefixQueries: number;
@@ -61,21 +80,28 @@ export class Engine {
   readonly kv: SlotKvCache;
   readonly scheduler: Scheduler;
   readonly prefixCache: PrefixCache;
+  /** The step-time budget's estimates; undefined without a time budget. */
+  readonly budget: StepTimeBudget | undefined;
   readonly #states = new Map<string, SequenceState>();
-  /** Blocks the plan being made loads (pinned for it): [sequence, block ids]. */
-  #matched: [string, number[]] | undefined;
+  /** Blocks the plan being made loads (pinned for it), by sequence. */
+  #matched = new Map<string, number[]>();
   #prefixQueries = 0;
   #prefixHits = 0;
+  readonly #now: () => number;
 
   constructor(
     private readonly runner: ModelRunner,
     private readonly options: EngineOptions,
   ) {
+    this.#now = options.now ?? (() => performance.now());
     this.kv = new SlotKvCache(runner.kv.slots, runner.kv.context);
     this.prefixCache = new PrefixCache(runner.kv.cacheBlocks);
+    const budget = options.maxStepMs ? new StepTimeBudget(options.maxStepMs) : undefined;
+    this.budget = budget;
     this.scheduler = new Scheduler(this.kv, {
       maxPrefillTokens: options.maxPrefillTokens,
       maxWaiting: options.maxWaiting,
+      ...(budget ? { prefillBudget: (rows: number) => budget.prefillTokens(rows) } : {}),
       ...(this.prefixCache.enabled
         ? { prefix: { cachedPrefix: (id: string, limit: number) => this.#cachedPrefix(id, limit) } }
         : {}),
@@ -110,7 +136,8 @@ export class Engine {
       output: new Map(),
       generated: 0,
       lastToken: -1,
-      arrived: performance.now(),
+      prefilling: false,
+      arrived: this.#now(),
       prefillStarted: undefined,
       firstToken: undefined,
     });
@@ -134,30 +161,40 @@ export class Engine {
 
   /** Runs one step; null when there was nothing to run. */
   async step(): Promise<StepReport | null> {
-    this.#matched = undefined;
+    this.#matched = new Map();
     const plan = this.scheduler.schedule();
-    if (plan === null) return null;
-    const started = performance.now();
-    const matched = this.#matched as [string, number[]] | undefined;
-    this.#matched = undefined;
+    const matched = this.#matched;
+    this.#matched = new Map();
+    if (plan === null) {
+      for (const blocks of matched.values()) this.prefixCache.unpin(blocks);
+      return null;
+    }
+    const started = this.#now();
     /** Blocks this step saves into: cached once it succeeds, free again if it fails. */
     const saved: number[] = [];
     const saving = new Set<SequenceState>();
-    let logits: Float32Array[];
+    let output: Awaited<ReturnType<ModelRunner['run']>>;
+    let runMs: number;
     try {
-      logits = (await this.runner.run(this.#assemble(plan, matched, saved, saving))).logits;
+      const step = this.#assemble(plan, matched, saved, saving);
+      const runStarted = this.#now();
+      output = await this.runner.run(step);
+      runMs = this.#now() - runStarted;
     } catch (error) {
       this.prefixCache.discard(saved);
       throw error;
     } finally {
-      if (matched) this.prefixCache.unpin(matched[1]);
+      for (const blocks of matched.values()) this.prefixCache.unpin(blocks);
     }
     this.prefixCache.commit(saved);
     for (const state of saving) this.prefixCache.touch(state.keys.keys(state.cachedBlocks));
 
-    // Sampled rows, in the runner's order: the prefill's last chunk, or every decode row.
-    const rows =
-      plan.kind === 'prefill' ? (plan.last ? [plan.id] : []) : plan.rows.map((r) => r.id);
+    // Sampled rows, in the runner's order: the chunks that end a prompt, then the decode rows.
+    const sampleStarted = this.#now();
+    const rows = [
+      ...plan.prefill.filter((c) => c.last).map((c) => c.id),
+      ...plan.decode.map((r) => r.id),
+    ];
     const sampled = new Map<string, number>();
     const details = new Map<string, { logprob: number; top: TokenEvent['top'] }>();
     rows.forEach((id, b) => {
@@ -165,7 +202,7 @@ export class Engine {
       if (!state) return; // aborted during the run
       const r = state.request;
       const s = sample(
-        logits[b]!,
+        output.logits[b]!,
         r.sampling,
         { prompt: state.prompt, output: state.output },
         state.rng,
@@ -174,7 +211,8 @@ export class Engine {
       sampled.set(id, s.id);
       details.set(id, { logprob: s.logprob, top: s.top });
     });
-    const now = performance.now();
+    const now = this.#now();
+    const sampleMs = now - sampleStarted;
     const events = this.scheduler.update(plan, sampled).map((e) => {
       const state = this.#states.get(e.id)!;
       state.output.set(e.token, (state.output.get(e.token) ?? 0) + 1);
@@ -198,11 +236,25 @@ export class Engine {
       }
       return event;
     });
+    const prefillTokens = plan.prefill.reduce((n, c) => n + c.length, 0);
+    const decodeRows = plan.decode.length;
+    const ms = this.#now() - started;
+    this.budget?.observe({
+      rows: decodeRows,
+      tokens: prefillTokens,
+      stepMs: ms,
+      runMs,
+      ...(output.timings ? { timings: output.timings } : {}),
+    });
     const report: StepReport = {
-      kind: plan.kind,
-      batch: plan.kind === 'prefill' ? 1 : plan.rows.length,
-      tokens: plan.kind === 'prefill' ? plan.length : plan.rows.length,
-      ms: now - started,
+      kind: stepKind(plan),
+      batch: plan.prefill.length + decodeRows,
+      tokens: prefillTokens + decodeRows,
+      prefillTokens,
+      decodeRows,
+      ms,
+      runMs,
+      sampleMs,
       events,
       prefixQueries: this.#prefixQueries,
       prefixHits: this.#prefixHits,
@@ -214,17 +266,37 @@ export class Engine {
 
   /**
    * The scheduler's question when it plans a sequence's first chunk: how much of its prompt
-   * is cached. The blocks found stay pinned until the step that loads them has run.
+   * is cached. The blocks found stay pinned until the step that loads them has run. Null
+   * (ask again next step) when the first block it misses is one that a sequence started
+   * before it is computing: the two share a prefix that is not cached yet, and waiting for
+   * it beats computing it twice.
    */
-  #cachedPrefix(id: string, limit: number): number {
+  #cachedPrefix(id: string, limit: number): number | null {
     const state = this.#states.get(id);
     if (!state) return 0;
-    const blocks = this.prefixCache.match(state.keys.keys(Math.floor(limit / BLOCK_TOKENS)));
-    this.#matched = [id, blocks];
+    const matchable = Math.floor(limit / BLOCK_TOKENS);
+    const blocks = this.prefixCache.match(state.keys.keys(matchable));
+    if (blocks.length < matchable && this.#computedByAnother(state, blocks.length)) {
+      this.prefixCache.unpin(blocks);
+      return null;
+    }
+    this.#matched.set(id, blocks);
     state.cachedBlocks = blocks.length;
+    state.prefilling = true;
     this.#prefixQueries += state.request.promptIds.length;
     this.#prefixHits += blocks.length * BLOCK_TOKENS;
     return blocks.length * BLOCK_TOKENS;
+  }
+
+  /** Whether another started, still prefilling sequence will compute `state`'s block k. */
+  #computedByAnother(state: SequenceState, k: number): boolean {
+    const end = (k + 1) * BLOCK_TOKENS;
+    for (const other of this.#states.values()) {
+      if (other === state || !other.prefilling || other.cachedBlocks > k) continue;
+      if (other.request.promptIds.length < end) continue;
+      if (other.keys.key(k) === state.keys.key(k)) return true;
+    }
+    return false;
   }
 
   /**
@@ -233,32 +305,47 @@ export class Engine {
    */
   #assemble(
     plan: StepPlan,
-    matched: [string, number[]] | undefined,
+    matched: ReadonlyMap<string, number[]>,
     saved: number[],
     saving: Set<SequenceState>,
   ): RunnerStep {
-    if (plan.kind === 'decode') {
-      const saves: BlockCopy[] = [];
-      const decode = plan.rows.map((row) => {
-        const state = this.#states.get(row.id)!;
-        // This step writes the KV of position `row.position`.
-        saves.push(...this.#saves(state, row.slot, row.position + 1, saved, saving));
-        return { slot: row.slot, position: row.position, token: state.lastToken };
-      });
-      return { loads: [], prefill: [], decode, saves };
-    }
-    const state = this.#states.get(plan.id)!;
-    state.prefillStarted ??= performance.now();
-    state.imageRows ??= imageRowsFloat32(state.request);
     const loads: BlockCopy[] = [];
-    if (matched) {
-      if (matched[0] !== plan.id || matched[1].length * BLOCK_TOKENS !== plan.cached) {
-        throw new Error(`prefix blocks matched for ${matched[0]} but planned for ${plan.id}`);
-      }
-      matched[1].forEach((block, k) =>
-        loads.push({ block, slot: plan.slot, position: k * BLOCK_TOKENS }),
+    const saves: BlockCopy[] = [];
+    const prefill = plan.prefill.map((chunk) =>
+      this.#chunk(chunk, matched, loads, saves, saved, saving),
+    );
+    const decode = plan.decode.map((row): DecodeRow => {
+      const state = this.#states.get(row.id)!;
+      // This step writes the KV of position `row.position`.
+      saves.push(...this.#saves(state, row.slot, row.position + 1, saved, saving));
+      return { slot: row.slot, position: row.position, token: state.lastToken };
+    });
+    // Past the longest live sequence and everything this step writes, nothing is read again.
+    let span = this.kv.longest;
+    for (const c of plan.prefill) span = Math.max(span, c.start + c.length);
+    for (const r of plan.decode) span = Math.max(span, r.position + 1);
+    return { loads, prefill, decode, saves, span };
+  }
+
+  /** One prompt chunk, with the loads of its prefix hit and the saves of the blocks it fills. */
+  #chunk(
+    plan: ChunkPlan,
+    matched: ReadonlyMap<string, number[]>,
+    loads: BlockCopy[],
+    saves: BlockCopy[],
+    saved: number[],
+    saving: Set<SequenceState>,
+  ): PrefillChunk {
+    const state = this.#states.get(plan.id)!;
+    state.prefillStarted ??= this.#now();
+    state.imageRows ??= imageRowsFloat32(state.request);
+    const hit = matched.get(plan.id);
+    if ((hit?.length ?? 0) * BLOCK_TOKENS !== plan.cached) {
+      throw new Error(
+        `prefix blocks matched for ${plan.id} do not cover its ${plan.cached} cached tokens`,
       );
     }
+    hit?.forEach((block, k) => loads.push({ block, slot: plan.slot, position: k * BLOCK_TOKENS }));
     const end = plan.start + plan.length;
     const chunk: PrefillChunk = {
       slot: plan.slot,
@@ -267,9 +354,12 @@ export class Engine {
       imageRows: this.#chunkImageRows(state, plan.start, end),
       sample: plan.last,
     };
-    const saves = this.#saves(state, plan.slot, end, saved, saving);
-    if (plan.last) state.imageRows = undefined;
-    return { loads, prefill: [chunk], decode: [], saves };
+    saves.push(...this.#saves(state, plan.slot, end, saved, saving));
+    if (plan.last) {
+      state.imageRows = undefined;
+      state.prefilling = false;
+    }
+    return chunk;
   }
 
   /** The image rows of prompt positions start .. end - 1 (a chunk may cut an image's run). */

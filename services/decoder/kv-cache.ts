@@ -62,6 +62,13 @@ export class SlotKvCache {
     return this.#used;
   }
 
+  /** The longest sequence held, tokens (0 when none). */
+  get longest(): number {
+    let longest = 0;
+    for (const length of this.#lengths) longest = Math.max(longest, length);
+    return longest;
+  }
+
   /** Index of the highest allocated slot, -1 when none. */
   get highest(): number {
     for (let s = this.slots - 1; s >= 0; s--) if (this.#lengths[s]! >= 0) return s;

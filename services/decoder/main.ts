@@ -50,6 +50,7 @@ async function main(): Promise<void> {
         maxContext: config.LOUPE_DECODER_MAX_CONTEXT,
         maxWaiting: config.LOUPE_DECODER_MAX_WAITING,
         maxPrefillTokens: config.LOUPE_DECODER_MAX_PREFILL_TOKENS,
+        maxStepMs: config.LOUPE_DECODER_MAX_STEP_MS,
         prefixCacheBlocks: kv.prefixCacheBlocks,
       },
       ...(config.LOUPE_DECODER_TEST_FAULT_POSITION > 0

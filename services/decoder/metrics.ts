@@ -110,14 +110,14 @@ export function createDecoderMetrics(registry: Registry, load: () => EngineLoad)
     }),
     batchSize: new Histogram({
       name: 'loupe_decoder_batch_size',
-      help: 'Sequences per model step, by step kind (prefill, decode).',
+      help: 'Sequences per model step (prompt chunks and decode rows), by step kind (prefill, decode, mixed).',
       labelNames: ['step'],
       buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
       registers,
     }),
     stepSeconds: new Histogram({
       name: 'loupe_decoder_step_seconds',
-      help: 'Time of one model step, by step kind (prefill, decode), seconds.',
+      help: 'Time of one model step, by step kind (prefill, decode, mixed), seconds.',
       labelNames: ['step'],
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,

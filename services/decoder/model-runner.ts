@@ -56,7 +56,11 @@ export interface DecodeRow {
   token: number;
 }
 
-/** One step, done in this order: loads, then the model over prefill and decode, then saves. */
+/**
+ * One step, done in this order: loads, then the model over prefill and decode, then saves.
+ * The prompt chunks (of several sequences) and the decode rows are the runner's to batch as
+ * it can: in one run, or in several (docs/decoder-engine.md, "The seam").
+ */
 export interface RunnerStep {
   /** Prefix-cache blocks into slots (prefix hits), before anything reads those positions. */
   loads: readonly BlockCopy[];
@@ -64,14 +68,29 @@ export interface RunnerStep {
   decode: readonly DecodeRow[];
   /** Slot positions into prefix-cache blocks, after this step's KV is written. */
   saves: readonly BlockCopy[];
+  /**
+   * An upper bound of the KV any slot holds once this step is done: every live sequence's
+   * length and every position this step writes or copies are below it, and positions at or
+   * past it are garbage in every slot. A runner may size what it hands the model by it
+   * rather than by `context` (ort-runner.ts: ONNX Runtime's attention clears and copies as
+   * many positions as it is handed).
+   */
+  span: number;
 }
 
 export interface RunnerOutput {
   /**
    * One row of logits [vocab] per sampled position: the prefill chunks with `sample`, in
-   * order, then every decode row, in order. Valid until the next run.
+   * order, then every decode row, in order. Valid until the next run (a runner may reuse
+   * the memory; the engine samples every row before it runs again).
    */
   logits: Float32Array[];
+  /**
+   * How long the prompt chunks and the decode rows took, ms, for a runner that runs them
+   * apart: the engine's step-time budget learns each part's cost from it (step-budget.ts).
+   * A runner that runs both in one pass leaves it out.
+   */
+  timings?: { prefillMs: number; decodeMs: number };
 }
 
 export interface ModelRunner {

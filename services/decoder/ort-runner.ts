@@ -1,14 +1,24 @@
 // The ONNX Runtime model runner with the KV cache in host memory (the CPU execution provider's
 // runner; see docs/decoder-engine.md for what a GPU runner does instead).
 //
-// KV memory: per layer, one key and one value buffer of [slots, kv heads, context, head dim]
-// (a slot is one contiguous region per head), and per layer a key and a value pool of
+// KV memory: per layer, one key and one value buffer, allocated for [slots, kv heads, context,
+// head dim] and laid out as [slots, kv heads, stride, head dim] for the current stride (a
+// slot is one contiguous region per head), and per layer a key and a value pool of
 // prefix-cache blocks [blocks, kv heads, BLOCK_TOKENS, head dim]. A prefill chunk runs over
 // its slot's view; a decode step runs slots 0 .. highest decoding slot at once over one view
 // of the first slots (idle ones in the range run too, at length 0, and nothing of theirs is
 // written back). The graph takes the cache as past only and returns this step's keys and
 // values as new_* rows, which are written into the slots here: fetching `present` would copy
 // the whole cache into JavaScript every step (onnxruntime-node 1.30 copies every output).
+//
+// The stride: ONNX Runtime 1.30's CPU GroupQueryAttention, given a past it does not share with
+// its present, first zero-fills a present of [batch, kv heads, past length, head dim] and
+// copies each sequence's valid past into it (once per query head). So a view as long as the
+// configured context (2,048 by default) costs a clear of the whole context every layer and
+// step, whatever the sequences' lengths. The stride follows the step's `span` instead — a
+// quarter above it in multiples of 64, up to the context, grown when a sequence outgrows it
+// and shrunk (with hysteresis) when the long ones end — and the buffers are repacked in place
+// when it changes, which is rare (docs/decoder-engine.md, "A step's host work").
 //
 // Prefix hits copy a block's rows into the new slot (a load) rather than pointing the slot at
 // shared blocks: GroupQueryAttention on CPU reads each sequence's past as one contiguous
@@ -34,10 +44,30 @@ import {
 
 type KvBuffer = Float32Array | Uint16Array;
 
+/** The shortest stride: below it, a repack would cost more than the clears it saves. */
+const MIN_STRIDE = 64;
+
 /** Bytes of KV one token takes: keys and values of every layer. */
 export function kvBytesPerToken(graph: TextModel['graph']): number {
   const bytes = graph.cacheType === 'float16' ? 2 : 4;
   return graph.layers * 2 * graph.kvHeads * graph.headDim * bytes;
+}
+
+export interface OrtRunnerOptions {
+  /**
+   * Views as long as the context always, as before the stride followed the span (the
+   * baseline that bench:decoder measures the stride against).
+   */
+  fullContextViews?: boolean;
+}
+
+/** The decode step's small inputs for a batch of n rows, reused from step to step. */
+interface DecodeFeeds {
+  embeds: Float32Array;
+  seqlens: Int32Array;
+  positions: BigInt64Array;
+  total: Int32Array;
+  tensors: Record<string, ort.Tensor>;
 }
 
 export class OrtModelRunner implements ModelRunner {
@@ -47,23 +77,28 @@ export class OrtModelRunner implements ModelRunner {
   /** Per layer: the slots' keys and values, then the prefix-cache blocks'. */
   readonly #slots: Array<{ key: KvBuffer; value: KvBuffer }>;
   readonly #blocks: Array<{ key: KvBuffer; value: KvBuffer }>;
-  /** Cache tensors over the first n slots, by n (decode) and per slot (prefill). */
+  /** Positions per slot and head in the buffers' current layout (see the file comment). */
+  #stride: number;
+  /** Cache tensors over the first n slots, by n (decode) and per slot (prefill): this stride's. */
   readonly #prefixViews = new Map<number, ort.Tensor[]>();
   readonly #slotViews = new Map<number, ort.Tensor[]>();
-  readonly #slotElements: number;
+  readonly #decodeFeeds = new Map<number, DecodeFeeds>();
+  readonly #fullContext: boolean;
 
   constructor(
     private readonly model: TextModel,
     readonly kv: KvShape,
+    { fullContextViews = false }: OrtRunnerOptions = {},
   ) {
     const { layers, kvHeads, headDim, cacheType, vocab, hidden } = model.graph;
     this.vocab = vocab;
     this.hidden = hidden;
     this.imageTokenId = model.imageTokenId;
-    this.#slotElements = kvHeads * kv.context * headDim;
+    this.#fullContext = fullContextViews;
+    this.#stride = fullContextViews ? kv.context : Math.min(kv.context, MIN_STRIDE);
     const make = (elements: number) =>
       cacheType === 'float16' ? new Uint16Array(elements) : new Float32Array(elements);
-    const slotElements = kv.slots * this.#slotElements;
+    const slotElements = kv.slots * kvHeads * kv.context * headDim;
     const blockElements = kv.cacheBlocks * kvHeads * BLOCK_TOKENS * headDim;
     this.#slots = Array.from({ length: layers }, () => ({
       key: make(slotElements),
@@ -75,16 +110,28 @@ export class OrtModelRunner implements ModelRunner {
     }));
   }
 
+  /** Positions per slot in the layout now (the views' past length). */
+  get stride(): number {
+    return this.#stride;
+  }
+
   async run(step: RunnerStep): Promise<RunnerOutput> {
+    this.#restride(step.span);
     for (const load of step.loads) this.#copy(load, 'load');
     const logits: Float32Array[] = [];
+    const prefillStarted = performance.now();
     for (const chunk of step.prefill) {
       const out = await this.#prefill(chunk);
       if (chunk.sample) logits.push(out);
     }
+    const decodeStarted = performance.now();
     if (step.decode.length > 0) logits.push(...(await this.#decode(step)));
+    const done = performance.now();
     for (const save of step.saves) this.#copy(save, 'save');
-    return { logits };
+    return {
+      logits,
+      timings: { prefillMs: decodeStarted - prefillStarted, decodeMs: done - decodeStarted },
+    };
   }
 
   async release(): Promise<void> {
@@ -123,28 +170,51 @@ export class OrtModelRunner implements ModelRunner {
     const { hidden, vocab } = this;
     let n = 0;
     for (const row of step.decode) n = Math.max(n, row.slot + 1);
-    const embeds = new Float32Array(n * hidden);
-    // Idle slots in the range run at length 0 (the cheapest valid position).
-    const seqlens = new Int32Array(n);
+    const feeds = this.#decodeFeedsFor(n);
+    // Idle slots in the range run at length 0 (the cheapest valid position) on whatever
+    // embedding they last had.
+    feeds.seqlens.fill(0);
     const writes = new Array<[slot: number, position: number, tokens: number] | undefined>(n).fill(
       undefined,
     );
     for (const row of step.decode) {
-      embeds.set(this.model.embeddings.embed([row.token]), row.slot * hidden);
-      seqlens[row.slot] = row.position;
+      feeds.embeds.set(this.model.embeddings.embed([row.token]), row.slot * hidden);
+      feeds.seqlens[row.slot] = row.position;
       writes[row.slot] = [row.slot, row.position, 1];
     }
     let total = 0;
-    for (const l of seqlens) total = Math.max(total, l + 1);
-    const feeds: Record<string, ort.Tensor> = {
-      inputs_embeds: makeTensor('float32', embeds, [n, 1, hidden]),
-      seqlens_k: makeTensor('int32', seqlens, [n]),
-      total_sequence_length: makeTensor('int32', Int32Array.of(total), []),
-      logit_positions: makeTensor('int64', new BigInt64Array(n), [n, 1]),
-      position_ids: makeTensor('int64', BigInt64Array.from(seqlens, BigInt), [n, 1]),
-    };
-    const logits = await this.#runGraph(feeds, this.#prefixView(n), writes);
+    for (let b = 0; b < n; b++) {
+      feeds.positions[b] = BigInt(feeds.seqlens[b]!);
+      total = Math.max(total, feeds.seqlens[b]! + 1);
+    }
+    feeds.total[0] = total;
+    const logits = await this.#runGraph({ ...feeds.tensors }, this.#prefixView(n), writes);
     return step.decode.map((row) => logits.subarray(row.slot * vocab, (row.slot + 1) * vocab));
+  }
+
+  #decodeFeedsFor(n: number): DecodeFeeds {
+    let feeds = this.#decodeFeeds.get(n);
+    if (feeds) return feeds;
+    const embeds = new Float32Array(n * this.hidden);
+    const seqlens = new Int32Array(n);
+    const positions = new BigInt64Array(n);
+    const total = new Int32Array(1);
+    feeds = {
+      embeds,
+      seqlens,
+      positions,
+      total,
+      // A tensor keeps a reference to its typed array: refilling the array refills the input.
+      tensors: {
+        inputs_embeds: makeTensor('float32', embeds, [n, 1, this.hidden]),
+        seqlens_k: makeTensor('int32', seqlens, [n]),
+        total_sequence_length: makeTensor('int32', total, []),
+        logit_positions: makeTensor('int64', new BigInt64Array(n), [n, 1]),
+        position_ids: makeTensor('int64', positions, [n, 1]),
+      },
+    };
+    this.#decodeFeeds.set(n, feeds);
+    return feeds;
   }
 
   /**
@@ -166,7 +236,7 @@ export class OrtModelRunner implements ModelRunner {
       fetches[names.newValue] = null;
     }
     const out = await this.model.session.run(feeds, fetches);
-    const { context } = this.kv;
+    const stride = this.#stride;
     for (let l = 0; l < layers; l++) {
       const names = cacheNames(l);
       for (const [name, buffer] of [
@@ -181,7 +251,7 @@ export class OrtModelRunner implements ModelRunner {
           for (let h = 0; h < kvHeads; h++) {
             for (let t = 0; t < tokens; t++) {
               const from = ((b * seq + t) * kvHeads + h) * headDim;
-              const to = ((slot * kvHeads + h) * context + position + t) * headDim;
+              const to = ((slot * kvHeads + h) * stride + position + t) * headDim;
               buffer.set(fresh.subarray(from, from + headDim), to);
             }
           }
@@ -191,10 +261,47 @@ export class OrtModelRunner implements ModelRunner {
     return readOutput(out, 'logits', 'float32').data;
   }
 
+  /**
+   * Lays the slots out with the stride `span` calls for: grown to the tier above it when the
+   * span outgrows the stride, shrunk to it when that tier is half the stride or less (so a
+   * span moving back and forth around an edge does not repack every step). Every slot keeps
+   * its first min(old, new) positions per head, which hold all its KV (`span` bounds every
+   * live sequence).
+   */
+  #restride(span: number): void {
+    if (this.#fullContext) return;
+    const { context } = this.kv;
+    if (span > context) throw new RangeError(`span ${span} exceeds the context of ${context}`);
+    // A quarter more than the span, in multiples of MIN_STRIDE: a repack every quarter of
+    // growth, and views at most about a quarter longer than the longest sequence.
+    const tier = (n: number) =>
+      Math.min(context, Math.max(MIN_STRIDE, Math.ceil((1.25 * n) / MIN_STRIDE) * MIN_STRIDE));
+    const old = this.#stride;
+    let next = old;
+    if (span > old || tier(span) * 2 <= old) next = tier(span);
+    if (next === old) return;
+    const { kvHeads, headDim } = this.model.graph;
+    const regions = this.kv.slots * kvHeads;
+    const keep = Math.min(old, next) * headDim;
+    for (const layer of this.#slots) {
+      for (const buffer of [layer.key, layer.value]) {
+        // Growing moves regions up (last first), shrinking moves them down (first first), so
+        // no region is overwritten before it has moved.
+        for (let i = 0; i < regions; i++) {
+          const r = next > old ? regions - 1 - i : i;
+          buffer.copyWithin(r * next * headDim, r * old * headDim, r * old * headDim + keep);
+        }
+      }
+    }
+    this.#stride = next;
+    this.#prefixViews.clear();
+    this.#slotViews.clear();
+  }
+
   /** Copies one block's rows between the pool and a slot, per layer, kind and head. */
   #copy({ block, slot, position }: BlockCopy, direction: 'load' | 'save'): void {
     const { kvHeads, headDim } = this.model.graph;
-    const { context } = this.kv;
+    const stride = this.#stride;
     const run = BLOCK_TOKENS * headDim;
     this.#slots.forEach((slots, l) => {
       const blocks = this.#blocks[l]!;
@@ -202,7 +309,7 @@ export class OrtModelRunner implements ModelRunner {
         const inSlots = slots[kind];
         const inBlocks = blocks[kind];
         for (let h = 0; h < kvHeads; h++) {
-          const s = ((slot * kvHeads + h) * context + position) * headDim;
+          const s = ((slot * kvHeads + h) * stride + position) * headDim;
           const b = (block * kvHeads + h) * run;
           if (direction === 'load') inSlots.set(inBlocks.subarray(b, b + run), s);
           else inBlocks.set(inSlots.subarray(s, s + run), b);
@@ -213,9 +320,10 @@ export class OrtModelRunner implements ModelRunner {
 
   #tensors(from: number, slots: number): ort.Tensor[] {
     const { kvHeads, headDim } = this.model.graph;
-    const dims = [slots, kvHeads, this.kv.context, headDim];
-    const start = from * this.#slotElements;
-    const end = (from + slots) * this.#slotElements;
+    const slotElements = kvHeads * this.#stride * headDim;
+    const dims = [slots, kvHeads, this.#stride, headDim];
+    const start = from * slotElements;
+    const end = (from + slots) * slotElements;
     return this.#slots.flatMap(({ key, value }) =>
       [key, value].map((buffer) =>
         buffer instanceof Float32Array

@@ -89,7 +89,10 @@ export interface EngineSetup {
     /** Tokens per sequence, prompt + generated. */
     maxContext: number;
     maxWaiting: number;
+    /** Most prompt tokens per step. */
     maxPrefillTokens: number;
+    /** Longest a step with decode rows should take, ms; 0: no time budget. */
+    maxStepMs: number;
     /** Prefix-cache blocks (capacity.ts sizes them from LOUPE_DECODER_PREFIX_CACHE_BYTES). */
     prefixCacheBlocks: number;
   };
@@ -97,12 +100,18 @@ export interface EngineSetup {
   faultAtPosition?: number;
 }
 
+/**
+ * What a step ran (the `step` label of the step metrics): prompt chunks only, decode rows
+ * only, or both (docs/decoder-engine.md, "The loop").
+ */
+export type StepKind = 'prefill' | 'decode' | 'mixed';
+
 /** One step as the gRPC thread sees it (metrics). */
 export interface StepStats {
-  kind: 'prefill' | 'decode';
-  /** Sequences in the run (1 for a prefill). */
+  kind: StepKind;
+  /** Sequences in the step: prompt chunks and decode rows. */
   batch: number;
-  /** Tokens fed to the model. */
+  /** Tokens fed to the model: prompt tokens and decode rows. */
   tokens: number;
   ms: number;
   /** Prompt tokens looked up in the prefix cache in this step, and those found (vLLM's count). */

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { referenceSample } from './sampler-reference.test-helper.js';
 import { GREEDY, Rng, sample, type SamplingParams } from './sampler.js';
 
 const none = { prompt: new Set<number>(), output: new Map<number, number>() };
@@ -79,5 +80,56 @@ describe('sample', () => {
         new Rng(0n),
       ).id,
     ).toBe(4);
+  });
+
+  it('draws exactly what the straightforward sampler draws, logprobs included', () => {
+    // Rows of a 32k vocabulary (peaked and flat), every restriction and penalty, seeded
+    // generators side by side: same ids, same logprobs, bit for bit.
+    const vocab = 32_003;
+    const next = (() => {
+      let a = 12345;
+      return () => {
+        a = (Math.imul(a, 1103515245) + 12345) >>> 0;
+        return a / 2 ** 32;
+      };
+    })();
+    const rows = [4, 0.2].flatMap((spread) =>
+      Array.from({ length: 3 }, () =>
+        Float32Array.from({ length: vocab }, () => spread * (next() * 2 - 1)),
+      ),
+    );
+    // A tie for the top: the lower index wins on both sides.
+    rows[0]![7] = 9;
+    rows[0]![9] = 9;
+    const counts = {
+      prompt: new Set([7, 3, 100, 31_000]),
+      output: new Map([
+        [9, 2],
+        [42, 1],
+        [7, 3],
+      ]),
+    };
+    const variants: Array<Partial<SamplingParams>> = [
+      {},
+      { repetitionPenalty: 1.3 },
+      { frequencyPenalty: 0.4, presencePenalty: -0.3, repetitionPenalty: 0.8 },
+      { temperature: 0.7 },
+      { temperature: 1, topK: 40 },
+      { temperature: 1.3, topP: 0.9 },
+      { temperature: 0.9, minP: 0.05, repetitionPenalty: 1.2 },
+      { temperature: 1, topP: 0.95, topK: 500, frequencyPenalty: 0.5 },
+    ];
+    for (const variant of variants) {
+      const p = params(variant);
+      const [mine, theirs] = [new Rng(5n), new Rng(5n)];
+      for (const row of rows) {
+        for (const c of [none, counts]) {
+          const options = { logprobs: true, topLogprobs: 5 };
+          const got = sample(row, p, c, mine, options);
+          const want = referenceSample(row, p, c, theirs, options);
+          expect(got, JSON.stringify(variant)).toEqual(want);
+        }
+      }
+    }
   });
 });

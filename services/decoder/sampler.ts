@@ -7,6 +7,16 @@
 // logit -= frequency × count + presence), temperature, then top-k, top-p and min-p on the
 // resulting distribution. Logprobs are those of the model's own distribution (log-softmax of
 // the raw logits), as vLLM returns by default.
+//
+// Cost (docs/decoder-engine.md, "A step's host work"): this runs once per sequence per step
+// over a row of the vocabulary (32,003 for idefics2-8b), so it does no more than it must. A
+// greedy row is one pass over the float32 logits, reading the penalized value only for the
+// tokens seen; a sampled row copies the penalized row into a reused float64 buffer and keeps
+// the exponentials it computes for the total, so the draw does not compute them again; the
+// log-softmax is computed only when logprobs are asked, without a row of its own. Every sum
+// and comparison is the one the straightforward version makes, in the same order, so the
+// tokens and logprobs are bit for bit the same (sampler.test.ts checks against
+// sampler-reference.test-helper.ts).
 
 export interface SamplingParams {
   /** 0: greedy. */
@@ -86,28 +96,118 @@ export interface Sampled {
   top: Array<{ id: number; logprob: number }>;
 }
 
-/** log-softmax of `logits` (float64 accumulation). */
-function logSoftmax(logits: Float32Array): Float64Array {
-  let max = -Infinity;
-  for (const v of logits) if (v > max) max = v;
-  let sum = 0;
-  for (const v of logits) sum += Math.exp(v - max);
-  const lse = max + Math.log(sum);
-  return Float64Array.from(logits, (v) => v - lse);
+/**
+ * Buffers reused from row to row: the engine thread samples one row at a time, and a new
+ * 32k-entry float64 array per row and step is the allocation this avoids.
+ */
+const scratch = {
+  /** The penalized logits of a sampled row (float64, as the penalties compute them). */
+  values: new Float64Array(0),
+  /** exp((x - max) / temperature) of each entry of `values`. */
+  exps: new Float64Array(0),
+  /** 1 at the ids `penalized` holds, while a greedy row is scanned. */
+  seen: new Uint8Array(0),
+};
+
+function ensureScratch(vocab: number): void {
+  if (scratch.values.length >= vocab) return;
+  scratch.values = new Float64Array(vocab);
+  scratch.exps = new Float64Array(vocab);
+  scratch.seen = new Uint8Array(vocab);
 }
 
-function topIndices(values: ArrayLike<number>, k: number): number[] {
+/**
+ * The penalized value of every token the penalties touch (the tokens seen), or undefined
+ * when no penalty is on. Values as the penalties compute them from the float64 logit:
+ * repetition first, then frequency and presence.
+ */
+function penalties(
+  logits: Float32Array,
+  params: SamplingParams,
+  counts: TokenCounts,
+): Map<number, number> | undefined {
+  const repetition = params.repetitionPenalty;
+  const additive = params.frequencyPenalty !== 0 || params.presencePenalty !== 0;
+  if (repetition === 1 && !additive) return undefined;
+  const out = new Map<number, number>();
+  if (repetition !== 1) {
+    const apply = (id: number) => {
+      if (out.has(id) || id < 0 || id >= logits.length) return;
+      const v = logits[id]!;
+      out.set(id, v > 0 ? v / repetition : v * repetition);
+    };
+    for (const id of counts.prompt) apply(id);
+    for (const id of counts.output.keys()) apply(id);
+  }
+  if (additive) {
+    for (const [id, n] of counts.output) {
+      if (id < 0 || id >= logits.length) continue;
+      out.set(
+        id,
+        (out.get(id) ?? logits[id]!) - params.frequencyPenalty * n - params.presencePenalty,
+      );
+    }
+  }
+  return out;
+}
+
+/** The first index of the largest value (NaN never wins; a NaN at 0 does, as it always did). */
+function argmax(logits: Float32Array, penalized: Map<number, number> | undefined): number {
+  const n = logits.length;
+  if (!penalized || penalized.size === 0) {
+    let id = 0;
+    let best = logits[0]!;
+    for (let i = 1; i < n; i++) {
+      const v = logits[i]!;
+      if (v > best) {
+        best = v;
+        id = i;
+      }
+    }
+    return id;
+  }
+  ensureScratch(n);
+  const { seen, values } = scratch;
+  for (const [id, v] of penalized) {
+    seen[id] = 1;
+    values[id] = v;
+  }
+  let id = 0;
+  let best = seen[0] ? values[0]! : logits[0]!;
+  for (let i = 1; i < n; i++) {
+    const v = seen[i] ? values[i]! : logits[i]!;
+    if (v > best) {
+      best = v;
+      id = i;
+    }
+  }
+  for (const i of penalized.keys()) seen[i] = 0;
+  return id;
+}
+
+/**
+ * The `k` largest of value(0 .. n-1), largest first; among equal values the lower index
+ * first (a stable order).
+ */
+function topIndicesBy(n: number, k: number, value: (i: number) => number): number[] {
   const best: number[] = [];
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i]!;
-    if (best.length === k && v <= values[best[k - 1]!]!) continue;
+  const bestValues: number[] = [];
+  if (k <= 0) return best;
+  for (let i = 0; i < n; i++) {
+    const v = value(i);
+    if (best.length === k && v <= bestValues[k - 1]!) continue;
     let at = best.length === k ? k - 1 : best.length;
-    if (best.length < k) best.push(i);
-    while (at > 0 && values[best[at - 1]!]! < v) {
+    if (best.length < k) {
+      best.push(i);
+      bestValues.push(v);
+    }
+    while (at > 0 && bestValues[at - 1]! < v) {
       best[at] = best[at - 1]!;
+      bestValues[at] = bestValues[at - 1]!;
       at--;
     }
     best[at] = i;
+    bestValues[at] = v;
   }
   return best;
 }
@@ -123,34 +223,24 @@ export function sample(
   rng: Rng,
   { logprobs = false, topLogprobs = 0 }: { logprobs?: boolean; topLogprobs?: number } = {},
 ): Sampled {
-  const x = new Float64Array(logits);
-  if (params.repetitionPenalty !== 1) {
-    const seen = new Set([...counts.prompt, ...counts.output.keys()]);
-    for (const id of seen) {
-      const v = x[id]!;
-      x[id] = v > 0 ? v / params.repetitionPenalty : v * params.repetitionPenalty;
-    }
-  }
-  if (params.frequencyPenalty !== 0 || params.presencePenalty !== 0) {
-    for (const [id, n] of counts.output) {
-      x[id] = x[id]! - params.frequencyPenalty * n - params.presencePenalty;
-    }
-  }
-
-  let id: number;
-  if (params.temperature === 0) {
-    id = 0;
-    for (let i = 1; i < x.length; i++) if (x[i]! > x[id]!) id = i;
-  } else {
-    id = draw(x, params, rng);
-  }
-
+  const penalized = penalties(logits, params, counts);
+  const id =
+    params.temperature === 0 ? argmax(logits, penalized) : draw(logits, penalized, params, rng);
   if (!logprobs) return { id, logprob: 0, top: [] };
-  const lp = logSoftmax(logits);
+
+  // log-softmax of the raw logits (float64 accumulation), entry by entry as it is needed.
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i]! > max) max = logits[i]!;
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - max);
+  const lse = max + Math.log(sum);
   return {
     id,
-    logprob: lp[id]!,
-    top: topIndices(lp, topLogprobs).map((t) => ({ id: t, logprob: lp[t]! })),
+    logprob: logits[id]! - lse,
+    top: topIndicesBy(logits.length, topLogprobs, (i) => logits[i]! - lse).map((t) => ({
+      id: t,
+      logprob: logits[t]! - lse,
+    })),
   };
 }
 
@@ -158,40 +248,64 @@ export function sample(
 const FIRST_CANDIDATES = 256;
 
 /**
- * A draw from softmax(x / T) restricted by top-k, top-p and min-p. Without any restriction it
- * is one pass over the vocabulary; with top-p or min-p it looks at the FIRST_CANDIDATES most
- * likely tokens first and sorts the whole vocabulary only when the nucleus is larger.
+ * A draw from softmax(x / T) restricted by top-k, top-p and min-p, x being the penalized
+ * logits. Without any restriction it is one pass over the vocabulary for the total and part
+ * of one for the draw; with top-p or min-p it looks at the FIRST_CANDIDATES most likely
+ * tokens first and sorts the whole vocabulary only when the nucleus is larger.
  */
-function draw(x: Float64Array, params: SamplingParams, rng: Rng): number {
+function draw(
+  logits: Float32Array,
+  penalized: Map<number, number> | undefined,
+  params: SamplingParams,
+  rng: Rng,
+): number {
   const { temperature, topK, topP, minP } = params;
+  const n = logits.length;
+  ensureScratch(n);
+  const x = scratch.values;
+  const exps = scratch.exps;
   let max = -Infinity;
-  for (const v of x) if (v > max) max = v;
+  for (let i = 0; i < n; i++) {
+    const v = logits[i]!;
+    x[i] = v;
+    if (v > max) max = v;
+  }
+  if (penalized) {
+    for (const [id, v] of penalized) x[id] = v;
+    // The maximum of the penalized row: a penalty may have lowered the largest logit.
+    max = -Infinity;
+    for (let i = 0; i < n; i++) if (x[i]! > max) max = x[i]!;
+  }
   let total = 0;
-  for (const v of x) total += Math.exp((v - max) / temperature);
+  for (let i = 0; i < n; i++) {
+    const e = Math.exp((x[i]! - max) / temperature);
+    exps[i] = e;
+    total += e;
+  }
 
   if (topK === 0 && topP >= 1 && minP <= 0) {
     let u = rng.next() * total;
-    for (let i = 0; i < x.length; i++) {
-      u -= Math.exp((x[i]! - max) / temperature);
+    for (let i = 0; i < n; i++) {
+      u -= exps[i]!;
       if (u < 0) return i;
     }
-    return x.length - 1;
+    return n - 1;
   }
 
-  const limited = topK > 0 && topK < x.length;
-  let order = topIndices(x, limited ? topK : Math.min(FIRST_CANDIDATES, x.length));
-  let p = order.map((i) => Math.exp((x[i]! - max) / temperature));
+  const limited = topK > 0 && topK < n;
+  let order = topIndicesBy(n, limited ? topK : Math.min(FIRST_CANDIDATES, n), (i) => x[i]!);
+  let p = order.map((i) => exps[i]!);
   // top-k renormalizes over its k tokens; otherwise probabilities are over the vocabulary.
   if (limited) total = p.reduce((a, b) => a + b, 0);
   const covered = p.reduce((a, b) => a + b, 0) / total;
   const minFloor = minP * (p[0]! / total);
   const enough =
     limited ||
-    order.length === x.length ||
+    order.length === n ||
     ((topP >= 1 || covered >= topP) && (minP <= 0 || p.at(-1)! / total < minFloor));
   if (!enough) {
-    order = Array.from(x.keys()).sort((a, b) => x[b]! - x[a]!);
-    p = order.map((i) => Math.exp((x[i]! - max) / temperature));
+    order = Array.from({ length: n }, (_, i) => i).sort((a, b) => x[b]! - x[a]!);
+    p = order.map((i) => exps[i]!);
   }
   let keep = p.length;
   if (minP > 0) {

@@ -2,7 +2,9 @@
 // Runtime). The engine calls schedule() for the next step, runs it, samples, and reports the
 // sampled tokens with update(), which returns what happened to each sequence.
 import type { SlotKvCache } from './kv-cache.js';
-import type { FinishReason, TokenFinishReason } from './protocol.js';
+import type { FinishReason, StepKind, TokenFinishReason } from './protocol.js';
+
+export type { StepKind } from './protocol.js';
 
 /** Ordered: every status from FinishedStop on is final. */
 export enum SequenceStatus {
@@ -44,35 +46,42 @@ interface Sequence extends SequenceSpec {
   looked: boolean;
 }
 
-/** One model run. Positions and lengths are in tokens. */
-export type StepPlan =
-  | {
-      kind: 'prefill';
-      id: string;
-      slot: number;
-      /** Cache position of the chunk's first token (prompt tokens already prefilled). */
-      start: number;
-      /**
-       * Tokens before `start` that the prefix cache holds and this step loads into the slot
-       * (on a sequence's first chunk only; 0 otherwise).
-       */
-      cached: number;
-      /** Tokens in this chunk. */
-      length: number;
-      /** Whether the chunk ends the prompt: then its last logits are sampled. */
-      last: boolean;
-    }
-  | {
-      kind: 'decode';
-      /** Batch size of the run: slots 0 .. slots - 1 (some may be idle). */
-      slots: number;
-      rows: Array<{
-        id: string;
-        slot: number;
-        /** Cache position the fed token is written to (the sequence's length before it). */
-        position: number;
-      }>;
-    };
+/** Prompt tokens of one sequence in a step. Positions and lengths are in tokens. */
+export interface ChunkPlan {
+  id: string;
+  slot: number;
+  /** Cache position of the chunk's first token (prompt tokens already prefilled). */
+  start: number;
+  /**
+   * Tokens before `start` that the prefix cache holds and this step loads into the slot (on
+   * a sequence's first chunk only; 0 otherwise).
+   */
+  cached: number;
+  /** Tokens in this chunk. */
+  length: number;
+  /** Whether the chunk ends the prompt: then its last logits are sampled. */
+  last: boolean;
+}
+
+/** One token of one decoding sequence in a step. */
+export interface DecodeRowPlan {
+  id: string;
+  slot: number;
+  /** Cache position the fed token is written to (the sequence's length before it). */
+  position: number;
+}
+
+/**
+ * One step: prompt chunks of several sequences (earliest arrived first) and one decode row
+ * for every decoding sequence (by slot), run together (docs/decoder-engine.md, "The loop").
+ */
+export interface StepPlan {
+  prefill: ChunkPlan[];
+  decode: DecodeRowPlan[];
+}
+
+export const stepKind = (plan: StepPlan): StepKind =>
+  plan.prefill.length === 0 ? 'decode' : plan.decode.length === 0 ? 'prefill' : 'mixed';
 
 export interface StepEvent {
   id: string;
@@ -87,14 +96,28 @@ export interface PrefixLookup {
   /**
    * Leading prompt tokens of `id` whose KV the cache holds, reserved for the step about to be
    * planned: at most `limit` (the prompt's length - 1: its last token is always computed, for
-   * its logits).
+   * its logits). Null: not now — a sequence started before it is computing the blocks it
+   * would find (a shared prefix), so it starts in a later step and finds them cached.
    */
-  cachedPrefix(id: string, limit: number): number;
+  cachedPrefix(id: string, limit: number): number | null;
 }
 
+/**
+ * The least prompt tokens a step with decode rows carries while prompts wait, whatever the
+ * time budget says: so that prompts advance even when the decode rows alone take the budget.
+ */
+export const MIN_PREFILL_TOKENS = 16;
+
 export interface SchedulerOptions {
-  /** Most prompt tokens in one prefill step (the per-step token budget). */
+  /** Most prompt tokens in one step, all chunks together (the per-step token budget). */
   maxPrefillTokens: number;
+  /**
+   * The time budget (docs/decoder-engine.md, "The loop"): the most prompt tokens a step may
+   * carry beside `rows` decode rows without taking longer than LOUPE_DECODER_MAX_STEP_MS.
+   * Asked only when sequences are decoding (nobody waits on a step without decode rows);
+   * none: only maxPrefillTokens bounds a step.
+   */
+  prefillBudget?: (rows: number) => number;
   /** Most sequences waiting for a free slot; addRequest refuses more (0: only when a slot is free). */
   maxWaiting: number;
   /** Asked once per sequence, when its first chunk is planned; none: nothing is cached. */
@@ -109,7 +132,6 @@ export class Scheduler {
   readonly #sequences = new Map<string, Sequence>();
   readonly #waiting: Sequence[] = [];
   #arrivals = 0;
-  #lastStep: 'prefill' | 'decode' = 'decode';
 
   constructor(
     private readonly kv: SlotKvCache,
@@ -180,14 +202,19 @@ export class Scheduler {
    *
    * 1. Admit waiting sequences in arrival order while a slot is free (each reserves a whole
    *    slot, so an admitted sequence always finishes; the rest wait).
-   * 2. If some sequences are prefilling and others decoding, alternate prefill and decode
-   *    steps, so a long prompt delays running streams by one chunk at most; otherwise run
-   *    whichever kind there is.
-   * 3. A prefill step takes the earliest-arrived prefilling sequence's next chunk of at most
-   *    maxPrefillTokens; a decode step feeds one token to every decoding sequence at once.
-   *    A sequence's first chunk starts after what the prefix cache holds of its prompt. It
-   *    is asked then, not at admission, so a prompt admitted beside another with the same
-   *    prefix finds what that one's prefill has cached by then.
+   * 2. Every decoding sequence gets a decode row.
+   * 3. Prompt tokens are added, earliest-arrived prefilling sequence first, while the step's
+   *    prompt budget lasts: maxPrefillTokens, and with decode rows in the step also what
+   *    prefillBudget allows beside them (at least MIN_PREFILL_TOKENS), so a long prompt is cut
+   *    into chunks that never hold the running streams for longer than the time budget, and
+   *    several short prompts share one step.
+   * 4. A sequence's first chunk starts after what the prefix cache holds of its prompt. It is
+   *    asked then, not at admission, so a prompt admitted beside another with the same prefix
+   *    finds what that one's prefill has cached by then (the cache defers it until then).
+   * 5. A chunk never leaves exactly one prompt token for later: a final chunk of one token
+   *    runs the model's one-token path, whose logits differ in the last bits from the same
+   *    token computed inside a longer chunk, and the tokens a prompt gets must not depend on
+   *    where timing cut it.
    */
   schedule(): StepPlan | null {
     while (this.#waiting.length > 0) {
@@ -198,70 +225,76 @@ export class Scheduler {
       next.slot = slot;
       next.status = SequenceStatus.Prefilling;
     }
-    let prefilling: Sequence | undefined;
+    const prefilling: Sequence[] = [];
     const decoding: Sequence[] = [];
     for (const s of this.#sequences.values()) {
-      if (s.status === SequenceStatus.Prefilling && (!prefilling || s.order < prefilling.order)) {
-        prefilling = s;
-      } else if (s.status === SequenceStatus.Decoding) {
-        decoding.push(s);
-      }
+      if (s.status === SequenceStatus.Prefilling) prefilling.push(s);
+      else if (s.status === SequenceStatus.Decoding) decoding.push(s);
     }
-    const prefillNow =
-      prefilling !== undefined && (decoding.length === 0 || this.#lastStep === 'decode');
-    if (prefillNow) {
-      const s = prefilling!;
-      this.#lastStep = 'prefill';
+    if (prefilling.length === 0 && decoding.length === 0) return null;
+    prefilling.sort((a, b) => a.order - b.order);
+    decoding.sort((a, b) => a.slot - b.slot);
+
+    let budget = this.options.maxPrefillTokens;
+    if (decoding.length > 0 && this.options.prefillBudget && prefilling.length > 0) {
+      const allowed = Math.floor(this.options.prefillBudget(decoding.length));
+      budget = Math.min(budget, Math.max(MIN_PREFILL_TOKENS, allowed));
+    }
+    const prefill: ChunkPlan[] = [];
+    for (const s of prefilling) {
+      if (budget <= 0) break;
       let cached = 0;
       if (!s.looked) {
-        s.looked = true;
-        cached = this.options.prefix?.cachedPrefix(s.id, s.promptTokens - 1) ?? 0;
-        if (!Number.isSafeInteger(cached) || cached < 0 || cached >= s.promptTokens) {
+        const { prefix } = this.options;
+        const answer = prefix ? prefix.cachedPrefix(s.id, s.promptTokens - 1) : 0;
+        if (answer === null) continue;
+        if (!Number.isSafeInteger(answer) || answer < 0 || answer >= s.promptTokens) {
           throw new RangeError(
-            `prefix cache answered ${cached} tokens for a ${s.promptTokens}-token prompt`,
+            `prefix cache answered ${answer} tokens for a ${s.promptTokens}-token prompt`,
           );
         }
+        s.looked = true;
+        cached = answer;
         s.prefilled = cached;
       }
-      const length = Math.min(this.options.maxPrefillTokens, s.promptTokens - s.prefilled);
-      return {
-        kind: 'prefill',
+      const remaining = s.promptTokens - s.prefilled;
+      let length = Math.min(budget, remaining);
+      if (remaining - length === 1) length = length > 1 ? length - 1 : 2;
+      prefill.push({
         id: s.id,
         slot: s.slot,
         start: s.prefilled,
         cached,
         length,
-        last: s.prefilled + length === s.promptTokens,
-      };
+        last: length === remaining,
+      });
+      budget -= length;
     }
-    if (decoding.length === 0) return null;
-    this.#lastStep = 'decode';
-    decoding.sort((a, b) => a.slot - b.slot);
+    if (prefill.length === 0 && decoding.length === 0) return null;
     return {
-      kind: 'decode',
-      slots: decoding.at(-1)!.slot + 1,
-      rows: decoding.map((s) => ({ id: s.id, slot: s.slot, position: this.kv.length(s.slot) })),
+      prefill,
+      decode: decoding.map((s) => ({ id: s.id, slot: s.slot, position: this.kv.length(s.slot) })),
     };
   }
 
   /**
    * Records a finished step: `sampled` maps each sequence that was sampled (the last chunk
-   * of a prefill, every row of a decode) to its token. Sequences aborted meanwhile are
-   * skipped. Returns one event per sampled sequence still alive.
+   * of a prompt, every decode row) to its token. Sequences aborted meanwhile are skipped.
+   * Returns one event per sampled sequence still alive: finished prompts first, then the
+   * decode rows.
    */
   update(plan: StepPlan, sampled: ReadonlyMap<string, number>): StepEvent[] {
     const events: StepEvent[] = [];
-    if (plan.kind === 'prefill') {
-      const s = this.#sequences.get(plan.id);
-      if (!s || s.status !== SequenceStatus.Prefilling) return events;
-      s.prefilled = plan.start + plan.length;
+    for (const chunk of plan.prefill) {
+      const s = this.#sequences.get(chunk.id);
+      if (!s || s.status !== SequenceStatus.Prefilling) continue;
+      s.prefilled = chunk.start + chunk.length;
       this.kv.setLength(s.slot, s.prefilled);
-      if (!plan.last) return events;
+      if (!chunk.last) continue;
       s.status = SequenceStatus.Decoding;
       events.push(this.#emit(s, sampled.get(s.id)));
-      return events;
     }
-    for (const row of plan.rows) {
+    for (const row of plan.decode) {
       const s = this.#sequences.get(row.id);
       if (!s || s.status !== SequenceStatus.Decoding) continue;
       this.kv.setLength(s.slot, row.position + 1);

@@ -4,6 +4,8 @@
 // model's do: a wrong or missing block, row or position changes every later token. It checks
 // what a real runner would silently get wrong (a chunk starting past the KV written, image
 // rows that do not match the chunk's image tokens) and records every step for assertions.
+// With a `cost` and a `clock`, a run takes simulated time: the engine's step-time budget
+// (step-budget.ts) can then be tested on exact timings rather than on a noisy machine.
 import {
   BLOCK_TOKENS,
   type KvShape,
@@ -12,7 +14,26 @@ import {
   type RunnerStep,
 } from './model-runner.js';
 
+/** Simulated time, ms: what the engine reads as its clock in budget tests. */
+export class FakeClock {
+  ms = 0;
+  readonly now = (): number => this.ms;
+}
+
+/** What a run costs in simulated ms: each part that runs costs its base plus its size. */
+export interface ScriptedCost {
+  /** Per run of prompt chunks (0 when a step has none), and per prompt token. */
+  prefillBaseMs: number;
+  tokenMs: number;
+  /** Per run of decode rows (0 when a step has none), and per row. */
+  decodeBaseMs: number;
+  rowMs: number;
+}
+
 export interface ScriptedRunnerOptions {
+  /** With `clock`: every run advances it by its simulated cost and reports its timings. */
+  cost?: ScriptedCost;
+  clock?: FakeClock;
   slots?: number;
   context?: number;
   cacheBlocks?: number;
@@ -56,7 +77,12 @@ export class ScriptedRunner implements ModelRunner {
   readonly #valid: number[];
   readonly #blocks: Uint32Array[];
 
+  readonly #cost: ScriptedCost | undefined;
+  readonly #clock: FakeClock | undefined;
+
   constructor({
+    cost,
+    clock,
     slots = 4,
     context = 256,
     cacheBlocks = 0,
@@ -64,6 +90,8 @@ export class ScriptedRunner implements ModelRunner {
     hidden = 4,
     imageTokenId = 49,
   }: ScriptedRunnerOptions = {}) {
+    this.#cost = cost;
+    this.#clock = clock;
     this.kv = { slots, context, cacheBlocks };
     this.vocab = vocab;
     this.hidden = hidden;
@@ -80,6 +108,15 @@ export class ScriptedRunner implements ModelRunner {
       this.failNext = undefined;
       throw error;
     }
+    const written = [
+      ...step.prefill.map((c) => c.start + c.tokens.length),
+      ...step.decode.map((r) => r.position + 1),
+      ...step.loads.map((l) => l.position + BLOCK_TOKENS),
+    ];
+    this.#check(
+      written.every((end) => end <= step.span),
+      `span ${step.span} below a position the step writes`,
+    );
     for (const { block, slot, position } of step.loads) {
       this.#check(position % BLOCK_TOKENS === 0, `load at position ${position}`);
       if (position === 0) this.#valid[slot] = 0;
@@ -121,7 +158,13 @@ export class ScriptedRunner implements ModelRunner {
       this.#blocks[block]!.set(this.#slots[slot]!.subarray(position, position + BLOCK_TOKENS));
     }
     if (this.gate) await this.gate;
-    return { logits };
+    if (!this.#cost || !this.#clock) return { logits };
+    const c = this.#cost;
+    const tokens = step.prefill.reduce((n, chunk) => n + chunk.tokens.length, 0);
+    const prefillMs = tokens > 0 ? c.prefillBaseMs + c.tokenMs * tokens : 0;
+    const decodeMs = step.decode.length > 0 ? c.decodeBaseMs + c.rowMs * step.decode.length : 0;
+    this.#clock.ms += prefillMs + decodeMs;
+    return { logits, timings: { prefillMs, decodeMs } };
   }
 
   async release(): Promise<void> {}

@@ -177,6 +177,8 @@ describe('decoder whose engine thread dies', () => {
       LOUPE_DECODER_MAX_CONTEXT: '4096',
       LOUPE_DECODER_MAX_PREFILL_TOKENS: '2048',
       LOUPE_DECODER_STEP_TIMEOUT_MS: '1',
+      // The step budget must stay below the watchdog's limit (config.ts): none here.
+      LOUPE_DECODER_MAX_STEP_MS: '0',
     });
     const decoder = new DecoderClient(
       service.grpcAddress,

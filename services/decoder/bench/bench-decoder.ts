@@ -1,32 +1,66 @@
-// `npm run bench:decoder`: the decoder service's aggregate generation throughput and time to
-// first token at 1, 4 and 16 concurrent streams, on the `small` random checkpoint, beside the
-// reference (transformers, PyTorch CPU, same weights, same thread count) generating the same
-// requests one after another in the same run when Python with transformers is found
-// (LOUPE_REFERENCE_PYTHON, else python3).
+// `npm run bench:decoder` (docs/decoder-engine.md, "Benchmark"): the decoder on the `small`
+// random checkpoint's dimensions with idefics2-8b's real 32,003-token vocabulary
+// (wide-vocab-checkpoint.ts, written once under .loupe/), in four parts, each figure printed
+// beside its goal from issue 14 and beside a baseline measured in the same run:
 //
-// The prompt mix: four text prompts of 64, 128, 192 and 256 tokens (seeded ids), greedy, up
-// to 64 new tokens each (EOS ends one early on both sides; tokens are counted as generated).
-// Closed loop: each stream sends its next request when the last ends; 2 × streams requests
-// per level (at least 4), after one warm-up request per stream. BENCH_THREADS (default
-// availableParallelism()) sets ONNX Runtime's intra-op threads and torch.set_num_threads.
+//   1. ONNX Runtime's MatMul peak on this machine (matmul-peak.ts): the rate "arithmetic" is
+//      measured at.
+//   2. A decode step's time, split (step-breakdown.ts): the graph, the runner's host work,
+//      sampling, bookkeeping, beside the step's arithmetic, at 1 and 16 streams; and the
+//      16-stream step again with views as long as the context (the runner before its views
+//      followed the sequences), at the default context of 2,048.
+//   3. Aggregate throughput and time to first token of the decoder service over gRPC at 1, 4
+//      and 16 concurrent streams: prompts of 64, 128, 192 and 256 tokens, greedy, 64 new
+//      tokens; closed loop, 2 × streams requests per level (at least 4) after one warm-up
+//      request per stream; prefix cache off (the levels resend the same four prompts).
+//   4. A conversation (multi-turn.ts): an image of 320 tokens and a question, then three
+//      follow-ups each resending the conversation with the previous answer; time to first
+//      token per turn, median of 3 conversations, with the prefix cache off and on.
+//
+// And, when Python with transformers is found (LOUPE_REFERENCE_PYTHON, else python3), the
+// reference (transformers, PyTorch CPU, same weights) generating part 3's requests one after
+// another. BENCH_THREADS (default availableParallelism()) sets ONNX Runtime's intra-op threads
+// and torch's. About two minutes on two cores; the 1-minute load average is printed with each
+// part, since other work on the machine skews every figure.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { credentials, Metadata } from '@grpc/grpc-js';
-import {
-  DecoderClient,
-  type GenerateRequest,
-  type GenerateResponse,
-} from '../../../proto/gen/loupe/v1/decoder.js';
-import { seededUniform, writeTinyModel } from '../../model/index.js';
-import { clientChannelOptions, packageRoot, startBenchService } from '../../runtime/index.js';
+import type { DecoderClient, GenerateRequest } from '../../../proto/gen/loupe/v1/decoder.js';
+import { openCheckpoint, seededUniform } from '../../model/index.js';
+import { packageRoot } from '../../runtime/index.js';
+import { benchRequest, generate, startDecoder } from './decoder-service.js';
+import { matmulPeak } from './matmul-peak.js';
+import { converse, IMAGE_TOKENS, TURNS, type Conversation } from './multi-turn.js';
+import { stepBreakdowns, type Breakdown } from './step-breakdown.js';
+import { WIDE_VOCAB, wideVocabCheckpoint } from './wide-vocab-checkpoint.js';
 
 const THREADS = Number(process.env.BENCH_THREADS ?? availableParallelism());
 const STREAMS = [1, 4, 16];
 const PROMPT_LENGTHS = [64, 128, 192, 256];
 const MAX_NEW_TOKENS = 64;
+const CONVERSATIONS = 3;
+/** The default LOUPE_DECODER_MAX_CONTEXT, for the step breakdown. */
+const DEFAULT_CONTEXT = 2048;
 const root = packageRoot();
+
+const GOALS = {
+  streams: 6,
+  arithmetic: 0.5,
+  laterTurns: 0.25,
+};
+
+const load = () => loadavg()[0]!.toFixed(2);
+const out = (line = '') => process.stdout.write(`${line}\n`);
+const pad = (cells: Array<[string, number]>) =>
+  cells.map(([c, w], i) => (i === 0 ? c.padEnd(w) : c.padStart(w))).join('');
+const percent = (x: number) => `${(100 * x).toFixed(0)}%`;
+const meets = (ok: boolean) => (ok ? 'met' : 'NOT met');
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)]!;
+}
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
@@ -34,45 +68,11 @@ function percentile(sorted: number[], p: number): number {
 
 function prompts(vocab: number): number[][] {
   const next = seededUniform(7);
-  // BOS, then ids clear of the special tokens at the top of the tiny vocabulary.
+  // BOS, then ids clear of the special tokens.
   return PROMPT_LENGTHS.map((n) => [
     1,
     ...Array.from({ length: n - 1 }, () => 3 + Math.floor(next() * (vocab - 10))),
   ]);
-}
-
-async function startDecoder(modelDir: string) {
-  const service = await startBenchService('decoder', {
-    LOUPE_MODEL_DIR: modelDir,
-    LOUPE_DECODER_HOST: '127.0.0.1',
-    LOUPE_DECODER_PORT: '0',
-    LOUPE_DECODER_METRICS_PORT: '0',
-    LOUPE_DECODER_THREADS: String(THREADS),
-    LOUPE_DECODER_MAX_RUNNING: String(Math.max(...STREAMS)),
-    LOUPE_DECODER_MAX_CONTEXT: String(Math.max(...PROMPT_LENGTHS) + MAX_NEW_TOKENS),
-    // The levels resend the same four prompts: with prefix caching their prefills would be
-    // hits, and the figures no longer comparable with the ones before it (docs/decoder-engine.md).
-    LOUPE_DECODER_PREFIX_CACHE_BYTES: '0',
-  });
-  return { address: `127.0.0.1:${Number(service.ready.grpcPort)}`, stop: service.stop };
-}
-
-/** Generates one request; resolves with its token count and time to first token (ms). */
-function generate(client: DecoderClient, request: GenerateRequest) {
-  return new Promise<{ tokens: number; ttftMs: number }>((resolve, reject) => {
-    const started = performance.now();
-    let ttftMs = 0;
-    let tokens = 0;
-    const stream = client.generate(request, new Metadata(), {
-      deadline: new Date(Date.now() + 600_000),
-    });
-    stream.on('data', (m: GenerateResponse) => {
-      if (m.event?.$case !== 'token') return;
-      if (tokens++ === 0) ttftMs = performance.now() - started;
-    });
-    stream.on('error', reject);
-    stream.on('end', () => resolve({ tokens, ttftMs }));
-  });
 }
 
 interface Level {
@@ -82,7 +82,7 @@ interface Level {
   requests: number;
 }
 
-async function measure(
+async function level(
   client: DecoderClient,
   requests: GenerateRequest[],
   streams: number,
@@ -99,7 +99,7 @@ async function measure(
     Array.from({ length: streams }, async () => {
       while (next < n) {
         const r = await generate(client, requests[next++ % requests.length]!);
-        tokens += r.tokens;
+        tokens += r.ids.length;
         ttfts.push(r.ttftMs);
       }
     }),
@@ -128,92 +128,228 @@ function referencePython(): string | undefined {
   return undefined;
 }
 
-async function main(): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'loupe-bench-decoder-'));
-  try {
-    const modelDir = join(dir, 'small');
-    writeTinyModel({ out: modelDir, size: 'small', seed: 0 });
-    const ids = prompts(461);
-    const requests: GenerateRequest[] = ids.map((promptTokenIds) => ({
-      promptTokenIds,
-      images: [],
-      sampling: { temperature: 0 },
-      stopTokenIds: [],
-      maxNewTokens: MAX_NEW_TOKENS,
-      logprobs: false,
-      topLogprobs: 0,
-    }));
-    const load = loadavg()[0]!;
-    process.stdout.write(
-      `decoder benchmark: small checkpoint (seed 0), prompts of ${PROMPT_LENGTHS.join('/')} tokens, greedy, up to ${MAX_NEW_TOKENS} new tokens, ${THREADS} threads\n` +
-        `machine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores, node ${process.version}\n` +
-        (load > 0.5 * cpus().length
-          ? `warning: 1-minute load average ${load.toFixed(2)} before starting: other work skews the figures\n`
-          : '') +
-        '\n',
-    );
+function printBreakdowns(rows: Breakdown[]): void {
+  const widths = [9, 12, 9, 9, 9, 10, 13, 12, 12, 8];
+  const row = (cells: string[]) => out(pad(cells.map((c, i) => [c, widths[i]!])));
+  row([
+    'streams',
+    'views',
+    'step ms',
+    'graph',
+    'runner',
+    'sampling',
+    'bookkeeping',
+    'arithmetic',
+    'arith share',
+    'stride',
+  ]);
+  for (const b of rows) {
+    row([
+      String(b.streams),
+      b.fullContextViews ? 'context' : 'span',
+      b.stepMs.toFixed(2),
+      b.graphMs.toFixed(2),
+      b.runnerMs.toFixed(2),
+      b.sampleMs.toFixed(2),
+      b.bookkeepingMs.toFixed(2),
+      b.arithmeticMs.toFixed(2),
+      percent(b.arithmeticMs / b.stepMs),
+      String(b.stride),
+    ]);
+  }
+}
 
-    const service = await startDecoder(modelDir);
-    const client = new DecoderClient(
-      service.address,
-      credentials.createInsecure(),
-      clientChannelOptions(64 << 20),
+async function main(): Promise<void> {
+  const work = mkdtempSync(join(tmpdir(), 'loupe-bench-decoder-'));
+  try {
+    const checkpoint = wideVocabCheckpoint(root);
+    const config = openCheckpoint(checkpoint.dir).config;
+    const shape = {
+      vocab: config.text.vocabSize,
+      hidden: config.text.hiddenSize,
+      imageTokenId: config.imageTokenId,
+    };
+    const started = load();
+    out(
+      `decoder benchmark: small checkpoint with the ${WIDE_VOCAB.toLocaleString('en')}-token vocabulary (${checkpoint.dir}, ${checkpoint.writtenMs === undefined ? 'reused' : `written in ${(checkpoint.writtenMs / 1000).toFixed(1)} s`}), ${THREADS} threads`,
     );
-    const levels: Record<number, Level> = {};
-    try {
-      for (const streams of STREAMS) levels[streams] = await measure(client, requests, streams);
-    } finally {
-      client.close();
-      await service.stop();
+    out(
+      `machine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores, node ${process.version}; 1-minute load average ${started} at the start`,
+    );
+    if (Number(started) > 0.5 * cpus().length) {
+      out('warning: other work is running: every figure below is skewed by it');
     }
 
+    out('\n1. ONNX Runtime MatMul peak');
+    const peak = await matmulPeak(work, THREADS);
+    out(
+      `   ${peak.gflops.toFixed(1)} GFLOP/s (${peak.shape}; by shape: ${peak.all}); load ${load()}`,
+    );
+
+    out(
+      `\n2. One decode step, in process, context ${DEFAULT_CONTEXT}, prompts of ${PROMPT_LENGTHS.join('/')} tokens (means of the middle 80% of 40 steps, ms)`,
+    );
+    const breakdowns = await stepBreakdowns(checkpoint.dir, {
+      threads: THREADS,
+      context: DEFAULT_CONTEXT,
+      promptLengths: PROMPT_LENGTHS,
+      peakGflops: peak.gflops,
+      cases: [
+        { streams: 1, fullContextViews: false },
+        { streams: 16, fullContextViews: false },
+        { streams: 16, fullContextViews: true },
+      ],
+    });
+    printBreakdowns(breakdowns);
+    const [one, sixteen, fullViews] = breakdowns as [Breakdown, Breakdown, Breakdown];
+    const decodeRatio = (16 * one.stepMs) / sixteen.stepMs;
+    out(
+      `   views following the span vs as long as the context (baseline), 16 streams: ${(sixteen.stepMs / fullViews.stepMs).toFixed(2)}× the step time`,
+    );
+    out(`   decode tokens/s, 16 streams vs 1: ${decodeRatio.toFixed(2)}×; load ${load()}`);
+
+    out(
+      `\n3. Decoder service over gRPC: ${PROMPT_LENGTHS.join('/')}-token prompts, greedy, ${MAX_NEW_TOKENS} new tokens, closed loop, prefix cache off`,
+    );
+    const ids = prompts(shape.vocab);
+    const requests = ids.map((promptTokenIds) =>
+      benchRequest({ promptTokenIds, maxNewTokens: MAX_NEW_TOKENS }),
+    );
+    const levels: Record<number, Level> = {};
+    const service = await startDecoder(checkpoint.dir, {
+      LOUPE_DECODER_THREADS: String(THREADS),
+      LOUPE_DECODER_MAX_RUNNING: String(Math.max(...STREAMS)),
+      LOUPE_DECODER_MAX_CONTEXT: String(Math.max(...PROMPT_LENGTHS) + MAX_NEW_TOKENS),
+      // The levels resend the same four prompts: with prefix caching their prefills would be
+      // hits, and the figures no longer comparable with the ones before it.
+      LOUPE_DECODER_PREFIX_CACHE_BYTES: '0',
+    });
+    try {
+      for (const streams of STREAMS)
+        levels[streams] = await level(service.client, requests, streams);
+    } finally {
+      await service.stop();
+    }
     let reference: { tokensPerS: number } | undefined;
     const python = referencePython();
     if (python) {
-      const inputs = join(dir, 'inputs.json');
+      const inputs = join(work, 'inputs.json');
       writeFileSync(inputs, JSON.stringify({ prompts: ids, max_new_tokens: MAX_NEW_TOKENS }));
-      const out = execFileSync(
+      const output = execFileSync(
         python,
         [
           join(root, 'test', 'fixtures', 'model', 'reference_decoder_bench.py'),
-          '--model',
-          modelDir,
-          '--threads',
-          String(THREADS),
-          '--inputs',
-          inputs,
+          ...['--model', checkpoint.dir, '--threads', String(THREADS), '--inputs', inputs],
         ],
         { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 16 << 20 },
       );
-      const r = JSON.parse(out.trim().split('\n').at(-1)!) as { tokens: number; seconds: number };
+      const r = JSON.parse(output.trim().split('\n').at(-1)!) as {
+        tokens: number;
+        seconds: number;
+      };
       reference = { tokensPerS: r.tokens / r.seconds };
     }
-
-    const row = (cells: string[]) =>
-      cells.map((c, i) => (i === 0 ? c.padEnd(10) : c.padStart(14))).join('') + '\n';
-    process.stdout.write(
-      row(['streams', 'tokens/s', 'TTFT p50 ms', 'TTFT p99 ms', 'vs 1 stream', 'vs reference']),
-    );
+    const levelWidths = [10, 12, 14, 14, 14, 14];
+    const levelRow = (cells: string[]) => out(pad(cells.map((c, i) => [c, levelWidths[i]!])));
+    levelRow(['streams', 'tokens/s', 'TTFT p50 ms', 'TTFT p99 ms', 'vs 1 stream', 'vs reference']);
     for (const streams of STREAMS) {
       const l = levels[streams]!;
-      process.stdout.write(
-        row([
-          String(streams),
-          l.tokensPerS.toFixed(1),
-          l.ttftP50.toFixed(0),
-          l.ttftP99.toFixed(0),
-          `${(l.tokensPerS / levels[1]!.tokensPerS).toFixed(2)}×`,
-          reference ? `${(l.tokensPerS / reference.tokensPerS).toFixed(2)}×` : 'n/a',
-        ]),
-      );
+      levelRow([
+        String(streams),
+        l.tokensPerS.toFixed(1),
+        l.ttftP50.toFixed(0),
+        l.ttftP99.toFixed(0),
+        `${(l.tokensPerS / levels[1]!.tokensPerS).toFixed(2)}×`,
+        reference ? `${(l.tokensPerS / reference.tokensPerS).toFixed(2)}×` : 'n/a',
+      ]);
     }
-    process.stdout.write(
-      `\nreference (transformers generate, one request after another): ${reference ? `${reference.tokensPerS.toFixed(1)} tokens/s` : 'not run (no Python with transformers and torch)'}\n` +
-        `goal on CPU: 16 streams >= 6× 1 stream (${(levels[16]!.tokensPerS / levels[1]!.tokensPerS).toFixed(2)}×) and >= 5× the reference's sequential throughput${reference ? ` (${(levels[16]!.tokensPerS / reference.tokensPerS).toFixed(2)}×)` : ''}.\n` +
-        `1-minute load average: ${load.toFixed(2)} at the start, ${loadavg()[0]!.toFixed(2)} at the end.\n`,
+    out(
+      `   reference (transformers, one request after another): ${reference ? `${reference.tokensPerS.toFixed(1)} tokens/s` : 'not run (no Python with transformers and torch)'}; load ${load()}`,
     );
+    const serviceRatio = levels[16]!.tokensPerS / levels[1]!.tokensPerS;
+    // A request's prompt costs the same alone or beside 15 others (prefill is arithmetic, and
+    // batching does not share it): what the steps of part 2 and the 1-stream time to first
+    // token allow the service's ratio to reach.
+    const prefillMs = levels[1]!.ttftP50;
+    const implied =
+      (prefillMs + MAX_NEW_TOKENS * one.stepMs) /
+      (prefillMs + (MAX_NEW_TOKENS * sixteen.stepMs) / 16);
+    out(
+      `   with prompts costing what the 1-stream TTFT says (${prefillMs.toFixed(0)} ms) and part 2's steps, 16 streams can reach ${implied.toFixed(2)}× one stream`,
+    );
+
+    out(
+      `\n4. A conversation: ${IMAGE_TOKENS} image tokens and a question, then ${TURNS - 1} follow-ups, each resending the conversation (median of ${CONVERSATIONS})`,
+    );
+    const conversations: Record<'off' | 'on', Conversation[]> = { off: [], on: [] };
+    for (const cache of ['off', 'on'] as const) {
+      const decoder = await startDecoder(checkpoint.dir, {
+        LOUPE_DECODER_THREADS: String(THREADS),
+        LOUPE_DECODER_MAX_RUNNING: '4',
+        LOUPE_DECODER_MAX_CONTEXT: String(DEFAULT_CONTEXT),
+        LOUPE_DECODER_PREFIX_CACHE_BYTES: cache === 'on' ? String(256 * 2 ** 20) : '0',
+      });
+      try {
+        await converse(decoder.client, shape, 99); // warm-up, its own image and text
+        for (let c = 0; c < CONVERSATIONS; c++) {
+          conversations[cache].push(await converse(decoder.client, shape, c));
+        }
+      } finally {
+        await decoder.stop();
+      }
+    }
+    const ttft = (cache: 'off' | 'on', turn: number) =>
+      median(conversations[cache].map((c) => c.ttftMs[turn]!));
+    const turnWidths = [8, 15, 14, 14, 10, 16];
+    const turnRow = (cells: string[]) => out(pad(cells.map((c, i) => [c, turnWidths[i]!])));
+    turnRow(['turn', 'prompt tokens', 'TTFT off ms', 'TTFT on ms', 'on/off', 'on vs turn 1']);
+    const laterTurns: number[] = [];
+    for (let turn = 0; turn < TURNS; turn++) {
+      const vsFirst = ttft('on', turn) / ttft('on', 0);
+      if (turn > 0) laterTurns.push(vsFirst);
+      turnRow([
+        String(turn + 1),
+        String(conversations.on[0]!.promptTokens[turn]),
+        ttft('off', turn).toFixed(1),
+        ttft('on', turn).toFixed(1),
+        percent(ttft('on', turn) / ttft('off', turn)),
+        percent(vsFirst),
+      ]);
+    }
+    out(`   load ${load()}`);
+
+    out('\nGoals (issue 14)');
+    const goalWidths = [58, 18, 10, 9];
+    const goalRow = (cells: string[]) => out(pad(cells.map((c, i) => [c, goalWidths[i]!])));
+    goalRow(['', 'measured', 'goal', '']);
+    goalRow([
+      '16 streams vs 1, service tokens/s (part 3)',
+      `${serviceRatio.toFixed(2)}×`,
+      `>= ${GOALS.streams}×`,
+      meets(serviceRatio >= GOALS.streams),
+    ]);
+    goalRow([
+      '16 streams vs 1, decode steps alone (part 2)',
+      `${decodeRatio.toFixed(2)}×`,
+      `>= ${GOALS.streams}×`,
+      meets(decodeRatio >= GOALS.streams),
+    ]);
+    const share = sixteen.arithmeticMs / sixteen.stepMs;
+    goalRow([
+      'arithmetic share of a 16-stream step (part 2)',
+      percent(share),
+      `>= ${percent(GOALS.arithmetic)}`,
+      meets(share >= GOALS.arithmetic),
+    ]);
+    goalRow([
+      'TTFT of turns 2-4 vs turn 1, prefix cache on (part 4)',
+      laterTurns.map(percent).join(' '),
+      `<= ${percent(GOALS.laterTurns)}`,
+      meets(laterTurns.every((r) => r <= GOALS.laterTurns)),
+    ]);
+    out(`\n1-minute load average: ${started} at the start, ${load()} at the end.`);
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    rmSync(work, { recursive: true, force: true });
   }
 }
 

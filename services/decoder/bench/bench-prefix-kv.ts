@@ -36,7 +36,8 @@ async function median(run: () => Promise<unknown>): Promise<number> {
   return times[Math.floor(times.length / 2)]!;
 }
 
-const empty: RunnerStep = { loads: [], prefill: [], decode: [], saves: [] };
+// The whole context as span: the views this measures are of slots of maximum context.
+const empty: RunnerStep = { loads: [], prefill: [], decode: [], saves: [], span: CONTEXT };
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'loupe-bench-prefix-kv-'));

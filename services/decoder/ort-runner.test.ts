@@ -1,0 +1,104 @@
+// OrtModelRunner on the tiny checkpoint: its views follow the step's span (a stride that grows
+// and shrinks with the sequences, the buffers repacked in place) and give exactly what views
+// of the whole context give — tokens and logprobs, greedy and seeded, through prefix hits and
+// mixed steps.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadTextModel, openCheckpoint, writeTinyModel, type TextModel } from '../model/index.js';
+import { Engine } from './engine.js';
+import type { RunnerStep } from './model-runner.js';
+import { OrtModelRunner } from './ort-runner.js';
+import type { EngineRequest, TokenEvent } from './protocol.js';
+import { GREEDY } from './sampler.js';
+
+const work = mkdtempSync(join(tmpdir(), 'loupe-ort-runner-'));
+let model: TextModel;
+
+beforeAll(async () => {
+  const dir = join(work, 'tiny');
+  writeTinyModel({ out: dir, size: 'tiny', seed: 0 });
+  model = await loadTextModel(openCheckpoint(dir), { session: { intraOpThreads: 1 } });
+});
+
+afterAll(async () => {
+  await model?.release();
+  rmSync(work, { recursive: true, force: true });
+});
+
+function request(id: string, length: number, seed: number, maxNewTokens: number): EngineRequest {
+  return {
+    id,
+    promptIds: Array.from({ length }, (_, i) => 3 + ((i * 37 + seed * 101) % 400)),
+    imageRows: new Uint8Array(0),
+    imageDtype: 'float32',
+    images: [],
+    sampling: seed % 2 === 0 ? GREEDY : { ...GREEDY, temperature: 0.8, topK: 50 },
+    seed: BigInt(seed),
+    stopTokenIds: [],
+    maxNewTokens,
+    logprobs: true,
+    topLogprobs: 2,
+  };
+}
+
+/** Runs the requests (the last two once the others are done) and records every stride. */
+async function run(fullContextViews: boolean) {
+  const runner = new OrtModelRunner(
+    model,
+    { slots: 3, context: 600, cacheBlocks: 64 },
+    { fullContextViews },
+  );
+  const strides: number[] = [];
+  const recording = {
+    vocab: runner.vocab,
+    hidden: runner.hidden,
+    imageTokenId: runner.imageTokenId,
+    kv: runner.kv,
+    run: async (step: RunnerStep) => {
+      const out = await runner.run(step);
+      strides.push(runner.stride);
+      return out;
+    },
+    release: () => Promise.resolve(),
+  };
+  const engine = new Engine(recording, { maxWaiting: 8, maxPrefillTokens: 96, eosTokenIds: [] });
+  const events = new Map<string, Array<Omit<TokenEvent, 'timings'>>>();
+  const drain = async () => {
+    while (engine.hasWork) {
+      for (const { timings: _, ...e } of (await engine.step())?.events ?? []) {
+        events.set(e.id, [...(events.get(e.id) ?? []), e]);
+      }
+    }
+  };
+  // 20 + 70 tokens, 150 + 40, 430 + 20: prompts in chunks of 96, the stride grows with them.
+  for (const [i, [length, news]] of [
+    [20, 70],
+    [150, 40],
+    [430, 20],
+  ].entries()) {
+    engine.add(request(`r${i}`, length!, i, news!));
+  }
+  await drain();
+  // Short ones alone (shrinks), then the long prompt again (a prefix hit, grown again).
+  engine.add(request('short', 30, 4, 8));
+  await drain();
+  engine.add(request('again', 430, 2, 6));
+  await drain();
+  return { events, strides };
+}
+
+describe('OrtModelRunner', () => {
+  it('gives what views of the whole context give, while its stride follows the span', async () => {
+    const tiered = await run(false);
+    const full = await run(true);
+    expect([...tiered.events.keys()].sort()).toEqual(['again', 'r0', 'r1', 'r2', 'short']);
+    for (const [id, events] of full.events) expect(tiered.events.get(id), id).toEqual(events);
+    expect(new Set(full.strides)).toEqual(new Set([600]));
+    // A quarter above the span in multiples of 64: grown as the prompts come in, shrunk as
+    // the long ones end and for the short request alone, grown again.
+    const changes = tiered.strides.filter((s, i) => i === 0 || s !== tiered.strides[i - 1]);
+    expect(changes).toEqual([128, 192, 320, 512, 256, 128, 64, 576]);
+  });
+});
