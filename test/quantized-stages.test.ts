@@ -61,6 +61,8 @@ function goldenRequest(prompt: string): GenerateRequest {
       : [],
     sampling: { temperature: 0 },
     stopTokenIds: [],
+    logitBias: {},
+    responseFormat: undefined,
     maxNewTokens: 32,
     logprobs: false,
     topLogprobs: 0,

@@ -9,6 +9,8 @@ import type { ModelRunner } from './model-runner.js';
 import { OrtModelRunner } from './ort-runner.js';
 import type { EngineCommand, EngineMessage, EngineSetup } from './protocol.js';
 import { QueueFullError } from './scheduler.js';
+import { GrammarCompilerCache, type Constraint } from './grammar/constraint.js';
+import type { EngineRequest } from './protocol.js';
 
 const port = parentPort!;
 const post = (message: EngineMessage) => port.postMessage(message);
@@ -53,20 +55,60 @@ async function main(): Promise<void> {
   }
 
   let wake: (() => void) | undefined;
+  // Structured output: the tokenizer's grammar compiler, made with the first request that asks
+  // for a format (docs/structured-output.md), and the requests whose format is compiling.
+  let grammar: Promise<GrammarCompilerCache> | undefined;
+  const compiling = new Map<string, { aborted: boolean }>();
+  const admit = (request: EngineRequest, constraint?: Constraint) => {
+    try {
+      engine.add(request, constraint);
+      post({ kind: 'accepted', id: request.id, load: engine.load });
+    } catch (error) {
+      constraint?.dispose();
+      post({
+        kind: 'rejected',
+        id: request.id,
+        reason: error instanceof QueueFullError ? 'queue_full' : 'invalid',
+        message: error instanceof Error ? error.message : String(error),
+      });
+    }
+    wake?.();
+  };
   port.on('message', (command: EngineCommand) => {
     if (command.kind === 'add') {
-      try {
-        engine.add(command.request);
-        post({ kind: 'accepted', id: command.request.id, load: engine.load });
-      } catch (error) {
-        post({
-          kind: 'rejected',
-          id: command.request.id,
-          reason: error instanceof QueueFullError ? 'queue_full' : 'invalid',
-          message: error instanceof Error ? error.message : String(error),
+      const { request } = command;
+      const format = request.responseFormat;
+      if (format === undefined) {
+        admit(request);
+      } else {
+        const entry = { aborted: false };
+        compiling.set(request.id, entry);
+        grammar ??= GrammarCompilerCache.fromModelDir(setup.modelDir, {
+          vocabSize: engine.vocabSize,
+          stopTokenIds: engine.eosTokenIds,
         });
+        grammar
+          .then((cache) => cache.constraint(format))
+          .then(
+            (constraint) => {
+              compiling.delete(request.id);
+              if (entry.aborted) constraint.dispose();
+              else admit(request, constraint);
+            },
+            (error: unknown) => {
+              compiling.delete(request.id);
+              post({
+                kind: 'rejected',
+                id: request.id,
+                reason: 'invalid',
+                message: `response_format: ${error instanceof Error ? error.message : String(error)}`,
+              });
+            },
+          );
       }
     } else if (command.kind === 'abort') {
+      const pending = compiling.get(command.id);
+      if (pending) pending.aborted = true;
       engine.abort(command.id);
       post({ kind: 'load', load: engine.load });
     } else if (command.kind === 'stop') {

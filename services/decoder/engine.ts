@@ -21,6 +21,7 @@ import type { EngineRequest, TokenEvent } from './protocol.js';
 import { Rng, sample } from './sampler.js';
 import { Scheduler, stepKind, type ChunkPlan, type StepKind, type StepPlan } from './scheduler.js';
 import { StepTimeBudget } from './step-budget.js';
+import { applyMask, type Constraint } from './grammar/constraint.js';
 
 export interface EngineOptions {
   maxWaiting: number;
@@ -55,6 +56,9 @@ interface SequenceState {
   arrived: number;
   prefillStarted: number | undefined;
   firstToken: number | undefined;
+  /** The grammar the answer follows (response_format), and its mask's bits. */
+  constraint: Constraint | undefined;
+  maskBits: Int32Array | undefined;
 }
 
 export interface StepReport {
@@ -108,6 +112,19 @@ export class Engine {
     });
   }
 
+  /** Whether `token` ends `state`'s sequence (the model's EOS, or the request's stop ids). */
+  #ends(state: SequenceState, token: number): boolean {
+    return this.options.eosTokenIds.includes(token) || state.request.stopTokenIds.includes(token);
+  }
+
+  get vocabSize(): number {
+    return this.runner.vocab;
+  }
+
+  get eosTokenIds(): readonly number[] {
+    return this.options.eosTokenIds;
+  }
+
   get load() {
     return {
       waiting: this.scheduler.waiting,
@@ -116,8 +133,11 @@ export class Engine {
     };
   }
 
-  /** Queues a request (throws QueueFullError when the queue is full). */
-  add(request: EngineRequest): void {
+  /**
+   * Queues a request (throws QueueFullError when the queue is full); `constraint` is its
+   * compiled response_format, owned by the engine from here (disposed when it ends).
+   */
+  add(request: EngineRequest, constraint?: Constraint): void {
     this.scheduler.addRequest({
       id: request.id,
       promptTokens: request.promptIds.length,
@@ -140,10 +160,13 @@ export class Engine {
       arrived: this.#now(),
       prefillStarted: undefined,
       firstToken: undefined,
+      constraint,
+      maskBits: constraint ? new Int32Array(constraint.words) : undefined,
     });
   }
 
   abort(id: string): boolean {
+    this.#states.get(id)?.constraint?.dispose();
     this.#states.delete(id);
     return this.scheduler.abort(id);
   }
@@ -197,10 +220,30 @@ export class Engine {
     ];
     const sampled = new Map<string, number>();
     const details = new Map<string, { logprob: number; top: TokenEvent['top'] }>();
+    // The grammar's masks first (xgrammar's mask call is async), then one pass of sampling.
+    const done = new Set<string>();
+    for (const id of rows) {
+      const state = this.#states.get(id);
+      if (!state?.constraint) continue;
+      if (!state.constraint.isDone) await state.constraint.mask(state.maskBits!);
+      // A complete answer ends: the grammar allows only the end of the sequence now.
+      if (state.constraint.isDone) done.add(id);
+    }
     rows.forEach((id, b) => {
       const state = this.#states.get(id);
       if (!state) return; // aborted during the run
       const r = state.request;
+      if (done.has(id)) {
+        sampled.set(id, this.options.eosTokenIds[0]!);
+        details.set(id, { logprob: 0, top: [] });
+        return;
+      }
+      const logits = output.logits[b]!;
+      if (r.logitBias) {
+        const { ids, bias } = r.logitBias;
+        for (let i = 0; i < ids.length; i++) logits[ids[i]!]! += bias[i]!;
+      }
+      if (state.constraint) applyMask(logits, 0, logits.length, state.maskBits!);
       const s = sample(
         output.logits[b]!,
         r.sampling,
@@ -210,6 +253,8 @@ export class Engine {
       );
       sampled.set(id, s.id);
       details.set(id, { logprob: s.logprob, top: s.top });
+      // The grammar follows the answer; a token that ends the sequence is not part of it.
+      if (state.constraint && !this.#ends(state, s.id)) state.constraint.accept(s.id);
     });
     const now = this.#now();
     const sampleMs = now - sampleStarted;
@@ -232,6 +277,7 @@ export class Engine {
           prefill: (state.firstToken - state.prefillStarted!) / 1000,
           decode: (now - state.firstToken) / 1000,
         };
+        state.constraint?.dispose();
         this.#states.delete(e.id);
       }
       return event;

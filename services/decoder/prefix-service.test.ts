@@ -36,6 +36,8 @@ function request(promptTokenIds: number[], extra: Partial<GenerateRequest> = {})
     images: [],
     sampling: { temperature: 0 },
     stopTokenIds: [],
+    logitBias: {},
+    responseFormat: undefined,
     maxNewTokens: 24,
     logprobs: true,
     topLogprobs: 0,

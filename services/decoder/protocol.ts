@@ -4,6 +4,8 @@
 import type { ExecutionProvider } from '../model/index.js';
 import type { StopWorker } from '../runtime/index.js';
 import type { SamplingParams } from './sampler.js';
+import type { ResponseFormatSpec } from './grammar/constraint.js';
+import type { EngineLogitBias } from './grammar/request-format.js';
 
 /**
  * Why a sequence ended: one vocabulary from the scheduler through the engine's events to the
@@ -42,6 +44,10 @@ export interface EngineRequest {
   maxNewTokens: number;
   logprobs: boolean;
   topLogprobs: number;
+  /** Added to these tokens' logits before sampling (OpenAI's logit_bias). */
+  logitBias?: EngineLogitBias | undefined;
+  /** Constrains the answer (docs/structured-output.md); compiled by the engine thread. */
+  responseFormat?: ResponseFormatSpec | undefined;
 }
 
 export interface TokenEvent {

@@ -20,6 +20,7 @@ import type { DecoderMetrics } from './metrics.js';
 import type { FinishReason } from './protocol.js';
 import { engineRequest, type DecoderLimits } from './request-validation.js';
 import { DecoderService } from '../../proto/gen/loupe/v1/decoder.js';
+import { engineLogitBias, engineResponseFormat } from './grammar/request-format.js';
 
 export interface DecoderHandlersOptions {
   modelId: string;
@@ -72,7 +73,12 @@ export function registerDecoder(server: GrpcServer, options: DecoderHandlersOpti
     const id = `${ctx.requestId}/${nextId++}`;
     let finished = false;
     try {
-      const engineReq = engineRequest(id, request, engine.info, limits);
+      const engineReq = {
+        ...engineRequest(id, request, engine.info, limits),
+        // Checked here; the engine thread compiles the format (docs/structured-output.md).
+        logitBias: engineLogitBias(request.logitBias, engine.info.vocabSize),
+        responseFormat: engineResponseFormat(request.responseFormat),
+      };
       const events = new EventQueue(ctx.signal);
       try {
         await engine.add(engineReq, events.push);

@@ -43,6 +43,8 @@ function request(promptTokenIds: number[], extra: Partial<GenerateRequest> = {})
     images: [],
     sampling: { temperature: 0 },
     stopTokenIds: [],
+    logitBias: {},
+    responseFormat: undefined,
     maxNewTokens: 32,
     logprobs: false,
     topLogprobs: 0,
@@ -240,6 +242,8 @@ describe('decoder service', () => {
     const long = request(loadGoldenCase('tiny-text-only').inputIds, {
       maxNewTokens: 250,
       stopTokenIds: [],
+      logitBias: {},
+      responseFormat: undefined,
       sampling: { temperature: 1, seed: 7 },
     });
     const seen = await generate(decoder, long, {

@@ -50,6 +50,8 @@ function request(promptTokenIds: number[], maxNewTokens: number): GenerateReques
     images: [],
     sampling: { temperature: 0 },
     stopTokenIds: [],
+    logitBias: {},
+    responseFormat: undefined,
     maxNewTokens,
     logprobs: false,
     topLogprobs: 0,

@@ -433,12 +433,20 @@ describe('the pipeline in-process, with scripted stages', () => {
     const { post, app } = gateway(stages);
     const cases: Array<[unknown, number, string | null, string | null]> = [
       [ask([]), 400, 'messages[0].content', 'invalid_value'],
+      [ask('hi', { tool_choice: 'auto' }), 400, 'tool_choice', 'unsupported_parameter'],
       [
-        ask('hi', { response_format: { type: 'json_object' } }),
+        ask('hi', {
+          response_format: {
+            type: 'json_schema',
+            json_schema: { name: 'x', schema: { type: 'string', format: 'binary-blob' } },
+          },
+        }),
         400,
-        'response_format',
-        'unsupported_parameter',
+        'response_format.json_schema.schema.format',
+        'unsupported_schema',
       ],
+      [ask('hi', { logit_bias: { '99999999': 5 } }), 400, 'logit_bias', 'invalid_value'],
+      [ask('hi', { logit_bias: { '3': 101 } }), 400, 'logit_bias.3', 'invalid_value'],
       [ask('hi', { n: 9 }), 400, 'n', 'invalid_value'],
       [ask('hi', { top_logprobs: 2 }), 400, 'top_logprobs', null],
       [{ ...ask('hi'), model: 'x'.repeat(10_000) }, 404, 'model', 'model_not_found'],
@@ -460,7 +468,8 @@ describe('the pipeline in-process, with scripted stages', () => {
     expect(((await notJson.json()) as { error: { code: string } }).error.code).toBe('invalid_json');
     const noKey = await post(ask('hi'), { authorization: 'Bearer wrong' });
     expect(noKey.status).toBe(401);
-    expect(stages.calls).toEqual([]);
+    // Only the decoders' limits were asked (the token ids of logit_bias are checked against them).
+    expect(stages.calls.filter((c) => c !== 'info')).toEqual([]);
   });
 
   it('charges the token rate with max_tokens at admission and refunds what was not used', async () => {

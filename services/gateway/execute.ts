@@ -129,6 +129,16 @@ export function generateRequest(
     maxNewTokens: request.maxTokens,
     logprobs: request.logprobs,
     topLogprobs: request.topLogprobs,
+    logitBias: request.logitBias,
+    responseFormat:
+      request.responseFormat === undefined
+        ? undefined
+        : {
+            format:
+              request.responseFormat.kind === 'json_object'
+                ? { $case: 'jsonObject', value: {} }
+                : { $case: 'jsonSchema', value: request.responseFormat.schema },
+          },
   };
 }
 

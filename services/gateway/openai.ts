@@ -49,6 +49,26 @@ export const ChatCompletionRequest = z.object({
   top_logprobs: z.number().int().min(0).max(20).nullish(),
   n: z.number().int().min(1).max(128).nullish(),
   user: z.string().optional(),
+  /** Constrains the answer to JSON (docs/structured-output.md); `text` asks for nothing. */
+  response_format: z
+    .discriminatedUnion('type', [
+      z.object({ type: z.literal('text') }),
+      z.object({ type: z.literal('json_object') }),
+      z.object({
+        type: z.literal('json_schema'),
+        json_schema: z.object({
+          name: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1-64 of a-z, A-Z, 0-9, _ and -'),
+          description: z.string().max(4096).optional(),
+          schema: z.record(z.string(), z.unknown()).optional(),
+          strict: z.boolean().nullish(),
+        }),
+      }),
+    ])
+    .nullish(),
+  /** Token id (as a string) → bias added to its logit, -100..100 as OpenAI defines it. */
+  logit_bias: z
+    .record(z.string().regex(/^\d{1,9}$/, 'must be a token id'), z.number().min(-100).max(100))
+    .nullish(),
   /** Loupe extensions. */
   top_k: z.number().int().min(0).max(1_000_000).nullish(),
   min_p: z.number().min(0).max(1).nullish(),
@@ -82,15 +102,6 @@ const UNSUPPORTED: Record<string, { neutral: (v: unknown) => boolean; why: strin
     why: 'Loupe answers in text only',
   },
   prediction: { neutral: () => false, why: 'predicted outputs are not implemented' },
-  response_format: {
-    neutral: (v) =>
-      typeof v === 'object' && v !== null && (v as { type?: unknown }).type === 'text',
-    why: 'structured output (json_object, json_schema) is not implemented yet',
-  },
-  logit_bias: {
-    neutral: (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0,
-    why: '`logit_bias` is not implemented yet',
-  },
   store: { neutral: (v) => v === false, why: 'Loupe does not store completions' },
   metadata: {
     neutral: (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0,

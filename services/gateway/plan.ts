@@ -60,6 +60,14 @@ export class Planner {
         'invalid_value',
       );
     }
+    const outside = Object.keys(request.logitBias).find((id) => Number(id) >= vocabSize);
+    if (vocabSize > 0 && outside !== undefined) {
+      throw invalid(
+        `\`logit_bias\` names token ${outside}; the model has ${vocabSize} tokens`,
+        'logit_bias',
+        'invalid_value',
+      );
+    }
     const input: PromptInput = {
       messages: request.messages,
       escaped: request.escaped,

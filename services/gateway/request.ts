@@ -5,7 +5,11 @@
 import type { SamplingParams } from '../../proto/gen/loupe/v1/decoder.js';
 import type { ChatMessage as TemplateMessage, TextTokenizer } from '../model/index.js';
 import { ApiError, fromZod, invalid } from './api-error.js';
+import { checkSchema, SchemaError } from '../decoder/grammar/schema-subset.js';
 import { ChatCompletionRequest, refuseUnsupported } from './openai.js';
+
+/** The most tokens one `logit_bias` may name (the decoder's limit, too). */
+export const MAX_LOGIT_BIAS = 1024;
 
 export interface ImageRef {
   url: string;
@@ -38,6 +42,10 @@ export interface ValidChatRequest {
   choices: number;
   logprobs: boolean;
   topLogprobs: number;
+  /** The answer constrained to JSON, or undefined for free text. */
+  responseFormat: { kind: 'json_object' } | { kind: 'json_schema'; schema: string } | undefined;
+  /** Token id → bias added to its logit. */
+  logitBias: Record<number, number>;
 }
 
 export interface RequestRules {
@@ -131,7 +139,34 @@ export function parseChatRequest(json: unknown, rules: RequestRules): ValidChatR
     );
   }
 
+  const format = body.response_format;
+  let responseFormat: ValidChatRequest['responseFormat'];
+  if (format?.type === 'json_object') responseFormat = { kind: 'json_object' };
+  if (format?.type === 'json_schema') {
+    // No schema: any JSON value would do, which is what json_object gives, as an object.
+    const schema = format.json_schema.schema ?? { type: 'object' };
+    try {
+      checkSchema(schema, 'response_format.json_schema.schema');
+    } catch (error) {
+      if (!(error instanceof SchemaError)) throw error;
+      throw invalid(error.message, error.path, error.reason);
+    }
+    responseFormat = { kind: 'json_schema', schema: JSON.stringify(schema) };
+  }
+  const logitBias = Object.fromEntries(
+    Object.entries(body.logit_bias ?? {}).map(([id, bias]) => [Number(id), bias]),
+  );
+  if (Object.keys(logitBias).length > MAX_LOGIT_BIAS) {
+    throw invalid(
+      `\`logit_bias\` has ${Object.keys(logitBias).length} tokens, over the limit of ${MAX_LOGIT_BIAS}`,
+      'logit_bias',
+      'invalid_value',
+    );
+  }
+
   return {
+    responseFormat,
+    logitBias,
     messages,
     escaped,
     textChars,

@@ -85,6 +85,45 @@ export interface GenerateRequest {
   /** Number of top logprobs to return per token (0..20); `logprobs` must be true for any. */
   logprobs: boolean;
   topLogprobs: number;
+  /**
+   * Added to the logit of each token id before sampling (and before the temperature), as
+   * OpenAI's `logit_bias`: values in [-100, 100]; -100 in effect bans the token and 100 in
+   * effect forces it. Ids must be < DecoderInfo.vocab_size.
+   */
+  logitBias: { [key: number]: number };
+  /**
+   * Constrains the output to a JSON grammar (constrained decoding: at each step only tokens
+   * that keep the text a prefix of a valid answer may be sampled); unset: free text.
+   * See docs/structured-output.md.
+   */
+  responseFormat: ResponseFormat | undefined;
+}
+
+export interface GenerateRequest_LogitBiasEntry {
+  key: number;
+  value: number;
+}
+
+/**
+ * What the generated text must be. The decoder ends the sequence (EOS) as soon as the value is
+ * complete.
+ */
+export interface ResponseFormat {
+  format:
+    | //
+    /** Any JSON object (OpenAI's `{"type": "json_object"}`). */
+    { $case: "jsonObject"; value: JsonObjectFormat }
+    | //
+    /**
+     * A JSON value valid against this JSON Schema, given as JSON text (the `schema` of OpenAI's
+     * `{"type": "json_schema", "json_schema": {...}}`), in the subset docs/structured-output.md
+     * lists; anything outside it is INVALID_ARGUMENT.
+     */
+    { $case: "jsonSchema"; value: string }
+    | undefined;
+}
+
+export interface JsonObjectFormat {
 }
 
 export interface ImageEmbeddings {
@@ -211,6 +250,8 @@ function createBaseGenerateRequest(): GenerateRequest {
     maxNewTokens: 0,
     logprobs: false,
     topLogprobs: 0,
+    logitBias: {},
+    responseFormat: undefined,
   };
 }
 
@@ -244,6 +285,12 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.topLogprobs !== 0) {
       writer.uint32(56).uint32(message.topLogprobs);
+    }
+    globalThis.Object.entries(message.logitBias).forEach(([key, value]: [string, number]) => {
+      GenerateRequest_LogitBiasEntry.encode({ key: key as any, value }, writer.uint32(66).fork()).join();
+    });
+    if (message.responseFormat !== undefined) {
+      ResponseFormat.encode(message.responseFormat, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -337,6 +384,25 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             message.topLogprobs = reader.uint32();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            const entry8 = GenerateRequest_LogitBiasEntry.decode(reader, reader.uint32());
+            if (entry8.value !== undefined) {
+              message.logitBias[entry8.key] = entry8.value;
+            }
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.responseFormat = ResponseFormat.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -376,6 +442,38 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
         : isSet(object.top_logprobs)
         ? globalThis.Number(object.top_logprobs)
         : 0,
+      logitBias: isObject(object.logitBias)
+        ? (globalThis.Object.entries(object.logitBias) as [string, any][]).reduce(
+          (acc: { [key: number]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, globalThis.Number(key), {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.logit_bias)
+        ? (globalThis.Object.entries(object.logit_bias) as [string, any][]).reduce(
+          (acc: { [key: number]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, globalThis.Number(key), {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      responseFormat: isSet(object.responseFormat)
+        ? ResponseFormat.fromJSON(object.responseFormat)
+        : isSet(object.response_format)
+        ? ResponseFormat.fromJSON(object.response_format)
+        : undefined,
     };
   },
 
@@ -402,6 +500,18 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     if (message.topLogprobs !== 0) {
       obj.topLogprobs = Math.round(message.topLogprobs);
     }
+    if (message.logitBias) {
+      const entries = globalThis.Object.entries(message.logitBias) as [string, number][];
+      if (entries.length > 0) {
+        obj.logitBias = {};
+        entries.forEach(([k, v]) => {
+          obj.logitBias[k] = floatToJson(v);
+        });
+      }
+    }
+    if (message.responseFormat !== undefined) {
+      obj.responseFormat = ResponseFormat.toJSON(message.responseFormat);
+    }
     return obj;
   },
 
@@ -419,6 +529,262 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     message.maxNewTokens = object.maxNewTokens ?? 0;
     message.logprobs = object.logprobs ?? false;
     message.topLogprobs = object.topLogprobs ?? 0;
+    message.logitBias = (globalThis.Object.entries(object.logitBias ?? {}) as [string, number][]).reduce(
+      (acc: { [key: number]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[globalThis.Number(key)] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.responseFormat = (object.responseFormat !== undefined && object.responseFormat !== null)
+      ? ResponseFormat.fromPartial(object.responseFormat)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGenerateRequest_LogitBiasEntry(): GenerateRequest_LogitBiasEntry {
+  return { key: 0, value: 0 };
+}
+
+export const GenerateRequest_LogitBiasEntry: MessageFns<GenerateRequest_LogitBiasEntry> = {
+  encode(message: GenerateRequest_LogitBiasEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== 0) {
+      writer.uint32(8).uint32(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(21).float(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GenerateRequest_LogitBiasEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGenerateRequest_LogitBiasEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.key = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 21) {
+              break;
+            }
+
+            message.value = reader.float();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GenerateRequest_LogitBiasEntry {
+    return {
+      key: isSet(object.key) ? globalThis.Number(object.key) : 0,
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: GenerateRequest_LogitBiasEntry): unknown {
+    const obj: any = {};
+    if (message.key !== 0) {
+      obj.key = Math.round(message.key);
+    }
+    if (message.value !== 0) {
+      obj.value = floatToJson(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GenerateRequest_LogitBiasEntry>, I>>(base?: I): GenerateRequest_LogitBiasEntry {
+    return GenerateRequest_LogitBiasEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GenerateRequest_LogitBiasEntry>, I>>(
+    object: I,
+  ): GenerateRequest_LogitBiasEntry {
+    const message = createBaseGenerateRequest_LogitBiasEntry();
+    message.key = object.key ?? 0;
+    message.value = object.value ?? 0;
+    return message;
+  },
+};
+
+function createBaseResponseFormat(): ResponseFormat {
+  return { format: undefined };
+}
+
+export const ResponseFormat: MessageFns<ResponseFormat> = {
+  encode(message: ResponseFormat, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.format?.$case) {
+      case "jsonObject":
+        JsonObjectFormat.encode(message.format.value, writer.uint32(10).fork()).join();
+        break;
+      case "jsonSchema":
+        writer.uint32(18).string(message.format.value);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResponseFormat {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResponseFormat();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.format = { $case: "jsonObject", value: JsonObjectFormat.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.format = { $case: "jsonSchema", value: reader.string() };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResponseFormat {
+    return {
+      format: isSet(object.jsonObject)
+        ? { $case: "jsonObject", value: JsonObjectFormat.fromJSON(object.jsonObject) }
+        : isSet(object.json_object)
+        ? { $case: "jsonObject", value: JsonObjectFormat.fromJSON(object.json_object) }
+        : isSet(object.jsonSchema)
+        ? { $case: "jsonSchema", value: globalThis.String(object.jsonSchema) }
+        : isSet(object.json_schema)
+        ? { $case: "jsonSchema", value: globalThis.String(object.json_schema) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: ResponseFormat): unknown {
+    const obj: any = {};
+    if (message.format?.$case === "jsonObject") {
+      obj.jsonObject = JsonObjectFormat.toJSON(message.format.value);
+    } else if (message.format?.$case === "jsonSchema") {
+      obj.jsonSchema = message.format.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResponseFormat>, I>>(base?: I): ResponseFormat {
+    return ResponseFormat.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResponseFormat>, I>>(object: I): ResponseFormat {
+    const message = createBaseResponseFormat();
+    switch (object.format?.$case) {
+      case "jsonObject": {
+        if (object.format?.value !== undefined && object.format?.value !== null) {
+          message.format = { $case: "jsonObject", value: JsonObjectFormat.fromPartial(object.format.value) };
+        }
+        break;
+      }
+      case "jsonSchema": {
+        if (object.format?.value !== undefined && object.format?.value !== null) {
+          message.format = { $case: "jsonSchema", value: object.format.value };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseJsonObjectFormat(): JsonObjectFormat {
+  return {};
+}
+
+export const JsonObjectFormat: MessageFns<JsonObjectFormat> = {
+  encode(_: JsonObjectFormat, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): JsonObjectFormat {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseJsonObjectFormat();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): JsonObjectFormat {
+    return {};
+  },
+
+  toJSON(_: JsonObjectFormat): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<JsonObjectFormat>, I>>(base?: I): JsonObjectFormat {
+    return JsonObjectFormat.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<JsonObjectFormat>, I>>(_: I): JsonObjectFormat {
+    const message = createBaseJsonObjectFormat();
     return message;
   },
 };
@@ -1915,6 +2281,10 @@ function longToNumber(int64: { toString(): string }): number {
     throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
   }
   return num;
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {
