@@ -9,7 +9,7 @@ import { zodResponseFormat } from 'openai/helpers/zod';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { validate } from '../services/decoder/grammar/grammar.test-helper.js';
-import { loadTokenizer, writeTinyModel } from '../services/model/index.js';
+import { loadTokenizer, openCheckpoint, writeTinyModel } from '../services/model/index.js';
 import {
   builtService,
   ephemeralPorts,
@@ -183,5 +183,18 @@ describe('logit_bias', () => {
     expect(forced.choices[0]!.logprobs!.content!.map((t) => t.token)).toEqual(
       Array.from({ length: 6 }, () => piece),
     );
+  });
+
+  it("never generates the checkpoint's bad_words_ids, whatever the bias", async () => {
+    // The tiny checkpoint bans <fake_token_around_image> and <image>, as idefics2-8b does.
+    const image = openCheckpoint(modelDir).config.imageTokenId;
+    const piece = tokenizer().decode([image]);
+    const r = await ask(
+      { temperature: 1, seed: 9, max_tokens: 6, logprobs: true, logit_bias: { [image]: 100 } },
+      'Hello there',
+    );
+    const tokens = r.choices[0]!.logprobs!.content!.map((t) => t.token);
+    expect(tokens.length).toBeGreaterThan(0);
+    expect(tokens).not.toContain(piece);
   });
 });

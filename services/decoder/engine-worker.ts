@@ -2,7 +2,7 @@
 // loop — one step at a time, handling queued commands (add, abort, stop) between steps — and
 // reports every step's tokens to the gRPC thread. Protocol: protocol.ts.
 import { parentPort, workerData } from 'node:worker_threads';
-import { eosTokenIds, loadTextModel, openCheckpoint } from '../model/index.js';
+import { badWordsIds, eosTokenIds, loadTextModel, openCheckpoint } from '../model/index.js';
 import { Engine } from './engine.js';
 import { failingPast } from './fault-injection.js';
 import type { ModelRunner } from './model-runner.js';
@@ -36,6 +36,7 @@ async function main(): Promise<void> {
       maxPrefillTokens: setup.engine.maxPrefillTokens,
       maxStepMs: setup.engine.maxStepMs,
       eosTokenIds: eos,
+      badWordsIds: badWordsIds(setup.modelDir),
     });
     post({
       kind: 'ready',

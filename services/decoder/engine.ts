@@ -33,6 +33,12 @@ export interface EngineOptions {
    */
   maxStepMs?: number;
   eosTokenIds: readonly number[];
+  /**
+   * Token sequences never generated (generation_config.json's `bad_words_ids`): a sequence's
+   * last token is banned wherever the tokens before it were just generated (one-token
+   * sequences: everywhere). Applied after logit_bias, so no bias brings one back.
+   */
+  badWordsIds?: readonly (readonly number[])[];
   /** The clock, ms (tests run the engine on simulated time); default performance.now. */
   now?: () => number;
 }
@@ -110,6 +116,19 @@ export class Engine {
         ? { prefix: { cachedPrefix: (id: string, limit: number) => this.#cachedPrefix(id, limit) } }
         : {}),
     });
+  }
+
+  #banBadWords(state: SequenceState, logits: Float32Array): void {
+    for (const seq of this.options.badWordsIds ?? []) {
+      const last = seq[seq.length - 1]!;
+      if (last >= logits.length) continue;
+      const before = seq.length - 1;
+      const tokens = state.tokens;
+      let matches = tokens.length >= before;
+      for (let i = 0; matches && i < before; i++)
+        matches = tokens[tokens.length - before + i] === seq[i];
+      if (matches) logits[last] = -Infinity;
+    }
   }
 
   /** Whether `token` ends `state`'s sequence (the model's EOS, or the request's stop ids). */
@@ -243,6 +262,7 @@ export class Engine {
         const { ids, bias } = r.logitBias;
         for (let i = 0; i < ids.length; i++) logits[ids[i]!]! += bias[i]!;
       }
+      this.#banBadWords(state, logits);
       if (state.constraint) applyMask(logits, 0, logits.length, state.maskBits!);
       const s = sample(
         output.logits[b]!,

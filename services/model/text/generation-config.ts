@@ -38,3 +38,28 @@ export function eosTokenIds(dir: string, { tokenizer }: EosOptions = {}): number
   }
   return [eos];
 }
+
+/**
+ * Token sequences the model must never generate: `bad_words_ids` of
+ * `<dir>/generation_config.json` (idefics2-8b bans `<fake_token_around_image>` and `<image>`,
+ * which belong to prompts only), or none when the file or key is absent.
+ */
+export function badWordsIds(dir: string): number[][] {
+  const path = join(dir, 'generation_config.json');
+  const value = readJsonObject(path, { optional: true })?.bad_words_ids;
+  if (value === undefined || value === null) return [];
+  const valid =
+    Array.isArray(value) &&
+    value.every(
+      (seq) =>
+        Array.isArray(seq) &&
+        seq.length > 0 &&
+        seq.every((id) => Number.isInteger(id) && (id as number) >= 0),
+    );
+  if (!valid) {
+    throw new TextFileError(
+      `${path}: \`bad_words_ids\` must be a list of non-empty lists of token ids, got ${JSON.stringify(value).slice(0, 80)}`,
+    );
+  }
+  return value as number[][];
+}

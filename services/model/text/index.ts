@@ -8,7 +8,7 @@ export {
   loadChatTemplate,
   renderChatTemplate,
 } from './chat-template.js';
-export { type EosOptions, eosTokenIds } from './generation-config.js';
+export { badWordsIds, type EosOptions, eosTokenIds } from './generation-config.js';
 export {
   END_OF_UTTERANCE_TOKEN,
   type ExpandImagePromptOptions,
