@@ -125,6 +125,53 @@ export function engineRequest(
   };
 }
 
+/**
+ * The index of the first NaN or infinity among `data`'s float16 or float32 values (all
+ * exponent bits set: 0x7c00 of a half, 0x7f800000 of a single), -1 when every one is finite.
+ * Such a value would spread through attention to every later token.
+ */
+export function firstNonFinite(data: Uint8Array, dtype: 'float16' | 'float32'): number {
+  const size = dtype === 'float16' ? 2 : 4;
+  const count = Math.floor(data.byteLength / size);
+  // Typed views need aligned offsets; a message's bytes may sit anywhere in its buffer.
+  const aligned =
+    data.byteOffset % size === 0 ? data : new Uint8Array(data.subarray(0, count * size));
+  if (dtype === 'float16') {
+    const halves = new Uint16Array(aligned.buffer, aligned.byteOffset, count);
+    for (let i = 0; i < count; i++) if ((halves[i]! & 0x7c00) === 0x7c00) return i;
+  } else {
+    const singles = new Uint32Array(aligned.buffer, aligned.byteOffset, count);
+    for (let i = 0; i < count; i++) if ((singles[i]! & 0x7f800000) === 0x7f800000) return i;
+  }
+  return -1;
+}
+
+/**
+ * The largest GenerateRequest a caller within the limits can send, for the gRPC server's
+ * receive limit on Generate (grpc-server.ts RequestLimit: larger messages are refused from
+ * their length prefix, before they are buffered): a prompt of `maxContext` token ids,
+ * `maxImageRows` image embedding rows (float32, the widest dtype taken; default: as many as
+ * the context holds — the gateway's sub-image limit × 64 is the tighter bound when known) with
+ * their positions and framing, and `extraBytes` for the rest (stop ids, sampling, logit bias,
+ * response format).
+ */
+export function maxGenerateRequestBytes(
+  { hiddenSize }: Pick<EngineInfo, 'hiddenSize'>,
+  { maxContext }: Pick<DecoderLimits, 'maxContext'>,
+  {
+    maxImageRows = maxContext,
+    extraBytes = 1 << 20,
+  }: { maxImageRows?: number; extraBytes?: number } = {},
+): number {
+  const varint = 5;
+  const prompt = maxContext * varint + 16;
+  // Each image: its tensor (dtype, shape, data) and positions, with tags and lengths, and a
+  // content hash of at most MAX_CONTENT_HASH_BYTES.
+  const perImage = 64 + MAX_CONTENT_HASH_BYTES;
+  const images = maxImageRows * (hiddenSize * 4 + varint + perImage);
+  return prompt + images + extraBytes;
+}
+
 /** Longest `content_hash` taken (a SHA-512 digest). */
 const MAX_CONTENT_HASH_BYTES = 64;
 
@@ -188,6 +235,13 @@ function imageEmbeddings(
     if (t.data.byteLength !== bytes) {
       throw invalidArgument(
         `\`${field}.embeddings.data\` has ${t.data.byteLength} bytes; shape [${shape.join(', ')}] in ${dtype} needs ${bytes}`,
+        'bad_image',
+      );
+    }
+    const bad = firstNonFinite(t.data, dtype);
+    if (bad >= 0) {
+      throw invalidArgument(
+        `\`${field}.embeddings.data\` holds a ${dtype} NaN or infinity at row ${Math.floor(bad / hiddenSize)}, column ${bad % hiddenSize}; embeddings must be finite`,
         'bad_image',
       );
     }

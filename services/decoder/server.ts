@@ -18,7 +18,11 @@ import {
 import { EngineRejectedError, type EngineClient, type RequestEvent } from './engine-client.js';
 import type { DecoderMetrics } from './metrics.js';
 import type { FinishReason } from './protocol.js';
-import { engineRequest, type DecoderLimits } from './request-validation.js';
+import {
+  engineRequest,
+  maxGenerateRequestBytes,
+  type DecoderLimits,
+} from './request-validation.js';
 import { DecoderService } from '../../proto/gen/loupe/v1/decoder.js';
 import { engineLogitBias, engineResponseFormat } from './grammar/request-format.js';
 
@@ -173,9 +177,20 @@ export function registerDecoder(server: GrpcServer, options: DecoderHandlersOpti
     load: await load(),
   });
 
-  server.addService('loupe.v1.Decoder', DecoderService, {
-    generate: server.serverStream('Generate', generate),
-    info: server.unary('Info', info),
-    load: server.unary('Load', load),
-  });
+  server.addService(
+    'loupe.v1.Decoder',
+    DecoderService,
+    {
+      generate: server.serverStream('Generate', generate),
+      info: server.unary('Info', info),
+      load: server.unary('Load', load),
+    },
+    {
+      // A Generate request is at most a full context of prompt ids and image rows (and a
+      // response_format): a larger one is refused from its length prefix, before it is kept.
+      generate: { maxBytes: maxGenerateRequestBytes(engine.info, limits) },
+      info: { maxBytes: 1024 },
+      load: { maxBytes: 1024 },
+    },
+  );
 }

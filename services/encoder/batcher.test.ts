@@ -171,4 +171,24 @@ describe('Batcher', () => {
     r.open();
     await expect(running).resolves.toBeDefined(); // the running batch finishes
   });
+
+  it('never runs more padded pixels than maxPixels; a sub-image over it alone still runs', async () => {
+    // 3 sub-images of 28×28 fit in 2352 pixels, a fourth would not.
+    const r = recorder({ maxBatch: 8, maxPixels: 3 * 28 * 28, maxPadding: 1 });
+    r.hold();
+    const first = r.batcher.submit([sub(28, 28, 1)], 'float16', never);
+    const rest = [
+      r.batcher.submit(
+        [2, 3, 4, 5].map((tag) => sub(28, 28, tag)),
+        'float16',
+        never,
+      ),
+      // 28×56 pads everything with it to 56 wide: with one 28×28 that is already 3136 pixels.
+      r.batcher.submit([sub(56, 28, 6)], 'float16', never),
+      r.batcher.submit([sub(56, 56, 7)], 'float16', never), // 3136 alone: runs alone
+    ];
+    r.open();
+    await Promise.all([first, ...rest]);
+    expect(r.batches).toEqual([[1], [2, 3, 4], [5], [6], [7]]);
+  });
 });

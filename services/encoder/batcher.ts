@@ -2,7 +2,9 @@
 // when the runner is free and either `maxBatch` sub-images wait or the oldest has waited
 // `maxWaitMs`. A batch takes sub-images in arrival order, skipping those whose size would pad
 // the batch by more than `maxPadding` (the share of padded pixels the model computes for
-// nothing); skipped ones lead a later batch, so none waits behind newer work for long.
+// nothing) or take it over `maxPixels` (the padded pixels of one run: the model's input and
+// activations grow with them, so they bound its memory); skipped ones lead a later batch, so
+// none waits behind newer work for long.
 //
 //   queue: [a0 a1 | b0 | c0 c1 c2 c3 c4]   maxBatch 4  ->  run [a0 a1 b0 c0], then [c1 c2 c3 c4]
 //
@@ -25,6 +27,12 @@ export interface BatcherOptions {
   maxQueue: number;
   /** Largest share of a batch's pixels that may be padding, 0 (same sizes only) to 1. */
   maxPadding: number;
+  /**
+   * Most padded pixels in one run (sub-images × the batch's height × width); a sub-image
+   * alone always runs (the caller keeps this at least the largest sub-image). Default: no
+   * bound beyond maxBatch.
+   */
+  maxPixels?: number;
   run(subImages: SubImage[], dtypes: EmbeddingDtype[]): Promise<RunResult>;
   /** Called after each run with its size, each sub-image's queue wait and the compute time. */
   onBatch?(stats: { size: number; waitsMs: number[]; computeMs: number; failed: boolean }): void;
@@ -199,7 +207,7 @@ export class Batcher {
 
   /** The next batch: the oldest sub-image, then later ones that fit (see the file comment). */
   #pick(): Item[] {
-    const { maxBatch, maxPadding } = this.options;
+    const { maxBatch, maxPadding, maxPixels = Infinity } = this.options;
     const batch: Item[] = [];
     const rest: Item[] = [];
     let height = 0;
@@ -212,8 +220,10 @@ export class Batcher {
       const W = Math.max(width, w);
       const padded = H * W * (batch.length + 1);
       const fits =
-        batch.length < maxBatch &&
-        (batch.length === 0 || padded - (area + h * w) <= maxPadding * padded);
+        batch.length === 0 ||
+        (batch.length < maxBatch &&
+          padded <= maxPixels &&
+          padded - (area + h * w) <= maxPadding * padded);
       if (fits) {
         batch.push(item);
         height = H;

@@ -29,6 +29,13 @@ export const encoderEnvSchema = z.object({
   LOUPE_ENCODER_MAX_BATCH: intVar(8, { min: 1, max: 256 }),
   /** Longest a sub-image waits for others before a partial batch runs, ms. */
   LOUPE_ENCODER_MAX_WAIT_MS: intVar(5, { min: 0, max: 10_000 }),
+  /**
+   * Most padded pixels in one model run (sub-images × the batch's height × width): the model's
+   * input and activations grow with them, so this bounds a run's memory. 0: what
+   * LOUPE_ENCODER_MAX_BATCH sub-images of the largest size make (no bound beyond the count).
+   * At least one largest sub-image (the model's maximum side, squared).
+   */
+  LOUPE_ENCODER_MAX_BATCH_PIXELS: intVar(0, { min: 0, max: 2 ** 40 }),
   /** Largest share of a batch's pixels that may be padding, percent (0: equal sizes only). */
   LOUPE_ENCODER_MAX_PADDING_PERCENT: intVar(10, { min: 0, max: 100 }),
   /** Sub-images waiting beyond the running batch; over it: RESOURCE_EXHAUSTED. */

@@ -1,6 +1,7 @@
 // Starts the encoder service: `node dist/services/encoder/main.js`.
 import { basename, resolve } from 'node:path';
 import {
+  ConfigError,
   createLogger,
   createRegistry,
   exitForDeadWorker,
@@ -60,6 +61,16 @@ async function main(): Promise<void> {
     `vision model ${modelId} loaded: ${runner.info.weightFormat}, ${(runner.info.weightBytes / 2 ** 20).toFixed(1)} MiB of weights`,
   );
 
+  // A run of the largest sub-image alone must be allowed, or such requests could never run.
+  const largest = runner.info.maxSide ** 2;
+  const maxBatchPixels =
+    config.LOUPE_ENCODER_MAX_BATCH_PIXELS || config.LOUPE_ENCODER_MAX_BATCH * largest;
+  if (maxBatchPixels < largest) {
+    throw new ConfigError(
+      `invalid configuration:\n  LOUPE_ENCODER_MAX_BATCH_PIXELS: must be at least ${largest} (one ${runner.info.maxSide}×${runner.info.maxSide} sub-image, the model's largest) (got "${config.LOUPE_ENCODER_MAX_BATCH_PIXELS}")`,
+    );
+  }
+
   const registry = createRegistry(NAME, modelId);
   // The cache and the batcher report into the metrics, and the metrics read them back; every
   // reference sits in a callback, so the order of construction does not matter.
@@ -72,6 +83,7 @@ async function main(): Promise<void> {
     maxWaitMs: config.LOUPE_ENCODER_MAX_WAIT_MS,
     maxQueue: config.LOUPE_ENCODER_MAX_QUEUE,
     maxPadding: config.LOUPE_ENCODER_MAX_PADDING_PERCENT / 100,
+    maxPixels: maxBatchPixels,
     run: (subImages, dtypes) => runner.run(subImages, dtypes),
     onBatch: ({ size, waitsMs, computeMs }) => {
       metrics.batchSize.observe(size);
@@ -89,6 +101,7 @@ async function main(): Promise<void> {
     maxSubImages: config.LOUPE_ENCODER_MAX_SUB_IMAGES,
     maxBatch: config.LOUPE_ENCODER_MAX_BATCH,
     maxQueue: config.LOUPE_ENCODER_MAX_QUEUE,
+    maxBatchPixels,
   };
   const tracing = initTracing({
     serviceName: config.OTEL_SERVICE_NAME ?? `loupe-${NAME}`,

@@ -16,6 +16,7 @@ import type { SubImage } from '../model/index.js';
 import {
   GrpcStatus,
   invalidArgument,
+  MemoryBudget,
   notFound,
   resourceExhausted,
   ServiceError,
@@ -35,6 +36,19 @@ export interface EncoderLimits {
   maxSubImages: number;
   maxBatch: number;
   maxQueue: number;
+  /** Most padded pixels in one model run (the batcher's bound; LOUPE_ENCODER_MAX_BATCH_PIXELS). */
+  maxBatchPixels?: number;
+}
+
+/** Protobuf bytes around one sub-image's pixels: its tags, height, width, dtype and shape. */
+const SUB_IMAGE_FRAMING_BYTES = 128;
+
+/**
+ * The largest EncodeRequest a caller within the limits can send: `maxSubImages` sub-images of
+ * the model's largest size (3 × maxSide² bytes each, with their framing), a hash and flags.
+ */
+export function maxEncodeRequestBytes({ maxSubImages }: EncoderLimits, { maxSide }: RunnerInfo) {
+  return maxSubImages * (3 * maxSide * maxSide + SUB_IMAGE_FRAMING_BYTES) + 256;
 }
 
 export interface EncoderHandlersOptions {
@@ -295,9 +309,30 @@ export function registerEncoder(server: GrpcServer, options: EncoderHandlersOpti
     weightBytes: model.weightBytes,
   });
 
-  server.addService('loupe.v1.Encoder', EncoderServiceDefinition, {
-    encode: server.unary('Encode', encode),
-    lookup: server.unary('Lookup', lookup),
-    info: server.unary('Info', info),
-  });
+  // Requests are refused from their length prefix when they are larger than any valid one,
+  // and their bytes, as they arrive, are reserved from a budget as large as what the queue and
+  // a running batch can hold (twice: the frames, then the joined message), so many large
+  // requests at once are refused instead of buffered.
+  const maxEncode = maxEncodeRequestBytes(limits, model);
+  const perSubImage = 3 * model.maxSide * model.maxSide + SUB_IMAGE_FRAMING_BYTES;
+  const receiving = new MemoryBudget(
+    Math.max(
+      2 * maxEncode,
+      2 * perSubImage * (limits.maxQueue + limits.maxBatch + limits.maxSubImages),
+    ),
+  );
+  server.addService(
+    'loupe.v1.Encoder',
+    EncoderServiceDefinition,
+    {
+      encode: server.unary('Encode', encode),
+      lookup: server.unary('Lookup', lookup),
+      info: server.unary('Info', info),
+    },
+    {
+      encode: { maxBytes: maxEncode, budget: receiving, costFactor: 2 },
+      lookup: { maxBytes: 1024 },
+      info: { maxBytes: 1024 },
+    },
+  );
 }

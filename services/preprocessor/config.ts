@@ -1,8 +1,9 @@
 // The preprocessor's configuration: every variable, its default and its bounds, in one place.
-import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import {
   commonEnvSchema,
+  cpuBoundThreads,
+  defaultMemoryBudget,
   intVar,
   loadConfig,
   optionalStringVar,
@@ -19,8 +20,19 @@ export const preprocessorEnvSchema = z.object({
   LOUPE_PREPROCESSOR_HOST: stringVar('127.0.0.1'),
   LOUPE_PREPROCESSOR_PORT: portVar(50051),
   LOUPE_PREPROCESSOR_METRICS_PORT: portVar(9101),
-  /** Worker threads that decode and resize. */
-  LOUPE_PREPROCESSOR_WORKERS: intVar(Math.max(1, availableParallelism()), { min: 1, max: 256 }),
+  /**
+   * Worker threads that decode and resize; default one per core this container may use (its
+   * cgroup CPU limit rounded up, else the cores it can run on).
+   */
+  LOUPE_PREPROCESSOR_WORKERS: intVar(cpuBoundThreads(), { min: 1, max: 256 }),
+  /**
+   * Bytes the images being received, waiting and decoded may hold at once (decode-cost.ts
+   * prices each from its header, before any pixel is decoded); what does not fit waits, or is
+   * refused with RESOURCE_EXHAUSTED. 0: half the container's memory limit (cgroup), else a
+   * quarter of the machine's memory. The process's fixed part (runtime, worker threads) is
+   * outside it.
+   */
+  LOUPE_PREPROCESSOR_MEMORY_BUDGET_BYTES: intVar(0, { min: 0, max: 2 ** 50 }),
   /** Requests waiting for a worker beyond those running; over it: RESOURCE_EXHAUSTED. */
   LOUPE_PREPROCESSOR_MAX_QUEUE: intVar(64, { min: 0, max: 100_000 }),
   /** Largest encoded image accepted, bytes. */
@@ -39,6 +51,10 @@ export type PreprocessorConfig = Readonly<z.infer<typeof preprocessorEnvSchema>>
 
 export const loadPreprocessorConfig = (env: Env = process.env): PreprocessorConfig =>
   loadConfig(preprocessorEnvSchema, env);
+
+/** The memory budget in bytes: the variable, or its default from the container's limit. */
+export const memoryBudgetBytes = (config: PreprocessorConfig): number =>
+  config.LOUPE_PREPROCESSOR_MEMORY_BUDGET_BYTES || defaultMemoryBudget(0.5);
 
 /** The image limits these variables set, as the decoder takes them. */
 export const decodeLimits = (config: PreprocessorConfig) => ({

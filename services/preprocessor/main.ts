@@ -4,12 +4,13 @@ import {
   createLogger,
   createRegistry,
   initTracing,
+  MemoryBudget,
   runMain,
   startService,
   internalToken,
   stageTransport,
 } from '../runtime/index.js';
-import { decodeLimits, loadPreprocessorConfig } from './config.js';
+import { decodeLimits, loadPreprocessorConfig, memoryBudgetBytes } from './config.js';
 import { createPreprocessorMetrics } from './metrics.js';
 import { PreprocessPool } from './pool.js';
 import { registerPreprocessor } from './server.js';
@@ -27,13 +28,27 @@ async function main(): Promise<void> {
   if (!config.LOUPE_MODEL_DIR)
     logger.info('LOUPE_MODEL_DIR is unset: using the idefics2-8b image processor settings');
   const limits = decodeLimits(config);
+  const budget = new MemoryBudget(memoryBudgetBytes(config));
   const pool = new PreprocessPool({
     workers: config.LOUPE_PREPROCESSOR_WORKERS,
     maxQueue: config.LOUPE_PREPROCESSOR_MAX_QUEUE,
     setup: { processorConfig, limits },
+    budget,
   });
+  logger.info(
+    {
+      event: 'capacity',
+      workers: config.LOUPE_PREPROCESSOR_WORKERS,
+      memoryBudgetBytes: budget.limit,
+      maxQueue: config.LOUPE_PREPROCESSOR_MAX_QUEUE,
+    },
+    `${config.LOUPE_PREPROCESSOR_WORKERS} worker threads, a memory budget of ${(budget.limit / 2 ** 20).toFixed(0)} MiB for images`,
+  );
   const registry = createRegistry(NAME);
-  const metrics = createPreprocessorMetrics(registry, () => pool.queueDepth);
+  const metrics = createPreprocessorMetrics(registry, {
+    queueDepth: () => pool.queueDepth,
+    budget,
+  });
   const tracing = initTracing({
     serviceName: config.OTEL_SERVICE_NAME ?? `loupe-${NAME}`,
     otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
@@ -56,7 +71,8 @@ async function main(): Promise<void> {
     },
     metrics: { host: config.LOUPE_PREPROCESSOR_HOST, port: config.LOUPE_PREPROCESSOR_METRICS_PORT },
     shutdownGraceMs: config.LOUPE_SHUTDOWN_GRACE_MS,
-    register: (server) => registerPreprocessor(server, { pool, metrics, processorConfig, limits }),
+    register: (server) =>
+      registerPreprocessor(server, { pool, metrics, processorConfig, limits, budget }),
     close: () => pool.close(),
   });
 }

@@ -8,11 +8,15 @@ export interface PreprocessorMetrics {
   failures: Counter<'reason'>;
   inFlight: Gauge;
   queueDepth: Gauge;
+  memoryBudget: Gauge<'state'>;
 }
 
 export function createPreprocessorMetrics(
   registry: Registry,
-  queueDepth: () => number,
+  {
+    queueDepth,
+    budget,
+  }: { queueDepth: () => number; budget: { readonly limit: number; readonly used: number } },
 ): PreprocessorMetrics {
   return {
     images: new Counter({
@@ -55,6 +59,16 @@ export function createPreprocessorMetrics(
       registers: [registry],
       collect() {
         this.set(queueDepth());
+      },
+    }),
+    memoryBudget: new Gauge({
+      name: 'loupe_preprocessor_memory_budget_bytes',
+      help: 'The memory budget for images (state="limit") and the part reserved now (state="reserved"), bytes.',
+      labelNames: ['state'],
+      registers: [registry],
+      collect() {
+        this.set({ state: 'limit' }, budget.limit);
+        this.set({ state: 'reserved' }, budget.used);
       },
     }),
   };

@@ -1,5 +1,6 @@
-// The Preprocessor gRPC service: validates the request, runs the image through the worker pool
-// and maps every failure to a status with a message naming its cause.
+// The Preprocessor gRPC service: validates the request, prices the image from its header
+// (decode-cost.ts), runs it through the worker pool within the memory budget, and maps every
+// failure to a status with a message naming its cause.
 import {
   type PreprocessorInfo,
   type PreprocessRequest,
@@ -10,12 +11,19 @@ import {
   invalidArgument,
   resourceExhausted,
   type CallContext,
+  type MemoryBudget,
   type GrpcServer,
   failureReason,
 } from '../runtime/index.js';
+import { decodeCost, readImageHeader } from './decode-cost.js';
 import type { PreprocessorMetrics } from './metrics.js';
 import { PreprocessorServiceDefinition } from './wire.js';
-import { QueueFullError, type PreprocessPool } from './pool.js';
+import {
+  BudgetExhaustedError,
+  OverBudgetError,
+  QueueFullError,
+  type PreprocessPool,
+} from './pool.js';
 import { ACCEPTED_FORMATS, type DecodeLimits, type ImageProcessorConfig } from '../model/index.js';
 
 export interface PreprocessorHandlersOptions {
@@ -23,13 +31,20 @@ export interface PreprocessorHandlersOptions {
   metrics: PreprocessorMetrics;
   processorConfig: ImageProcessorConfig;
   limits: DecodeLimits;
+  /** The budget the pool reserves from; a request's bytes are reserved from it as they arrive. */
+  budget: MemoryBudget;
 }
+
+/** Bytes of a PreprocessRequest around its image: tags, the length varint, `split`. */
+export const REQUEST_FRAMING_BYTES = 16;
+/** What a request's bytes cost while they arrive and are held (grpc-server.ts RequestLimit). */
+const RECEIVE_COST_FACTOR = 2;
 
 export function registerPreprocessor(
   server: GrpcServer,
   options: PreprocessorHandlersOptions,
 ): void {
-  const { pool, metrics, processorConfig, limits } = options;
+  const { pool, metrics, processorConfig, limits, budget } = options;
 
   const preprocess = async (
     request: PreprocessRequest,
@@ -46,13 +61,32 @@ export function registerPreprocessor(
           'too_large',
         );
       }
-      // A private copy: its buffer moves to the worker thread without detaching gRPC's buffer.
-      const image = new Uint8Array(request.image);
+      const image = request.image;
+      const split = request.split ?? processorConfig.doImageSplitting;
+      // Priced from the header; an image the worker will refuse from its header (not an
+      // accepted format, over the pixel or frame limit) costs only its bytes.
+      const header = await readImageHeader(image);
+      const refused =
+        header === undefined ||
+        (header.width ?? 0) * (header.height ?? 0) > limits.maxPixels ||
+        (header.pages ?? 1) > limits.maxFrames;
+      const cost = refused
+        ? image.byteLength
+        : decodeCost(header, image.byteLength, processorConfig, split).bytes;
+      const held = RECEIVE_COST_FACTOR * (image.byteLength + REQUEST_FRAMING_BYTES);
       let outcome;
       try {
-        outcome = await pool.run({ image, split: request.split }, ctx.signal);
+        outcome = await pool.run({ image, split: request.split, cost, held }, ctx.signal);
       } catch (error) {
         if (error instanceof QueueFullError) throw resourceExhausted(error.message, 'queue_full');
+        if (error instanceof BudgetExhaustedError)
+          throw resourceExhausted(error.message, 'memory_budget');
+        if (error instanceof OverBudgetError) {
+          throw invalidArgument(
+            `${error.message} (LOUPE_PREPROCESSOR_MEMORY_BUDGET_BYTES): send a smaller image${header ? ` than ${header.width}x${header.height}` : ''}`,
+            'over_memory_budget',
+          );
+        }
         if (ctx.signal.aborted) throw ctx.signal.reason;
         throw error;
       }
@@ -99,8 +133,27 @@ export function registerPreprocessor(
     formats: [...ACCEPTED_FORMATS],
   });
 
-  server.addService('loupe.v1.Preprocessor', PreprocessorServiceDefinition, {
-    preprocess: server.unary('Preprocess', preprocess),
-    info: server.unary('Info', info),
-  });
+  server.addService(
+    'loupe.v1.Preprocessor',
+    PreprocessorServiceDefinition,
+    {
+      preprocess: server.unary('Preprocess', preprocess),
+      info: server.unary('Info', info),
+    },
+    {
+      // An image over the byte limit is refused from the message's length prefix, before its
+      // bytes are kept; one that fits has its bytes reserved from the budget as they arrive.
+      preprocess: {
+        maxBytes: limits.maxBytes + REQUEST_FRAMING_BYTES,
+        budget,
+        costFactor: RECEIVE_COST_FACTOR,
+        tooLarge: (declared) =>
+          invalidArgument(
+            `\`image\` is over the limit of ${limits.maxBytes} bytes (the request declares ${declared})`,
+            'too_large',
+          ),
+      },
+      info: { maxBytes: 1024 },
+    },
+  );
 }

@@ -281,11 +281,21 @@ describe('preprocessor admission, configuration and shutdown', () => {
       LOUPE_PREPROCESSOR_MAX_IMAGE_BYTES: '50000',
     });
     const pre = client(service.grpcAddress);
+    // Far over: refused from the message's length prefix, before its bytes are kept.
     const image = fixtureImage('jpeg-1600x1067.jpg');
     const error = await preprocessError(pre, image);
     expect(error.code).toBe(status.INVALID_ARGUMENT);
     expect(reason(error)).toBe('too_large');
-    expect(error.details).toBe(`\`image\` is ${image.length} bytes, over the limit of 50000`);
+    expect(error.details).toMatch(
+      new RegExp(
+        `^\`image\` is over the limit of 50000 bytes \\(the request declares ${image.length + 4}\\)$`,
+      ),
+    );
+    // Just over: the message is received, and the image's own size is named.
+    const justOver = await preprocessError(pre, image.subarray(0, 50_001));
+    expect(justOver.code).toBe(status.INVALID_ARGUMENT);
+    expect(reason(justOver)).toBe('too_large');
+    expect(justOver.details).toBe('`image` is 50001 bytes, over the limit of 50000');
     pre.close();
     expect(await service.stop()).toBe(0);
   });

@@ -20,7 +20,21 @@ export interface WorkerSetup {
 export interface PreprocessTask {
   image: Uint8Array;
   split: boolean | undefined;
+  /**
+   * Set to 1 (Int32Array over a SharedArrayBuffer) when the caller has left: the image is not
+   * started, or its result is dropped here rather than moved to a thread that would only let
+   * it sit until its next garbage collection (an idle gRPC thread may not run one for long).
+   */
+  cancelled?: Int32Array;
 }
+
+const CALLER_LEFT: PreprocessOutcome = {
+  ok: false,
+  reason: 'cancelled',
+  message: 'the caller left; the result was dropped',
+};
+const callerLeft = (task: PreprocessTask) =>
+  task.cancelled !== undefined && Atomics.load(task.cancelled, 0) === 1;
 
 export type PreprocessOutcome =
   | {
@@ -36,8 +50,12 @@ export type PreprocessOutcome =
 const { processorConfig, limits } = workerData as WorkerSetup;
 // Parallelism comes from the worker threads; one libvips thread each avoids oversubscription.
 sharp.concurrency(1);
+// No libvips operation cache: every image is new, and a cache would keep up to 50 MB of
+// decoded pixels (more for a GIF's frames) outside the memory budget after each call.
+sharp.cache(false);
 
 export default async function preprocess(task: PreprocessTask): Promise<PreprocessOutcome> {
+  if (callerLeft(task)) return CALLER_LEFT;
   const contentHash = createHash('sha256').update(task.image).digest();
   try {
     const result = await preprocessImage(task.image, {
@@ -45,6 +63,7 @@ export default async function preprocess(task: PreprocessTask): Promise<Preproce
       split: task.split,
       limits,
     });
+    if (callerLeft(task)) return CALLER_LEFT;
     const outcome: PreprocessOutcome = {
       ok: true,
       subImages: result.subImages,

@@ -1,4 +1,5 @@
-// gRPC server bootstrap: message size and stream limits, health, reflection (when enabled),
+// gRPC server bootstrap: message size and stream limits (a receive limit per method, checked
+// on the length prefix before a message is buffered), health, reflection (when enabled),
 // TLS with client certificates and a plaintext health port (when configured), and the
 // interceptors every handler runs inside — request id, tracing, deadline, cancellation, error
 // mapping, metrics and in-flight tracking for a graceful drain.
@@ -8,8 +9,11 @@ import {
   Metadata,
   Server,
   ServerCredentials,
+  ServerInterceptingCall,
   status,
   type handleServerStreamingCall,
+  type ServerInterceptingCallInterface,
+  type ServerInterceptor,
   type handleUnaryCall,
   type ServerUnaryCall,
   type ServerWritableStream,
@@ -77,6 +81,83 @@ export interface GrpcServerOptions {
 /** Concurrent streams per connection when the options name none. */
 export const DEFAULT_MAX_CONCURRENT_STREAMS = 100;
 
+/** A budget of bytes in memory: reserves them, or answers undefined when they do not fit. */
+export interface ByteBudget {
+  reserve(bytes: number): (() => void) | undefined;
+  readonly limit: number;
+  readonly used: number;
+}
+
+/**
+ * A ByteBudget: bytes reserved before they are allocated and returned when they are let go,
+ * all against one limit; listeners hear of every release (to start what now fits).
+ */
+export class MemoryBudget implements ByteBudget {
+  #used = 0;
+  readonly #onRelease = new Set<() => void>();
+
+  constructor(readonly limit: number) {}
+
+  get used(): number {
+    return this.#used;
+  }
+
+  /** Reserves `bytes`; returns the release (idempotent), or undefined when they do not fit. */
+  reserve(bytes: number): (() => void) | undefined {
+    if (this.#used + bytes > this.limit) return undefined;
+    this.#used += bytes;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.#used -= bytes;
+      for (const listener of this.#onRelease) listener();
+    };
+  }
+
+  /** Calls `listener` after every release. */
+  onRelease(listener: () => void): void {
+    this.#onRelease.add(listener);
+  }
+}
+
+/** What one method may receive. */
+export interface RequestLimit {
+  /**
+   * Largest request message, bytes (the serialized protobuf, without the 5-byte gRPC frame
+   * header). A call whose length prefix declares more is refused with RESOURCE_EXHAUSTED
+   * (`loupe-reason: message_too_large`) before any of its bytes are kept.
+   */
+  maxBytes: number;
+  /**
+   * Reserve `costFactor` × the declared length from this budget as soon as the prefix is read,
+   * for as long as the call lasts (its bytes are held while they arrive, then as the parsed
+   * request); a message that does not fit is refused with RESOURCE_EXHAUSTED
+   * (`loupe-reason: memory_budget`) before it is buffered.
+   */
+  budget?: ByteBudget;
+  /** Default 2: the frames as they arrive, then the joined message they are copied into. */
+  costFactor?: number;
+  /**
+   * The error for a message over `maxBytes`, given its declared length; default
+   * RESOURCE_EXHAUSTED naming the method and both sizes (`loupe-reason: message_too_large`).
+   */
+  tooLarge?: (declaredBytes: number) => ServiceError;
+}
+
+/** Requests of health checks and reflection: a service name or a file name, never large. */
+const SMALL_REQUEST_BYTES = 64 * 1024;
+const HEALTH_PATHS = ['/grpc.health.v1.Health/Check', '/grpc.health.v1.Health/Watch'];
+const REFLECTION_PATHS = [
+  '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo',
+  '/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo',
+];
+
+/** A request whose bytes did not decode (a field out of range, broken wire format). */
+class UndecodableRequest {
+  constructor(readonly message: string) {}
+}
+
 export class GrpcServer {
   readonly health = new HealthRegistry();
   /** The certificates in use, when TLS is on (reload() re-reads the files now). */
@@ -88,9 +169,18 @@ export class GrpcServer {
   private readonly inFlight = new Set<AbortController>();
   private drained: (() => void) | undefined;
   private shuttingDown = false;
+  /** Request limits by method path (`/package.Service/Method`). */
+  readonly #requestLimits = new Map<string, RequestLimit>();
+  #limitsUnavailableLogged = false;
 
   constructor(private readonly options: GrpcServerOptions) {
+    for (const path of HEALTH_PATHS)
+      this.#requestLimits.set(path, { maxBytes: SMALL_REQUEST_BYTES });
+    for (const path of REFLECTION_PATHS)
+      this.#requestLimits.set(path, { maxBytes: SMALL_REQUEST_BYTES });
     this.server = new Server({
+      interceptors: [this.#limitRequests],
+      // The ceiling for every method; RequestLimit lowers it per method.
       'grpc.max_receive_message_length': options.maxMessageBytes,
       'grpc.max_send_message_length': options.maxMessageBytes,
       // Clients re-resolve when connections age out, so new pods get traffic.
@@ -115,15 +205,150 @@ export class GrpcServer {
     this.health.set('', ServingStatus.NOT_SERVING);
   }
 
-  /** Registers a service; it reports NOT_SERVING until `setServing()`. */
+  /**
+   * Registers a service; it reports NOT_SERVING until `setServing()`. `requestLimits`, by the
+   * definition's method keys, bounds what each method receives (see RequestLimit); a method
+   * without one takes messages up to the server's `maxMessageBytes`. A request that does not
+   * decode (an integer beyond what its field's type holds here, a broken wire format) is
+   * answered INVALID_ARGUMENT, not the INTERNAL grpc-js would send.
+   */
   addService(
     name: string,
     definition: ServiceDefinition,
     implementation: UntypedServiceImplementation,
+    requestLimits: Readonly<Record<string, RequestLimit>> = {},
   ): void {
-    this.server.addService(definition, implementation);
+    const wrapped: Record<string, ServiceDefinition[string]> = {};
+    for (const [key, method] of Object.entries(definition)) {
+      const decode = method.requestDeserialize;
+      wrapped[key] = {
+        ...method,
+        requestDeserialize: (bytes: Buffer) => {
+          try {
+            return decode(bytes);
+          } catch (error) {
+            return new UndecodableRequest(error instanceof Error ? error.message : String(error));
+          }
+        },
+      };
+      const limit = requestLimits[key];
+      if (limit !== undefined) this.#requestLimits.set(method.path, limit);
+    }
+    for (const key of Object.keys(requestLimits)) {
+      if (!(key in definition)) throw new Error(`${name} has no method \`${key}\` to limit`);
+    }
+    this.server.addService(wrapped, implementation);
     this.health.set(name, ServingStatus.NOT_SERVING);
   }
+
+  /**
+   * The interceptor applying RequestLimit. grpc-js takes one receive limit per server
+   * (`grpc.max_receive_message_length`); a method's own is applied where grpc-js reads the
+   * 5-byte frame header (its call's stream decoder), so a message declaring more than the
+   * method takes, or more than the budget has left, is refused on its length prefix, and the
+   * rest of its bytes are discarded as they arrive instead of being joined into one buffer.
+   */
+  readonly #limitRequests: ServerInterceptor = (method, call) => {
+    const limit = this.#requestLimits.get(method.path);
+    if (limit === undefined) return new ServerInterceptingCall(call);
+    const releases: Array<() => void> = [];
+    let slow: NodeJS.Timeout | undefined;
+    const releaseAll = () => {
+      clearTimeout(slow);
+      releases.splice(0).forEach((release) => release());
+    };
+    const intercepted = new ServerInterceptingCall(call, {
+      start: (next) => next({ onCancel: releaseAll }),
+      sendStatus: (status, next) => {
+        releaseAll();
+        next(status);
+      },
+    });
+    const base = baseCall(call);
+    const decoder = base?.decoder;
+    if (base === undefined || typeof decoder?.write !== 'function') {
+      if (!this.#limitsUnavailableLogged) {
+        this.#limitsUnavailableLogged = true;
+        this.options.logger.warn(
+          'this grpc-js version hides its stream decoder: per-method receive limits are off, the server-wide limit applies',
+        );
+      }
+      return intercepted;
+    }
+    const refuse = (error: ServiceError) => {
+      const { code, details, metadata } = toStatus(error);
+      base.sendStatus({ code, details, metadata: metadata ?? new Metadata() });
+    };
+    const write = decoder.write.bind(decoder);
+    const header = Buffer.alloc(5);
+    let headerRead = 0;
+    let bodyLeft = 0;
+    // A message must arrive within the default deadline of its prefix (a caller's own deadline
+    // also ends the call): one declared and then trickled, or never sent, would otherwise hold
+    // its reservation for as long as the connection lives.
+    const receiveMs = this.options.defaultDeadlineMs ?? 60_000;
+    decoder.write = (data: Buffer): Buffer[] => {
+      // Follow the framing (flag, uint32 length, message) to see each length prefix first.
+      for (let at = 0; at < data.length;) {
+        if (bodyLeft > 0) {
+          const take = Math.min(bodyLeft, data.length - at);
+          bodyLeft -= take;
+          at += take;
+          if (bodyLeft === 0) clearTimeout(slow);
+          continue;
+        }
+        const take = Math.min(5 - headerRead, data.length - at);
+        data.copy(header, headerRead, at, at + take);
+        headerRead += take;
+        at += take;
+        if (headerRead < 5) break;
+        headerRead = 0;
+        bodyLeft = header.readUInt32BE(1);
+        if (bodyLeft > limit.maxBytes) {
+          refuse(
+            limit.tooLarge?.(bodyLeft) ??
+              new ServiceError(
+                status.RESOURCE_EXHAUSTED,
+                `${method.path} takes request messages of at most ${limit.maxBytes} bytes; this one declares ${bodyLeft}`,
+                'message_too_large',
+              ),
+          );
+          return [];
+        }
+        if (limit.budget !== undefined) {
+          const cost = bodyLeft * (limit.costFactor ?? 2);
+          const release = limit.budget.reserve(cost);
+          if (release === undefined) {
+            refuse(
+              new ServiceError(
+                status.RESOURCE_EXHAUSTED,
+                `${method.path}: a ${bodyLeft}-byte request does not fit in the memory budget now (${limit.budget.used} of ${limit.budget.limit} bytes in use); retry shortly`,
+                'memory_budget',
+              ),
+            );
+            return [];
+          }
+          releases.push(release);
+        }
+        if (bodyLeft > 0) {
+          clearTimeout(slow);
+          slow = setTimeout(() => {
+            refuse(
+              new ServiceError(
+                status.DEADLINE_EXCEEDED,
+                `${method.path}: the request's ${header.readUInt32BE(1)} bytes did not arrive within ${receiveMs} ms`,
+                'receive_timeout',
+              ),
+            );
+            releaseAll();
+          }, receiveMs);
+          slow.unref();
+        }
+      }
+      return write(data);
+    };
+    return intercepted;
+  };
 
   setServing(): void {
     this.health.setAll(ServingStatus.SERVING);
@@ -136,7 +361,7 @@ export class GrpcServer {
       : ServerCredentials.createInsecure();
     const bound = await bind(this.server, host, port, credentials);
     if (this.options.healthPort !== undefined) {
-      this.#healthServer = new Server();
+      this.#healthServer = new Server({ 'grpc.max_receive_message_length': SMALL_REQUEST_BYTES });
       this.#healthServer.addService(HealthService, this.health.implementation);
       this.#healthPort = await bind(
         this.#healthServer,
@@ -306,6 +531,8 @@ export class GrpcServer {
     let code: status = status.OK;
     try {
       if (this.shuttingDown) throw new ServiceError(status.UNAVAILABLE, 'server is shutting down');
+      const request: unknown = call.request;
+      if (request instanceof UndecodableRequest) throw undecodable(request.message);
       controller.signal.throwIfAborted();
       const ctx: CallContext = {
         signal: controller.signal,
@@ -347,6 +574,39 @@ export class GrpcServer {
       });
     }
   }
+}
+
+/** INVALID_ARGUMENT for a request the generated decoder refused, naming why. */
+function undecodable(message: string): ServiceError {
+  // ts-proto decodes 64-bit integers into JS numbers and throws on those past 2^53 − 1.
+  if (/MAX_SAFE_INTEGER|MIN_SAFE_INTEGER/.test(message)) {
+    return new ServiceError(
+      status.INVALID_ARGUMENT,
+      `the request holds a 64-bit integer outside [-(2^53 - 1), 2^53 - 1], the range this service takes (${message})`,
+      'integer_out_of_range',
+    );
+  }
+  return new ServiceError(
+    status.INVALID_ARGUMENT,
+    `the request is not a valid protobuf message for this method (${message.slice(0, 200)})`,
+    'bad_request',
+  );
+}
+
+/** The grpc-js internals the receive limits use (grpc-js 1.14 BaseServerInterceptingCall). */
+interface BaseCallInternals {
+  decoder?: { write?: (data: Buffer) => Buffer[] };
+  sendStatus(status: { code: status; details: string; metadata: Metadata }): void;
+}
+
+/** The innermost call of an interceptor chain: grpc-js's own, which owns the stream decoder. */
+function baseCall(call: ServerInterceptingCallInterface): BaseCallInternals | undefined {
+  let current: unknown = call;
+  for (let depth = 0; depth < 16 && current !== null && typeof current === 'object'; depth++) {
+    if ('decoder' in current) return current as BaseCallInternals;
+    current = (current as { nextCall?: unknown }).nextCall;
+  }
+  return undefined;
 }
 
 function bind(

@@ -16,3 +16,4 @@ export * from './shutdown.js';
 export * from './worker.js';
 export * from './bench-service.js';
 export * from './sub-images-hash.js';
+export * from './cgroup.js';

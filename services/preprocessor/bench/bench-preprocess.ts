@@ -9,7 +9,12 @@ import { join } from 'node:path';
 import { credentials } from '@grpc/grpc-js';
 import { PreprocessorClient } from '../../../proto/gen/loupe/v1/preprocessor.js';
 import { DEFAULT_IMAGE_PROCESSOR_CONFIG, preprocessImage } from '../../model/index.js';
-import { clientChannelOptions, packageRoot, startBenchService } from '../../runtime/index.js';
+import {
+  clientChannelOptions,
+  MemoryBudget,
+  packageRoot,
+  startBenchService,
+} from '../../runtime/index.js';
 import { PreprocessPool } from '../pool.js';
 
 const IMAGES = [
@@ -99,11 +104,13 @@ async function runInProcess(concurrency: number, rounds: number): Promise<Result
           workers: availableParallelism(),
           maxQueue: concurrency,
           setup: { processorConfig: DEFAULT_IMAGE_PROCESSOR_CONFIG, limits: LIMITS },
+          // Timing only: a budget nothing reaches.
+          budget: new MemoryBudget(Number.MAX_SAFE_INTEGER),
         })
       : undefined;
   const one = (bytes: Buffer) =>
     pool
-      ? pool.run({ image: new Uint8Array(bytes), split: SPLIT }, new AbortController().signal)
+      ? pool.run({ image: bytes, split: SPLIT, cost: 0, held: 0 }, new AbortController().signal)
       : preprocessImage(bytes, {
           config: DEFAULT_IMAGE_PROCESSOR_CONFIG,
           split: SPLIT,
