@@ -6,13 +6,14 @@ import { workerData } from 'node:worker_threads';
 import { loadChatTemplate, loadTokenizer } from '../model/text/index.js';
 import { type PromptInput, promptIds } from './prompt.js';
 
-// A long prompt is one client's cost: this thread runs at a lower CPU priority (nice 10), so
+// A long prompt is one client's cost: this thread runs at the lowest CPU priority (nice 19), so
 // on a busy machine the event loop and the stages serving everyone else come first. On Linux
 // the nice value is per thread, and pid 0 names the calling thread; elsewhere it may apply to
-// the whole process or fail, so it is only tried there.
+// the whole process or fail, so it is only tried there. (On a machine busy for long, a long
+// prompt waits its turn: that is the point; the request's deadline still bounds it.)
 if (process.platform === 'linux') {
   try {
-    setPriority(0, 10);
+    setPriority(0, 19);
   } catch {
     // Without the right to change it, the thread runs at the default priority.
   }
