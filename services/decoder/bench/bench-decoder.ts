@@ -1,7 +1,7 @@
 // `npm run bench:decoder` (docs/decoder-engine.md, "Benchmark"): the decoder on the `small`
 // random checkpoint's dimensions with idefics2-8b's real 32,003-token vocabulary
-// (wide-vocab-checkpoint.ts, written once under .loupe/), in four parts, each figure printed
-// beside its goal from issue 14 and beside a baseline measured in the same run:
+// (wide-vocab-checkpoint.ts, written once under .loupe/), in five parts, each figure printed
+// beside its goal from issues 14 and 16 and beside a baseline measured in the same run:
 //
 //   1. ONNX Runtime's MatMul peak on this machine (matmul-peak.ts): the rate "arithmetic" is
 //      measured at.
@@ -16,6 +16,9 @@
 //   4. A conversation (multi-turn.ts): an image of 320 tokens and a question, then three
 //      follow-ups each resending the conversation with the previous answer; time to first
 //      token per turn, median of 3 conversations, with the prefix cache off and on.
+//   5. Structured output (docs/structured-output.md): part 3's requests at 1 and 16 streams
+//      constrained by a 20-property json_schema, against the same requests free; and the time
+//      to first token of the schema's first request (compiled) and second (cached).
 //
 // And, when Python with transformers is found (LOUPE_REFERENCE_PYTHON, else python3), the
 // reference (transformers, PyTorch CPU, same weights) generating part 3's requests one after
@@ -74,6 +77,23 @@ function prompts(vocab: number): number[][] {
     ...Array.from({ length: n - 1 }, () => 3 + Math.floor(next() * (vocab - 10))),
   ]);
 }
+
+/** A 20-property object (integers, booleans, enums), bench part 5's schema. */
+const TWENTY_PROPERTIES = {
+  type: 'object',
+  properties: Object.fromEntries(
+    Array.from({ length: 20 }, (_, i) => [
+      `field_${i}`,
+      i % 3 === 0
+        ? { type: 'integer', minimum: 0, maximum: 1000 }
+        : i % 3 === 1
+          ? { type: 'boolean' }
+          : { enum: ['low', 'medium', 'high'] },
+    ]),
+  ),
+  required: Array.from({ length: 20 }, (_, i) => `field_${i}`),
+  additionalProperties: false,
+};
 
 interface Level {
   tokensPerS: number;
@@ -216,6 +236,15 @@ async function main(): Promise<void> {
       benchRequest({ promptTokenIds, maxNewTokens: MAX_NEW_TOKENS }),
     );
     const levels: Record<number, Level> = {};
+    // Part 5's: the same requests constrained by a 20-property JSON Schema.
+    const constrained: Record<number, Level> = {};
+    const constrainedRequests = requests.map((r) => ({
+      ...r,
+      responseFormat: {
+        format: { $case: 'jsonSchema' as const, value: JSON.stringify(TWENTY_PROPERTIES) },
+      },
+    }));
+    const firstTokens = { plain: 0, cold: 0, cached: 0 };
     const service = await startDecoder(checkpoint.dir, {
       LOUPE_DECODER_THREADS: String(THREADS),
       LOUPE_DECODER_MAX_RUNNING: String(Math.max(...STREAMS)),
@@ -227,6 +256,13 @@ async function main(): Promise<void> {
     try {
       for (const streams of STREAMS)
         levels[streams] = await level(service.client, requests, streams);
+      // The schema's first request compiles it (and makes the tokenizer's grammar compiler);
+      // the second finds it cached: both against a plain request's time to first token.
+      firstTokens.plain = (await generate(service.client, requests[0]!)).ttftMs;
+      firstTokens.cold = (await generate(service.client, constrainedRequests[0]!)).ttftMs;
+      firstTokens.cached = (await generate(service.client, constrainedRequests[0]!)).ttftMs;
+      for (const streams of [1, 16])
+        constrained[streams] = await level(service.client, constrainedRequests, streams);
     } finally {
       await service.stop();
     }
@@ -318,6 +354,20 @@ async function main(): Promise<void> {
     }
     out(`   load ${load()}`);
 
+    out(
+      `\n5. Structured output: part 3's requests with a 20-property json_schema (docs/structured-output.md)`,
+    );
+    const slower = (streams: number) =>
+      1 - constrained[streams]!.tokensPerS / levels[streams]!.tokensPerS;
+    for (const streams of [1, 16]) {
+      out(
+        `   ${String(streams).padStart(2)} streams: ${constrained[streams]!.tokensPerS.toFixed(1)} tokens/s constrained vs ${levels[streams]!.tokensPerS.toFixed(1)} free: ${percent(slower(streams))} slower`,
+      );
+    }
+    out(
+      `   first token: ${firstTokens.plain.toFixed(0)} ms free, ${firstTokens.cold.toFixed(0)} ms with the schema cold (compiled, and the grammar compiler made), ${firstTokens.cached.toFixed(0)} ms cached; load ${load()}`,
+    );
+
     out('\nGoals (issue 14)');
     const goalWidths = [58, 18, 10, 9];
     const goalRow = (cells: string[]) => out(pad(cells.map((c, i) => [c, goalWidths[i]!])));
@@ -346,6 +396,13 @@ async function main(): Promise<void> {
       laterTurns.map(percent).join(' '),
       `<= ${percent(GOALS.laterTurns)}`,
       meets(laterTurns.every((r) => r <= GOALS.laterTurns)),
+    ]);
+    out('\nGoal (issue 16)');
+    goalRow([
+      'a 20-property json_schema, tokens/s lost at 1 and 16 streams (part 5)',
+      `${percent(slower(1))} ${percent(slower(16))}`,
+      '<= 10%',
+      meets(slower(1) <= 0.1 && slower(16) <= 0.1),
     ]);
     out(`\n1-minute load average: ${started} at the start, ${load()} at the end.`);
   } finally {
