@@ -127,6 +127,26 @@ describe('structured output', () => {
     expect(typeof value === 'object' && value !== null && !Array.isArray(value), text).toBe(true);
   });
 
+  it('gives the logprobs of the masked distribution', async () => {
+    const r = await ask({
+      seed: 6,
+      temperature: 1,
+      max_tokens: 12,
+      logprobs: true,
+      top_logprobs: 5,
+      response_format: { type: 'json_schema', json_schema: { name: 'pet', schema: PET } },
+    });
+    const first = r.choices[0]!.logprobs!.content![0]!;
+    // An object must open first: every alternative the distribution holds opens it too.
+    expect(first.token.trim().startsWith('{')).toBe(true);
+    for (const alt of first.top_logprobs) {
+      expect(Number.isFinite(alt.logprob)).toBe(true);
+      expect(alt.token.trim().startsWith('{'), JSON.stringify(first.top_logprobs)).toBe(true);
+    }
+    const total = first.top_logprobs.reduce((p, t) => p + Math.exp(t.logprob), 0);
+    expect(total).toBeLessThanOrEqual(1.0001);
+  });
+
   it("works with the SDK's zod helper, unchanged", async () => {
     const Answer = z.object({
       colour: z.enum(['red', 'green', 'blue']),
