@@ -23,7 +23,7 @@ import {
   type ServiceProcess,
 } from '../../test/helpers/service-process.js';
 import { writeTinyModel } from '../model/index.js';
-import { loadGoldenCase } from '../model/text-model/goldens.test-helper.js';
+import { loadGoldenCase } from '../model/language-model/goldens.test-helper.js';
 
 const work = mkdtempSync(join(tmpdir(), 'loupe-decoder-prefix-'));
 const modelDir = join(work, 'tiny-seed0');

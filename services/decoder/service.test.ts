@@ -25,7 +25,7 @@ import {
   type ServiceProcess,
 } from '../../test/helpers/service-process.js';
 import { writeTinyModel } from '../model/index.js';
-import { goldenCaseNames, loadGoldenCase } from '../model/text-model/goldens.test-helper.js';
+import { goldenCaseNames, loadGoldenCase } from '../model/language-model/goldens.test-helper.js';
 
 const script = builtService('decoder');
 const work = mkdtempSync(join(tmpdir(), 'loupe-decoder-'));

@@ -36,7 +36,7 @@ import {
   stopServiceProcesses,
 } from '../../test/helpers/service-process.js';
 import { writeTinyModel } from '../model/index.js';
-import { loadGoldenCase } from '../model/text-model/goldens.test-helper.js';
+import { loadGoldenCase } from '../model/language-model/goldens.test-helper.js';
 
 const script = builtService('decoder');
 const work = mkdtempSync(join(tmpdir(), 'loupe-decoder-death-'));

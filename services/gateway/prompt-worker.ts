@@ -3,7 +3,7 @@
 import { setPriority } from 'node:os';
 import { workerData } from 'node:worker_threads';
 // Only the text side of the model: no ONNX Runtime or sharp to load in these threads.
-import { loadChatTemplate, loadTokenizer } from '../model/text/index.js';
+import { loadChatTemplate, loadTokenizer } from '../model/text-processor/index.js';
 import { type PromptInput, promptIds } from './prompt.js';
 
 // A long prompt is one client's cost: this thread runs at the lowest CPU priority (nice 19), so

@@ -6,7 +6,7 @@ import {
   type ChatTemplate,
   expandImagePrompt,
   type TextTokenizer,
-} from '../model/text/index.js';
+} from '../model/text-processor/index.js';
 
 export interface PromptInput {
   /** Messages whose text went through `tokenizer.escapeLiteral`. */

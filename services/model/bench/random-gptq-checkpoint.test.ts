@@ -6,7 +6,7 @@ import { expectedTensors } from '../checkpoint/index.js';
 import { parseIdefics2Config } from '../config/index.js';
 import { float16ToFloat32 } from '../convert/index.js';
 import { elementCount, readSafetensors, readSafetensorsHeader } from '../safetensors/index.js';
-import { loadTokenizer } from '../text/index.js';
+import { loadTokenizer } from '../text-processor/index.js';
 import {
   BENCH_MARKER_FILE,
   benchShapeConfig,

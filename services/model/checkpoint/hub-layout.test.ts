@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSession } from '../onnx/index.js';
-import { generateGreedy, loadTextModel } from '../text-model/index.js';
+import { generateGreedy, loadTextModel } from '../language-model/index.js';
 import { writeTinyModel } from '../tiny/index.js';
 import { buildVisionGraph, encodeImages } from '../vision/index.js';
 import { openCheckpoint } from './index.js';

@@ -15,9 +15,9 @@ import { convertCheckpoint } from '../convert/index.js';
 import { loadImageProcessorConfig, preprocessImage } from '../image/index.js';
 import { createSession } from '../onnx/index.js';
 import { readSafetensors } from '../safetensors/index.js';
-import { eosTokenIds } from '../text/index.js';
-import { generateGreedy, loadTextModel, type TextModel } from '../text-model/index.js';
-import { modelFixtures, maxAbsDiff } from '../text-model/goldens.test-helper.js';
+import { eosTokenIds } from '../text-processor/index.js';
+import { generateGreedy, loadTextModel, type TextModel } from '../language-model/index.js';
+import { modelFixtures, maxAbsDiff } from '../language-model/goldens.test-helper.js';
 import { writeTinyModel } from '../tiny/index.js';
 import { buildVisionGraph, encodeImages } from '../vision/index.js';
 

@@ -1,4 +1,5 @@
-// The text side of Idefics2: tokenizer, chat template, image prompt expansion, EOS ids.
+// The text side of the Idefics2 processor (what runs before and after the language model):
+// tokenizer, chat template, image prompt expansion, EOS and banned ids.
 export {
   ChatTemplate,
   type ChatContentPart,

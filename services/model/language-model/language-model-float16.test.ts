@@ -17,7 +17,7 @@ import {
 } from '../../../proto/gen/onnx/onnx.js';
 import { openCheckpoint } from '../checkpoint/index.js';
 import { convertCheckpoint } from '../convert/index.js';
-import { eosTokenIds } from '../text/index.js';
+import { eosTokenIds } from '../text-processor/index.js';
 import { writeTinyCheckpoint } from '../../../test/helpers/tiny-checkpoint.js';
 import { writeTinyModel } from '../tiny/index.js';
 import { buildVisionGraph } from '../vision/index.js';

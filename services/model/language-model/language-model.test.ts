@@ -6,7 +6,7 @@
 import { rmSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint } from '../checkpoint/index.js';
-import { eosTokenIds } from '../text/index.js';
+import { eosTokenIds } from '../text-processor/index.js';
 import { generateGreedy, loadTextModel, type TextModel } from './generate.js';
 import {
   copyTesterCheckpoint,

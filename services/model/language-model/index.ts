@@ -1,5 +1,5 @@
-// The Idefics2 text decoder on ONNX Runtime: the graph, host embeddings with the image
-// splice, and a greedy loop over batched sequences.
+// The Idefics2 language model (the Mistral text decoder) on ONNX Runtime: the graph, host
+// embeddings with the image splice, and a greedy loop over batched sequences.
 export { spliceImageRows, TokenEmbeddings } from './embeddings.js';
 export {
   type GeneratedSequence,
