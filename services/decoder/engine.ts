@@ -272,12 +272,7 @@ export class Engine {
         { logprobs: r.logprobs, topLogprobs: r.topLogprobs },
       );
       sampled.set(id, s.id);
-      // Tokens a grammar or a ban removed have no probability: they are no alternative.
-      const top =
-        state.constraint || this.options.badWordsIds?.length || r.logitBias
-          ? s.top.filter((t) => t.logprob > -Infinity)
-          : s.top;
-      details.set(id, { logprob: s.logprob, top });
+      details.set(id, { logprob: s.logprob, top: s.top });
       // The grammar follows the answer; a token that ends the sequence is not part of it.
       if (state.constraint && !this.#ends(state, s.id)) state.constraint.accept(s.id);
     });

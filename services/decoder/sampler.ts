@@ -237,10 +237,10 @@ export function sample(
   return {
     id,
     logprob: logits[id]! - lse,
-    top: topIndicesBy(logits.length, topLogprobs, (i) => logits[i]! - lse).map((t) => ({
-      id: t,
-      logprob: logits[t]! - lse,
-    })),
+    // A token masked to -Infinity (a grammar, a ban) has no probability: it is no alternative.
+    top: topIndicesBy(logits.length, topLogprobs, (i) => logits[i]! - lse)
+      .filter((t) => logits[t]! > -Infinity)
+      .map((t) => ({ id: t, logprob: logits[t]! - lse })),
   };
 }
 

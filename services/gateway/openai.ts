@@ -1,7 +1,7 @@
 // The OpenAI chat-completions request, as a zod schema (it validates requests and generates
 // /openapi.json), and OpenAI's error shape.
 import { z } from 'zod';
-import { invalid } from './api-error.js';
+import { clip, invalid } from './api-error.js';
 
 const TextPart = z.object({ type: z.literal('text'), text: z.string() });
 const ImagePart = z.object({
@@ -130,7 +130,7 @@ export function refuseUnsupported(json: unknown): void {
       throw invalid(`\`${key}\` is not supported: ${rule.why}`, key, 'unsupported_parameter');
     }
     throw invalid(
-      `Unrecognized request argument supplied: ${key.length > 64 ? `${key.slice(0, 64)}…` : key}`,
+      `Unrecognized request argument supplied: ${clip(key)}`,
       key.slice(0, 64),
       'unknown_parameter',
     );

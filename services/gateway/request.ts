@@ -4,12 +4,10 @@
 // (The pipeline is described in docs/gateway.md.)
 import type { SamplingParams } from '../../proto/gen/loupe/v1/decoder.js';
 import type { ChatMessage as TemplateMessage, TextTokenizer } from '../model/index.js';
-import { ApiError, fromZod, invalid } from './api-error.js';
+import { ApiError, clip, fromZod, invalid } from './api-error.js';
+import { MAX_LOGIT_BIAS } from '../decoder/grammar/request-format.js';
 import { checkSchema, SchemaError } from '../decoder/grammar/schema-subset.js';
 import { ChatCompletionRequest, refuseUnsupported } from './openai.js';
-
-/** The most tokens one `logit_bias` may name (the decoder's limit, too). */
-export const MAX_LOGIT_BIAS = 1024;
 
 export interface ImageRef {
   url: string;
@@ -68,10 +66,9 @@ export function parseChatRequest(json: unknown, rules: RequestRules): ValidChatR
   const body = parsed.data;
 
   if (body.model !== rules.modelId) {
-    const named = body.model.length > 64 ? `${body.model.slice(0, 64)}…` : body.model;
     throw new ApiError({
       status: 404,
-      message: `The model \`${named}\` does not exist; this server serves \`${rules.modelId}\``,
+      message: `The model \`${clip(body.model)}\` does not exist; this server serves \`${rules.modelId}\``,
       code: 'model_not_found',
       param: 'model',
     });

@@ -124,9 +124,17 @@ export class EndpointPool<C extends Client> {
     const candidates = this.endpoints.filter((e) => e !== exclude);
     const pool = candidates.length > 0 ? candidates : this.endpoints;
     if (key !== undefined) {
-      const weight = (e: Endpoint<C>) =>
-        createHash('sha256').update(key).update(e.address).digest().readBigUInt64BE(0);
-      return pool.reduce((best, e) => (weight(e) > weight(best) ? e : best));
+      let best = pool[0]!;
+      let bestWeight = -1n;
+      for (const e of pool) {
+        const weight = createHash('sha256')
+          .update(key)
+          .update(e.address)
+          .digest()
+          .readBigUInt64BE(0);
+        if (weight > bestWeight) [best, bestWeight] = [e, weight];
+      }
+      return best;
     }
     return pool.reduce((best, e) => (this.#score(e) < this.#score(best) ? e : best));
   }

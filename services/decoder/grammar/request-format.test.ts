@@ -3,7 +3,6 @@ import { describe, expect, it } from 'vitest';
 import { GenerateRequest, ResponseFormat } from '../../../proto/gen/loupe/v1/decoder.js';
 import { ServiceError } from '../../runtime/index.js';
 import {
-  engineFormat,
   engineLogitBias,
   engineResponseFormat,
   LOGIT_BIAS_LIMIT,
@@ -114,34 +113,5 @@ describe('response_format', () => {
       expect(error?.reason).toBe('bad_response_format');
       expect(error?.message).toMatch(message);
     }
-  });
-
-  it('engineFormat checks both fields and converts the grammar once', async () => {
-    const request = {
-      logitBias: { 3: -100 },
-      responseFormat: schemaFormat({
-        type: 'object',
-        properties: {
-          n: { type: 'integer', minimum: 1, maximum: 5 },
-          s: { type: 'string', pattern: '^a+$' },
-        },
-        required: ['n', 's'],
-        additionalProperties: false,
-      }),
-    };
-    const result = await engineFormat(request, 100);
-    expect(result.logitBias).toEqual({ ids: [3], bias: [-100] });
-    expect(result.responseFormat?.kind).toBe('json_schema');
-    expect(await engineFormat({ logitBias: {}, responseFormat: undefined }, 100)).toEqual({
-      logitBias: undefined,
-      responseFormat: undefined,
-    });
-    const bad = await failure(() =>
-      engineFormat(
-        { logitBias: {}, responseFormat: schemaFormat({ type: 'string', format: 'x' }) },
-        100,
-      ),
-    );
-    expect(bad?.reason).toBe('bad_response_format');
   });
 });

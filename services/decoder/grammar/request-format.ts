@@ -5,9 +5,8 @@
 // (constraint.ts). See docs/structured-output.md.
 import type { GenerateRequest } from '../../../proto/gen/loupe/v1/decoder.js';
 import { invalidArgument } from '../../runtime/index.js';
-import { formatGrammar, type ResponseFormatSpec } from './constraint.js';
+import type { ResponseFormatSpec } from './constraint.js';
 import { checkSchema, parseSchemaText, SchemaError } from './schema-subset.js';
-import { loadXGrammar } from './xgrammar.js';
 
 /** Where a schema's errors point (the field of decoder.proto). */
 const FIELD = 'response_format.json_schema';
@@ -21,13 +20,6 @@ export const LOGIT_BIAS_LIMIT = 100;
 export interface EngineLogitBias {
   ids: number[];
   bias: number[];
-}
-
-/** The two fields in the engine's form; undefined: not asked. */
-export interface EngineFormat {
-  logitBias: EngineLogitBias | undefined;
-  /** The format, its schema as canonical JSON text (the grammar cache's key). */
-  responseFormat: ResponseFormatSpec | undefined;
 }
 
 /** `logit_bias` checked: ids in the vocabulary, values finite in [-100, 100]. */
@@ -85,33 +77,3 @@ export function engineResponseFormat(
 }
 
 /** Schemas whose grammar converted lately (their canonical text), least recent first. */
-const converted = new Map<string, true>();
-const CONVERTED_KEPT = 256;
-
-/**
- * Both fields checked, and the format's grammar converted once by xgrammar (without a
- * vocabulary: the cheap half of compiling), so that a schema the subset check let through but
- * xgrammar cannot take is refused here rather than on the engine thread.
- */
-export async function engineFormat(
-  request: Pick<GenerateRequest, 'logitBias' | 'responseFormat'>,
-  vocabSize: number,
-): Promise<EngineFormat> {
-  const logitBias = engineLogitBias(request.logitBias, vocabSize);
-  const responseFormat = engineResponseFormat(request.responseFormat);
-  if (responseFormat?.kind === 'json_schema' && !converted.has(responseFormat.schema)) {
-    const xg = await loadXGrammar();
-    try {
-      const grammar = await xg.Grammar.fromEBNF(await formatGrammar(xg, responseFormat));
-      grammar.dispose();
-    } catch (error) {
-      throw invalidArgument(
-        `\`${FIELD}\` could not be made into a grammar: ${error instanceof Error ? error.message : String(error)}`,
-        'bad_response_format',
-      );
-    }
-    converted.set(responseFormat.schema, true);
-    if (converted.size > CONVERTED_KEPT) converted.delete(converted.keys().next().value!);
-  }
-  return { logitBias, responseFormat };
-}
