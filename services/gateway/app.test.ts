@@ -594,4 +594,10 @@ describe('the pipeline in-process, with scripted stages', () => {
     }
     expect(chunks.at(-1).usage.completion_tokens).toBe(2 * tokens.length);
   });
+
+  it('passes stop_token_ids to the decoder', async () => {
+    const stages = new ScriptedStages({ tokens: idsOf('x') });
+    expect((await gateway(stages).post(ask('hi', { stop_token_ids: [5, 7] }))).status).toBe(200);
+    expect(stages.generated[0]!.stopTokenIds).toEqual([5, 7]);
+  });
 });
