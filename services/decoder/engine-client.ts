@@ -5,16 +5,11 @@
 // A failed step fails the sequences the engine aborted for it (INTERNAL, `step_failed`); the
 // engine goes on. A dead thread (it throws, exits, or leaves requests without a step past the
 // step timeout) fails every request at once and each later one (UNAVAILABLE, `worker_died`),
-// and `onDeath` tells the service, which cannot serve any more (see exitForDeadWorker).
-import type { Worker } from 'node:worker_threads';
-import {
-  internal,
-  startWorker,
-  unavailable,
-  WorkerWatch,
-  type ServiceError,
-  type WorkerDeath,
-} from '../runtime/index.js';
+// and `onDeath` tells the service, which cannot serve any more (see exitForDeadWorker). The
+// thread's start, the requests' bookkeeping and its death are the WorkerChannel's
+// (runtime/worker-channel.ts).
+import { internal, type ServiceError, type WorkerDeath } from '../runtime/index.js';
+import { WorkerChannel, wholeBuffers } from '../runtime/worker-channel.js';
 import type {
   EngineCommand,
   EngineInfo,
@@ -43,9 +38,11 @@ export class EngineRejectedError extends Error {
 export type RequestEvent =
   { kind: 'token'; event: TokenEvent } | { kind: 'error'; error: ServiceError };
 
+/** A request's stream; until the engine accepted it, the promise of `add`. */
 interface Listener {
   push(event: RequestEvent): void;
-  accepted?: { resolve(): void; reject(error: Error): void };
+  accepted: { resolve(): void; reject(error: Error): void } | undefined;
+  fail(error: ServiceError): void;
 }
 
 export interface EngineClientOptions {
@@ -57,116 +54,101 @@ export interface EngineClientOptions {
 }
 
 export class EngineClient {
-  readonly #listeners = new Map<string, Listener>();
+  readonly #channel: WorkerChannel<EngineInfo, EngineCommand, EngineMessage, string, Listener>;
   #load: EngineLoad = { waiting: 0, running: 0, kvCacheUsage: 0 };
-  #dead: Error | undefined;
-  readonly #watch: WorkerWatch;
   onStep: ((step: StepStats) => void) | undefined;
-  /** Called once if the thread dies, before the requests fail. */
-  onDeath: ((death: WorkerDeath) => void) | undefined;
 
-  private constructor(
-    private readonly worker: Worker,
-    readonly info: EngineInfo,
-    { stepTimeoutMs = 0 }: EngineClientOptions,
-  ) {
-    this.#watch = new WorkerWatch(worker, {
+  private constructor(setup: EngineSetup, { stepTimeoutMs = 0 }: EngineClientOptions) {
+    this.#channel = new WorkerChannel(new URL('./engine-worker.js', import.meta.url), setup, {
       what: 'the decoder engine thread',
+      model: 'the text model',
+      service: 'the decoder',
       stallTimeoutMs: stepTimeoutMs,
-      onDeath: (death) => this.#die(death),
-    });
-    worker.on('message', (message: EngineMessage) => {
-      // Too late: the thread was declared stuck, and every request failed with it.
-      if (!this.#watch.heard(this.#listeners.size > 0)) return;
-      this.#receive(message);
-      if (this.#listeners.size === 0) this.#watch.idle();
+      receive: (message) => this.#receive(message),
     });
   }
 
   static async start(setup: EngineSetup, options: EngineClientOptions = {}): Promise<EngineClient> {
-    const { worker, info } = await startWorker<EngineInfo>(
-      new URL('./engine-worker.js', import.meta.url),
-      setup,
-      'the decoder engine thread',
-    );
-    return new EngineClient(worker, info, options);
+    const client = new EngineClient(setup, options);
+    await client.#channel.ready;
+    return client;
+  }
+
+  get info(): EngineInfo {
+    return this.#channel.info;
   }
 
   get load(): EngineLoad {
     return this.#load;
   }
 
+  /** Called once if the thread dies, before the requests fail. */
+  get onDeath(): ((death: WorkerDeath) => void) | undefined {
+    return this.#channel.onDeath;
+  }
+
+  set onDeath(onDeath: ((death: WorkerDeath) => void) | undefined) {
+    this.#channel.onDeath = onDeath;
+  }
+
   /**
    * Queues `request`; `push` then receives its events until one is finished. Resolves once
-   * the engine accepted it; rejects with EngineRejectedError (queue full) otherwise.
+   * the engine accepted it; rejects with EngineRejectedError (queue full) otherwise. The
+   * buffer of its image rows moves to the engine thread (when they fill it whole): the caller
+   * must not read `request.imageRows` afterwards.
    */
   add(request: EngineRequest, push: (event: RequestEvent) => void): Promise<void> {
-    if (this.#dead) return Promise.reject(this.#dead);
     return new Promise<void>((resolve, reject) => {
-      this.#listeners.set(request.id, { push, accepted: { resolve, reject } });
-      // The buffer of the image rows moves to the engine thread.
-      this.worker.postMessage({ kind: 'add', request } satisfies EngineCommand, [
-        request.imageRows.buffer as ArrayBuffer,
-      ]);
-      this.#watch.expect();
+      const listener: Listener = {
+        push,
+        accepted: { resolve, reject },
+        fail(error) {
+          if (this.accepted) this.accepted.reject(error);
+          else push({ kind: 'error', error });
+        },
+      };
+      this.#channel.send(
+        request.id,
+        listener,
+        { kind: 'add', request },
+        wholeBuffers([request.imageRows]),
+      );
     });
   }
 
   /** Ends a request now (its slot is freed); its stream receives nothing more. */
   abort(id: string): void {
-    const listener = this.#listeners.get(id);
+    const listener = this.#channel.take(id);
     if (!listener) return;
-    this.#listeners.delete(id);
     listener.accepted?.reject(new Error(`request ${id} was aborted`));
-    if (this.#listeners.size === 0) this.#watch.idle();
-    if (!this.#dead) this.worker.postMessage({ kind: 'abort', id } satisfies EngineCommand);
+    this.#channel.post({ kind: 'abort', id });
   }
 
-  async close(): Promise<void> {
-    this.#dead ??= new Error('the decoder is shutting down');
-    const dead = this.#watch.death !== undefined;
-    this.#watch.closing();
-    // A dead thread has ended, or was told to end after its run (WorkerWatch).
-    if (!dead) await this.worker.terminate();
+  close(): Promise<void> {
+    return this.#channel.close();
   }
 
   /** Resolves when the thread has ended, for whatever reason. */
   get ended(): Promise<void> {
-    return this.#watch.ended;
+    return this.#channel.ended;
   }
 
-  #die(death: WorkerDeath): void {
-    const error = unavailable(
-      `the text model cannot run: ${death.message}; the decoder is exiting to be restarted`,
-      'worker_died',
-    );
-    this.#dead ??= error;
-    this.onDeath?.(death);
-    for (const [id, listener] of this.#listeners) {
-      this.#listeners.delete(id);
-      if (listener.accepted) listener.accepted.reject(error);
-      else listener.push({ kind: 'error', error });
-    }
-  }
-
-  #receive(message: EngineMessage): void {
+  #receive(message: Exclude<EngineMessage, { kind: 'ready' | 'failed' }>): void {
     switch (message.kind) {
       case 'accepted': {
         this.#load = message.load;
-        const listener = this.#listeners.get(message.id);
+        const listener = this.#channel.get(message.id);
         listener?.accepted?.resolve();
         if (listener) listener.accepted = undefined;
         // Aborted before acceptance: tell the engine now.
-        if (!listener)
-          this.worker.postMessage({ kind: 'abort', id: message.id } satisfies EngineCommand);
+        else this.#channel.post({ kind: 'abort', id: message.id });
         break;
       }
-      case 'rejected': {
-        const listener = this.#listeners.get(message.id);
-        this.#listeners.delete(message.id);
-        listener?.accepted?.reject(new EngineRejectedError(message.reason, message.message));
+      case 'rejected':
+        this.#channel
+          .take(message.id)
+          ?.accepted?.reject(new EngineRejectedError(message.reason, message.message));
         break;
-      }
       case 'load':
         this.#load = message.load;
         break;
@@ -174,20 +156,16 @@ export class EngineClient {
         this.#load = message.load;
         this.onStep?.(message.step);
         for (const event of message.events) {
-          const listener = this.#listeners.get(event.id);
-          if (!listener) continue;
-          if (event.finished) this.#listeners.delete(event.id);
-          listener.push({ kind: 'token', event });
+          const listener = event.finished
+            ? this.#channel.take(event.id)
+            : this.#channel.get(event.id);
+          listener?.push({ kind: 'token', event });
         }
         break;
       case 'step_failed': {
         this.#load = message.load;
         const error = internal(`a decoder step failed: ${message.message}`, 'step_failed');
-        for (const id of message.ids) {
-          const listener = this.#listeners.get(id);
-          this.#listeners.delete(id);
-          listener?.push({ kind: 'error', error });
-        }
+        for (const id of message.ids) this.#channel.take(id)?.push({ kind: 'error', error });
         break;
       }
       default:

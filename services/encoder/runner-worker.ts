@@ -1,12 +1,14 @@
 // The vision session's own thread. ONNX Runtime blocks the thread that calls it for the whole
 // run, so the session lives here and the gRPC thread only posts batches and reads results.
 //
-// Protocol (see runner.ts): the parent sends { setup } once via workerData; this thread
-// answers { kind: 'ready', info } or { kind: 'failed', message }, then for every
-// { kind: 'run', id, subImages, dtypes } answers { kind: 'done', id, blocks, computeMs } (one
-// [tokens, hidden] block per sub-image, in its own dtype, moved rather than copied) or
-// { kind: 'error', id, message }. { kind: 'stop' } (STOP_WORKER) ends the thread; it is handled
-// between runs, as every message is (a run blocks the thread).
+// Protocol (see runner.ts; the start and the ids are runtime/worker-channel.ts's): the parent
+// sends { setup } once via workerData; this thread answers { kind: 'ready', info } or
+// { kind: 'failed', message }, then for every { kind: 'run', id, subImages, dtypes } (the
+// sub-images' pixels moved here rather than copied) answers { kind: 'done', id, blocks,
+// computeMs } (one [tokens, hidden] block per sub-image, in its own dtype, each in a buffer of
+// its own that is moved rather than copied) or { kind: 'error', id, message }.
+// { kind: 'stop' } (STOP_WORKER) ends the thread; it is handled between runs, as every message
+// is (a run blocks the thread).
 import { parentPort, workerData } from 'node:worker_threads';
 import {
   buildVisionGraph,
@@ -18,6 +20,7 @@ import {
   type SubImage,
 } from '../model/index.js';
 import type { StopWorker } from '../runtime/index.js';
+import type { StartMessage } from '../runtime/worker-channel.js';
 
 export interface RunnerSetup {
   modelDir: string;
@@ -50,8 +53,7 @@ export interface RunRequest {
 }
 
 export type RunnerMessage =
-  | { kind: 'ready'; info: RunnerInfo }
-  | { kind: 'failed'; message: string }
+  | StartMessage<RunnerInfo>
   | { kind: 'done'; id: number; blocks: Uint8Array[]; computeMs: number }
   | { kind: 'error'; id: number; message: string };
 
@@ -103,6 +105,7 @@ async function main(): Promise<void> {
       try {
         const { data, dims } = await encodeImages(vision, request.subImages, patches);
         const block = dims[1] * dims[2];
+        // Fresh buffers, one per block (not views of `data`): each moves to the parent whole.
         const blocks = request.dtypes.map((dtype, i) => {
           const rows = data.subarray(i * block, (i + 1) * block);
           const out = dtype === 'float16' ? toFloat16(rows) : rows.slice();
