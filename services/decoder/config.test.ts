@@ -7,10 +7,8 @@ const base = { LOUPE_MODEL_DIR: '/models/x' };
 
 describe('decoder configuration', () => {
   it('bounds a step with decode rows to 200 ms by default; 0 turns the budget off', () => {
-    expect(loadDecoderConfig(base).LOUPE_DECODER_MAX_STEP_MS).toBe(200);
-    expect(
-      loadDecoderConfig({ ...base, LOUPE_DECODER_MAX_STEP_MS: '0' }).LOUPE_DECODER_MAX_STEP_MS,
-    ).toBe(0);
+    expect(loadDecoderConfig(base).maxStepMs).toBe(200);
+    expect(loadDecoderConfig({ ...base, LOUPE_DECODER_MAX_STEP_MS: '0' }).maxStepMs).toBe(0);
     expect(() => loadDecoderConfig({ ...base, LOUPE_DECODER_MAX_STEP_MS: '-1' })).toThrow(
       /LOUPE_DECODER_MAX_STEP_MS/,
     );
@@ -28,15 +26,13 @@ describe('decoder configuration', () => {
       LOUPE_DECODER_STEP_TIMEOUT_MS: '150',
       LOUPE_DECODER_MAX_STEP_MS: '100',
     });
-    expect([both.LOUPE_DECODER_MAX_STEP_MS, both.LOUPE_DECODER_STEP_TIMEOUT_MS]).toEqual([
-      100, 150,
-    ]);
+    expect([both.maxStepMs, both.stepTimeoutMs]).toEqual([100, 150]);
     expect(
       loadDecoderConfig({
         ...base,
         LOUPE_DECODER_STEP_TIMEOUT_MS: '150',
         LOUPE_DECODER_MAX_STEP_MS: '0',
-      }).LOUPE_DECODER_MAX_STEP_MS,
+      }).maxStepMs,
     ).toBe(0);
   });
 });

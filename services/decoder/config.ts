@@ -2,10 +2,12 @@
 import { z } from 'zod';
 import {
   commonEnvSchema,
+  commonLayout,
   enumVar,
   intVar,
   loadConfig,
   optionalStringVar,
+  type ConfigOf,
   portVar,
   stringVar,
   type Env,
@@ -103,7 +105,31 @@ export const decoderEnvSchema = z
     }
   });
 
-export type DecoderConfig = Readonly<z.infer<typeof decoderEnvSchema>>;
+/** The configuration object: each setting, and the variable it is read from. */
+export const decoderLayout = {
+  ...commonLayout,
+  modelDir: 'LOUPE_MODEL_DIR',
+  modelId: 'LOUPE_MODEL_ID',
+  host: 'LOUPE_DECODER_HOST',
+  port: 'LOUPE_DECODER_PORT',
+  metricsPort: 'LOUPE_DECODER_METRICS_PORT',
+  executionProvider: 'LOUPE_DECODER_EXECUTION_PROVIDER',
+  threads: 'LOUPE_DECODER_THREADS',
+  maxRunning: 'LOUPE_DECODER_MAX_RUNNING',
+  maxContext: 'LOUPE_DECODER_MAX_CONTEXT',
+  maxNewTokens: 'LOUPE_DECODER_MAX_NEW_TOKENS',
+  maxWaiting: 'LOUPE_DECODER_MAX_WAITING',
+  maxPrefillTokens: 'LOUPE_DECODER_MAX_PREFILL_TOKENS',
+  maxStepMs: 'LOUPE_DECODER_MAX_STEP_MS',
+  prefixCacheBytes: 'LOUPE_DECODER_PREFIX_CACHE_BYTES',
+  quantActivations: 'LOUPE_DECODER_QUANT_ACTIVATIONS',
+  weightCacheDir: 'LOUPE_WEIGHT_CACHE_DIR',
+  stepTimeoutMs: 'LOUPE_DECODER_STEP_TIMEOUT_MS',
+  defaultDeadlineMs: 'LOUPE_DECODER_DEFAULT_DEADLINE_MS',
+  testFaultPosition: 'LOUPE_DECODER_TEST_FAULT_POSITION',
+} as const;
+
+export type DecoderConfig = ConfigOf<z.infer<typeof decoderEnvSchema>, typeof decoderLayout>;
 
 export const loadDecoderConfig = (env: Env = process.env): DecoderConfig =>
-  loadConfig(decoderEnvSchema, env);
+  loadConfig(decoderEnvSchema, decoderLayout, env);

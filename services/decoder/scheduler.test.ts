@@ -1,9 +1,9 @@
 // The scheduler alone, with hand-built runner results: no model, no threads.
 import { describe, expect, it } from 'vitest';
+import { QueueFullError } from '../runtime/index.js';
 import { SlotKvCache } from './kv-cache.js';
 import {
   MIN_PREFILL_TOKENS,
-  QueueFullError,
   Scheduler,
   type SchedulerOptions,
   type SequenceSpec,

@@ -1,6 +1,7 @@
 // The decoder's scheduler: a pure state machine over plain data (no gRPC, no timers, no ONNX
 // Runtime). The engine calls schedule() for the next step, runs it, samples, and reports the
 // sampled tokens with update(), which returns what happened to each sequence.
+import { QueueFullError } from '../runtime/queue-full.js';
 import type { SlotKvCache } from './kv-cache.js';
 import type { FinishReason, StepKind, TokenFinishReason } from './protocol.js';
 
@@ -124,9 +125,8 @@ export interface SchedulerOptions {
   prefix?: PrefixLookup;
 }
 
-export class QueueFullError extends Error {
-  override readonly name = 'QueueFullError';
-}
+// Also from here: the engine thread (engine-worker.ts) tells a full queue apart by it.
+export { QueueFullError };
 
 export class Scheduler {
   readonly #sequences = new Map<string, Sequence>();

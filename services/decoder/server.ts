@@ -10,8 +10,8 @@ import {
 } from '../../proto/gen/loupe/v1/decoder.js';
 import {
   invalidArgument,
-  resourceExhausted,
-  type CallContext,
+  queueFull,
+  type HandlerContext,
   type GrpcServer,
   failureReason,
 } from '../runtime/index.js';
@@ -70,7 +70,7 @@ export function registerDecoder(server: GrpcServer, options: DecoderHandlersOpti
 
   const generate = async (
     request: GenerateRequest,
-    ctx: CallContext,
+    ctx: HandlerContext,
     send: (message: GenerateResponse) => Promise<void>,
   ): Promise<void> => {
     const received = performance.now();
@@ -89,7 +89,7 @@ export function registerDecoder(server: GrpcServer, options: DecoderHandlersOpti
       } catch (error) {
         if (error instanceof EngineRejectedError) {
           throw error.reason === 'queue_full'
-            ? resourceExhausted(error.message, 'queue_full')
+            ? queueFull(error.message)
             : invalidArgument(error.message, 'rejected');
         }
         throw error;

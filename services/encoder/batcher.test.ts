@@ -2,7 +2,8 @@
 // one block per sub-image naming it, so the tests see exactly what ran together.
 import { describe, expect, it } from 'vitest';
 import type { SubImage } from '../model/index.js';
-import { Batcher, QueueFullError, type BatcherOptions } from './batcher.js';
+import { QueueFullError } from '../runtime/index.js';
+import { Batcher, type BatcherOptions } from './batcher.js';
 import type { EmbeddingDtype, RunResult } from './runner.js';
 
 const sub = (width: number, height: number, tag: number): SubImage => ({

@@ -12,11 +12,8 @@
 // runs; one cancelled while its batch runs has its result dropped. The queue is bounded in
 // sub-images: a request that does not fit is refused whole (QueueFullError).
 import type { SubImage } from '../model/index.js';
+import { QueueFullError } from '../runtime/index.js';
 import type { EmbeddingDtype, RunResult } from './runner.js';
-
-export class QueueFullError extends Error {
-  override readonly name = 'QueueFullError';
-}
 
 export interface BatcherOptions {
   /** Most sub-images in one run (1 turns batching off). */

@@ -2,10 +2,12 @@
 import { z } from 'zod';
 import {
   commonEnvSchema,
+  commonLayout,
   enumVar,
   intVar,
   loadConfig,
   optionalStringVar,
+  type ConfigOf,
   portVar,
   stringVar,
   type Env,
@@ -64,7 +66,29 @@ export const encoderEnvSchema = z.object({
   LOUPE_WEIGHT_CACHE_DIR: optionalStringVar(),
 });
 
-export type EncoderConfig = Readonly<z.infer<typeof encoderEnvSchema>>;
+/** The configuration object: each setting, and the variable it is read from. */
+export const encoderLayout = {
+  ...commonLayout,
+  modelDir: 'LOUPE_MODEL_DIR',
+  modelId: 'LOUPE_MODEL_ID',
+  host: 'LOUPE_ENCODER_HOST',
+  port: 'LOUPE_ENCODER_PORT',
+  metricsPort: 'LOUPE_ENCODER_METRICS_PORT',
+  executionProvider: 'LOUPE_ENCODER_EXECUTION_PROVIDER',
+  threads: 'LOUPE_ENCODER_THREADS',
+  maxBatch: 'LOUPE_ENCODER_MAX_BATCH',
+  maxWaitMs: 'LOUPE_ENCODER_MAX_WAIT_MS',
+  maxBatchPixels: 'LOUPE_ENCODER_MAX_BATCH_PIXELS',
+  maxPaddingPercent: 'LOUPE_ENCODER_MAX_PADDING_PERCENT',
+  maxQueue: 'LOUPE_ENCODER_MAX_QUEUE',
+  maxSubImages: 'LOUPE_ENCODER_MAX_SUB_IMAGES',
+  cacheBytes: 'LOUPE_ENCODER_CACHE_BYTES',
+  runTimeoutMs: 'LOUPE_ENCODER_RUN_TIMEOUT_MS',
+  defaultDeadlineMs: 'LOUPE_ENCODER_DEFAULT_DEADLINE_MS',
+  weightCacheDir: 'LOUPE_WEIGHT_CACHE_DIR',
+} as const;
+
+export type EncoderConfig = ConfigOf<z.infer<typeof encoderEnvSchema>, typeof encoderLayout>;
 
 export const loadEncoderConfig = (env: Env = process.env): EncoderConfig =>
-  loadConfig(encoderEnvSchema, env);
+  loadConfig(encoderEnvSchema, encoderLayout, env);

@@ -18,15 +18,16 @@ import {
   invalidArgument,
   MemoryBudget,
   notFound,
-  resourceExhausted,
+  queueFull,
+  QueueFullError,
   ServiceError,
   unavailable,
-  type CallContext,
+  type HandlerContext,
   type GrpcServer,
   failureReason,
   subImagesHash,
 } from '../runtime/index.js';
-import { QueueFullError, type Batcher } from './batcher.js';
+import type { Batcher } from './batcher.js';
 import { EmbeddingCache, type CachedEmbeddings } from './cache.js';
 import type { EncoderMetrics } from './metrics.js';
 import type { EmbeddingDtype, RunnerInfo } from './runner.js';
@@ -213,7 +214,7 @@ export function registerEncoder(server: GrpcServer, options: EncoderHandlersOpti
     }
   };
 
-  const encode = async (request: EncodeRequest, ctx: CallContext): Promise<EncodeResponse> => {
+  const encode = async (request: EncodeRequest, ctx: HandlerContext): Promise<EncodeResponse> => {
     metrics.inFlight.inc();
     try {
       const dtype = outputDtype(request.outputDtype, 'output_dtype');
@@ -242,7 +243,7 @@ export function registerEncoder(server: GrpcServer, options: EncoderHandlersOpti
       try {
         entry = await await_(shared, ctx.signal);
       } catch (error) {
-        if (error instanceof QueueFullError) throw resourceExhausted(error.message, 'queue_full');
+        if (error instanceof QueueFullError) throw queueFull(error.message);
         if (ctx.signal.aborted) throw ctx.signal.reason;
         if (error instanceof ServiceError) throw error;
         ctx.logger.error({ err: error }, 'vision run failed');

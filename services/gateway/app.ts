@@ -78,14 +78,14 @@ export function createGateway(o: GatewayOptions) {
   const { config, modelId, tokenizer, stages, logger, tracer } = o;
   const admission = new Admission({
     keys: o.keys,
-    requestsPerMinute: config.LOUPE_GATEWAY_REQUESTS_PER_MINUTE,
-    tokensPerMinute: config.LOUPE_GATEWAY_TOKENS_PER_MINUTE,
-    authFailuresPerMinute: config.LOUPE_GATEWAY_AUTH_FAILURES_PER_MINUTE,
-    maxInFlight: config.LOUPE_GATEWAY_MAX_IN_FLIGHT,
-    maxInFlightPerClient: config.LOUPE_GATEWAY_MAX_IN_FLIGHT_PER_KEY,
-    maxBodyBytes: config.LOUPE_GATEWAY_MAX_BODY_BYTES,
-    maxImageBytes: config.LOUPE_GATEWAY_MAX_IMAGE_BYTES,
-    memoryBudgetBytes: config.LOUPE_GATEWAY_MEMORY_BUDGET_BYTES || defaultMemoryBudget(),
+    requestsPerMinute: config.requestsPerMinute,
+    tokensPerMinute: config.tokensPerMinute,
+    authFailuresPerMinute: config.authFailuresPerMinute,
+    maxInFlight: config.maxInFlight,
+    maxInFlightPerClient: config.maxInFlightPerKey,
+    maxBodyBytes: config.maxBodyBytes,
+    maxImageBytes: config.maxImageBytes,
+    memoryBudgetBytes: config.memoryBudgetBytes || defaultMemoryBudget(),
   });
   const health = new StageHealth(stages);
   void health.poll();
@@ -93,10 +93,10 @@ export function createGateway(o: GatewayOptions) {
   const metrics = gatewayMetrics(o.registry, () => admission.inFlight, health);
   const rules: RequestRules = {
     modelId,
-    maxMessages: config.LOUPE_GATEWAY_MAX_MESSAGES || Math.ceil(o.maxPositions / 2),
-    maxPromptChars: config.LOUPE_GATEWAY_MAX_PROMPT_CHARS || 16 * o.maxPositions,
-    maxImages: config.LOUPE_GATEWAY_MAX_IMAGES,
-    maxChoices: config.LOUPE_GATEWAY_MAX_CHOICES,
+    maxMessages: config.maxMessages || Math.ceil(o.maxPositions / 2),
+    maxPromptChars: config.maxPromptChars || 16 * o.maxPositions,
+    maxImages: config.maxImages,
+    maxChoices: config.maxChoices,
     splitByDefault: o.processor.doImageSplitting,
     tokenizer,
   };
@@ -111,11 +111,11 @@ export function createGateway(o: GatewayOptions) {
   const embedder = new ImageEmbedder({
     stages,
     fetch: {
-      maxBytes: config.LOUPE_GATEWAY_MAX_IMAGE_BYTES,
-      timeoutMs: config.LOUPE_GATEWAY_FETCH_TIMEOUT_MS,
-      connectTimeoutMs: config.LOUPE_GATEWAY_FETCH_CONNECT_TIMEOUT_MS,
-      maxRedirects: config.LOUPE_GATEWAY_FETCH_MAX_REDIRECTS,
-      allow: new AllowList(config.LOUPE_GATEWAY_FETCH_ALLOW),
+      maxBytes: config.maxImageBytes,
+      timeoutMs: config.fetch.timeoutMs,
+      connectTimeoutMs: config.fetch.connectTimeoutMs,
+      maxRedirects: config.fetch.maxRedirects,
+      allow: new AllowList(config.fetch.allow),
       ...(o.resolve ? { resolve: o.resolve } : {}),
     },
     onImage: (source) => metrics.images.inc({ source }),
@@ -179,14 +179,14 @@ export function createGateway(o: GatewayOptions) {
   // (DNS rebinding points a foreign name at 127.0.0.1) and an Origin, when a browser sends
   // one, must be allowed; chat bodies must be JSON, which no page can send cross-origin
   // without a CORS preflight, and the gateway answers none.
-  const allowedHosts = new Set(config.LOUPE_GATEWAY_ALLOWED_HOSTS.map((h) => h.toLowerCase()));
+  const allowedHosts = new Set(config.allowedHosts.map((h) => h.toLowerCase()));
   const hostAllowed = (host: string | undefined) => {
     const name = hostName(host);
     if (allowedHosts.size > 0) return name !== undefined && allowedHosts.has(name);
     if (admission.keys.enabled) return true;
     return name !== undefined && (LOOPBACK_NAMES.has(name) || name.endsWith('.localhost'));
   };
-  const allowedOrigins = new Set(config.LOUPE_GATEWAY_ALLOWED_ORIGINS);
+  const allowedOrigins = new Set(config.allowedOrigins);
   app.use('/v1/*', async (c, next) => {
     if (!hostAllowed(c.req.header('host'))) {
       return fail(
@@ -249,8 +249,8 @@ export function createGateway(o: GatewayOptions) {
     const declared = Number(c.req.header('content-length'));
     const bodyBytes =
       Number.isSafeInteger(declared) && declared >= 0 && !c.req.header('transfer-encoding')
-        ? Math.min(declared, config.LOUPE_GATEWAY_MAX_BODY_BYTES)
-        : config.LOUPE_GATEWAY_MAX_BODY_BYTES;
+        ? Math.min(declared, config.maxBodyBytes)
+        : config.maxBodyBytes;
     c.set('admission', { ticket: admission.admit(client, bodyBytes), owned: false });
     try {
       await next();
@@ -263,13 +263,13 @@ export function createGateway(o: GatewayOptions) {
   app.post(
     '/v1/chat/completions',
     bodyLimit({
-      maxSize: config.LOUPE_GATEWAY_MAX_BODY_BYTES,
+      maxSize: config.maxBodyBytes,
       onError: (c) =>
         fail(
           c,
           new ApiError({
             status: 413,
-            message: `the request body is over the limit of ${config.LOUPE_GATEWAY_MAX_BODY_BYTES} bytes`,
+            message: `the request body is over the limit of ${config.maxBodyBytes} bytes`,
             code: 'body_too_large',
           }),
         ),
@@ -302,7 +302,7 @@ export function createGateway(o: GatewayOptions) {
       const ctx: CallContext = {
         signal: controller.signal,
         requestId,
-        deadline: Date.now() + config.LOUPE_GATEWAY_REQUEST_TIMEOUT_MS,
+        deadline: Date.now() + config.requestTimeoutMs,
       };
       const done = () => {
         ticket.release();
@@ -391,15 +391,11 @@ export function createGateway(o: GatewayOptions) {
               // A client that stops reading holds a write; past the timeout, the stream ends
               // and its decoder work is cancelled.
               const write = (data: string) =>
-                withTimeout(
-                  sse.writeSSE({ data }),
-                  config.LOUPE_GATEWAY_STREAM_WRITE_TIMEOUT_MS,
-                  () => {
-                    metrics.streamTimeouts.inc();
-                    controller.abort(new Error('the client stopped reading'));
-                    sse.abort();
-                  },
-                );
+                withTimeout(sse.writeSSE({ data }), config.streamWriteTimeoutMs, () => {
+                  metrics.streamTimeouts.inc();
+                  controller.abort(new Error('the client stopped reading'));
+                  sse.abort();
+                });
               if (!first.done) await write(first.value);
               for await (const data of chunks) await write(data);
               await sse.writeSSE({ data: '[DONE]' });

@@ -3,9 +3,11 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import {
   commonEnvSchema,
+  commonLayout,
   intVar,
   loadConfig,
   optionalStringVar,
+  type ConfigOf,
   portVar,
   stringVar,
   type Env,
@@ -95,16 +97,57 @@ export const gatewayEnvSchema = z.object({
   LOUPE_GATEWAY_REQUEST_TIMEOUT_MS: intVar(600_000, { min: 1, max: 86_400_000 }),
 });
 
-export type GatewayConfig = Readonly<z.infer<typeof gatewayEnvSchema>>;
+/** The configuration object: each setting, and the variable it is read from. */
+export const gatewayLayout = {
+  ...commonLayout,
+  modelDir: 'LOUPE_MODEL_DIR',
+  modelId: 'LOUPE_MODEL_ID',
+  host: 'LOUPE_GATEWAY_HOST',
+  port: 'LOUPE_GATEWAY_PORT',
+  metricsPort: 'LOUPE_GATEWAY_METRICS_PORT',
+  metricsHost: 'LOUPE_GATEWAY_METRICS_HOST',
+  endpoints: {
+    preprocessor: 'LOUPE_PREPROCESSOR_ENDPOINTS',
+    encoder: 'LOUPE_ENCODER_ENDPOINTS',
+    decoder: 'LOUPE_DECODER_ENDPOINTS',
+  },
+  apiKeys: 'LOUPE_GATEWAY_API_KEYS',
+  apiKeysFile: 'LOUPE_GATEWAY_API_KEYS_FILE',
+  allowedHosts: 'LOUPE_GATEWAY_ALLOWED_HOSTS',
+  allowedOrigins: 'LOUPE_GATEWAY_ALLOWED_ORIGINS',
+  streamWriteTimeoutMs: 'LOUPE_GATEWAY_STREAM_WRITE_TIMEOUT_MS',
+  maxBodyBytes: 'LOUPE_GATEWAY_MAX_BODY_BYTES',
+  memoryBudgetBytes: 'LOUPE_GATEWAY_MEMORY_BUDGET_BYTES',
+  maxImages: 'LOUPE_GATEWAY_MAX_IMAGES',
+  maxChoices: 'LOUPE_GATEWAY_MAX_CHOICES',
+  maxImageBytes: 'LOUPE_GATEWAY_MAX_IMAGE_BYTES',
+  maxInFlight: 'LOUPE_GATEWAY_MAX_IN_FLIGHT',
+  maxInFlightPerKey: 'LOUPE_GATEWAY_MAX_IN_FLIGHT_PER_KEY',
+  authFailuresPerMinute: 'LOUPE_GATEWAY_AUTH_FAILURES_PER_MINUTE',
+  maxPromptChars: 'LOUPE_GATEWAY_MAX_PROMPT_CHARS',
+  promptThreads: 'LOUPE_GATEWAY_PROMPT_THREADS',
+  maxMessages: 'LOUPE_GATEWAY_MAX_MESSAGES',
+  requestsPerMinute: 'LOUPE_GATEWAY_REQUESTS_PER_MINUTE',
+  tokensPerMinute: 'LOUPE_GATEWAY_TOKENS_PER_MINUTE',
+  fetch: {
+    timeoutMs: 'LOUPE_GATEWAY_FETCH_TIMEOUT_MS',
+    connectTimeoutMs: 'LOUPE_GATEWAY_FETCH_CONNECT_TIMEOUT_MS',
+    maxRedirects: 'LOUPE_GATEWAY_FETCH_MAX_REDIRECTS',
+    allow: 'LOUPE_GATEWAY_FETCH_ALLOW',
+  },
+  requestTimeoutMs: 'LOUPE_GATEWAY_REQUEST_TIMEOUT_MS',
+} as const;
+
+export type GatewayConfig = ConfigOf<z.infer<typeof gatewayEnvSchema>, typeof gatewayLayout>;
 
 export const loadGatewayConfig = (env: Env = process.env): GatewayConfig =>
-  loadConfig(gatewayEnvSchema, env);
+  loadConfig(gatewayEnvSchema, gatewayLayout, env);
 
 /** Every configured API key: the variable's and the file's. */
 export function apiKeys(config: GatewayConfig): string[] {
-  const keys = [...config.LOUPE_GATEWAY_API_KEYS];
-  if (config.LOUPE_GATEWAY_API_KEYS_FILE) {
-    const text = readFileSync(config.LOUPE_GATEWAY_API_KEYS_FILE, 'utf8');
+  const keys = [...config.apiKeys];
+  if (config.apiKeysFile) {
+    const text = readFileSync(config.apiKeysFile, 'utf8');
     keys.push(
       ...text
         .split('\n')

@@ -13,6 +13,11 @@ import type {
   PreprocessResponse,
 } from '../../proto/gen/loupe/v1/preprocessor.js';
 
+/**
+ * What one client request hands to every stage call it makes: the signal that cancels them,
+ * the request id they carry, and the request's deadline. (A stage's handler gets the other
+ * side of such a call, the runtime's HandlerContext.)
+ */
 export interface CallContext {
   signal: AbortSignal;
   requestId: string;

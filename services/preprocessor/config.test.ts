@@ -6,10 +6,8 @@ import { loadPreprocessorConfig, memoryBudgetBytes } from './config.js';
 
 describe('preprocessor capacity configuration', () => {
   it('defaults its worker threads to the cores the container may use', () => {
-    expect(loadPreprocessorConfig({}).LOUPE_PREPROCESSOR_WORKERS).toBe(cpuBoundThreads());
-    expect(
-      loadPreprocessorConfig({ LOUPE_PREPROCESSOR_WORKERS: '3' }).LOUPE_PREPROCESSOR_WORKERS,
-    ).toBe(3);
+    expect(loadPreprocessorConfig({}).workers).toBe(cpuBoundThreads());
+    expect(loadPreprocessorConfig({ LOUPE_PREPROCESSOR_WORKERS: '3' }).workers).toBe(3);
   });
 
   it('defaults its memory budget to half the container limit, and takes a set one', () => {

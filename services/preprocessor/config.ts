@@ -2,11 +2,13 @@
 import { z } from 'zod';
 import {
   commonEnvSchema,
+  commonLayout,
   cpuBoundThreads,
   defaultMemoryBudget,
   intVar,
   loadConfig,
   optionalStringVar,
+  type ConfigOf,
   portVar,
   stringVar,
   type Env,
@@ -47,19 +49,39 @@ export const preprocessorEnvSchema = z.object({
   LOUPE_PREPROCESSOR_DEFAULT_DEADLINE_MS: intVar(60_000, { min: 1, max: 3_600_000 }),
 });
 
-export type PreprocessorConfig = Readonly<z.infer<typeof preprocessorEnvSchema>>;
+/** The configuration object: each setting, and the variable it is read from. */
+export const preprocessorLayout = {
+  ...commonLayout,
+  modelDir: 'LOUPE_MODEL_DIR',
+  host: 'LOUPE_PREPROCESSOR_HOST',
+  port: 'LOUPE_PREPROCESSOR_PORT',
+  metricsPort: 'LOUPE_PREPROCESSOR_METRICS_PORT',
+  workers: 'LOUPE_PREPROCESSOR_WORKERS',
+  memoryBudgetBytes: 'LOUPE_PREPROCESSOR_MEMORY_BUDGET_BYTES',
+  maxQueue: 'LOUPE_PREPROCESSOR_MAX_QUEUE',
+  maxImageBytes: 'LOUPE_PREPROCESSOR_MAX_IMAGE_BYTES',
+  maxImagePixels: 'LOUPE_PREPROCESSOR_MAX_IMAGE_PIXELS',
+  maxFrames: 'LOUPE_PREPROCESSOR_MAX_FRAMES',
+  decodeTimeoutSeconds: 'LOUPE_PREPROCESSOR_DECODE_TIMEOUT_S',
+  defaultDeadlineMs: 'LOUPE_PREPROCESSOR_DEFAULT_DEADLINE_MS',
+} as const;
+
+export type PreprocessorConfig = ConfigOf<
+  z.infer<typeof preprocessorEnvSchema>,
+  typeof preprocessorLayout
+>;
 
 export const loadPreprocessorConfig = (env: Env = process.env): PreprocessorConfig =>
-  loadConfig(preprocessorEnvSchema, env);
+  loadConfig(preprocessorEnvSchema, preprocessorLayout, env);
 
 /** The memory budget in bytes: the variable, or its default from the container's limit. */
 export const memoryBudgetBytes = (config: PreprocessorConfig): number =>
-  config.LOUPE_PREPROCESSOR_MEMORY_BUDGET_BYTES || defaultMemoryBudget(0.5);
+  config.memoryBudgetBytes || defaultMemoryBudget(0.5);
 
 /** The image limits these variables set, as the decoder takes them. */
 export const decodeLimits = (config: PreprocessorConfig) => ({
-  maxBytes: config.LOUPE_PREPROCESSOR_MAX_IMAGE_BYTES,
-  maxPixels: config.LOUPE_PREPROCESSOR_MAX_IMAGE_PIXELS,
-  maxFrames: config.LOUPE_PREPROCESSOR_MAX_FRAMES,
-  timeoutSeconds: config.LOUPE_PREPROCESSOR_DECODE_TIMEOUT_S,
+  maxBytes: config.maxImageBytes,
+  maxPixels: config.maxImagePixels,
+  maxFrames: config.maxFrames,
+  timeoutSeconds: config.decodeTimeoutSeconds,
 });

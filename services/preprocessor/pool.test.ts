@@ -6,14 +6,8 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { DEFAULT_IMAGE_PROCESSOR_CONFIG } from '../model/index.js';
-import { MemoryBudget } from '../runtime/index.js';
-import {
-  BudgetExhaustedError,
-  OverBudgetError,
-  PreprocessPool,
-  QueueFullError,
-  type PoolJob,
-} from './pool.js';
+import { MemoryBudget, QueueFullError } from '../runtime/index.js';
+import { BudgetExhaustedError, OverBudgetError, PreprocessPool, type PoolJob } from './pool.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'loupe-pool-'));
 const worker = join(dir, 'worker.mjs');

@@ -11,13 +11,9 @@
 // in the worker (worker.ts: PreprocessTask.cancelled), and its reservation is returned then —
 // when its memory really is free.
 import { Piscina } from 'piscina';
-import type { MemoryBudget } from '../runtime/index.js';
+import { QueueFullError, type MemoryBudget } from '../runtime/index.js';
 import type { PreprocessOutcome, PreprocessTask } from './worker.js';
 import type { WorkerSetup } from './worker.js';
-
-export class QueueFullError extends Error {
-  override readonly name = 'QueueFullError';
-}
 
 /** The memory an image needs now cannot be found soon enough: RESOURCE_EXHAUSTED. */
 export class BudgetExhaustedError extends Error {

@@ -9,8 +9,10 @@ import {
 import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
 import {
   invalidArgument,
+  queueFull,
+  QueueFullError,
   resourceExhausted,
-  type CallContext,
+  type HandlerContext,
   type MemoryBudget,
   type GrpcServer,
   failureReason,
@@ -18,12 +20,7 @@ import {
 import { decodeCost, readImageHeader } from './decode-cost.js';
 import type { PreprocessorMetrics } from './metrics.js';
 import { PreprocessorServiceDefinition } from './wire.js';
-import {
-  BudgetExhaustedError,
-  OverBudgetError,
-  QueueFullError,
-  type PreprocessPool,
-} from './pool.js';
+import { BudgetExhaustedError, OverBudgetError, type PreprocessPool } from './pool.js';
 import { ACCEPTED_FORMATS, type DecodeLimits, type ImageProcessorConfig } from '../model/index.js';
 
 export interface PreprocessorHandlersOptions {
@@ -48,7 +45,7 @@ export function registerPreprocessor(
 
   const preprocess = async (
     request: PreprocessRequest,
-    ctx: CallContext,
+    ctx: HandlerContext,
   ): Promise<PreprocessResponse> => {
     const started = performance.now();
     metrics.inFlight.inc();
@@ -78,7 +75,7 @@ export function registerPreprocessor(
       try {
         outcome = await pool.run({ image, split: request.split, cost, held }, ctx.signal);
       } catch (error) {
-        if (error instanceof QueueFullError) throw resourceExhausted(error.message, 'queue_full');
+        if (error instanceof QueueFullError) throw queueFull(error.message);
         if (error instanceof BudgetExhaustedError)
           throw resourceExhausted(error.message, 'memory_budget');
         if (error instanceof OverBudgetError) {

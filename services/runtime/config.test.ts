@@ -10,34 +10,51 @@ const schema = z.object({
   LEVEL: enumVar(['info', 'debug'] as const, 'info'),
 });
 
+const layout = {
+  workers: 'WORKERS',
+  split: 'SPLIT',
+  level: 'LEVEL',
+  listen: { host: 'HOST', port: 'PORT' },
+} as const;
+
 describe('loadConfig', () => {
-  it('applies defaults and freezes the result', () => {
-    const config = loadConfig(schema, {});
+  it('applies defaults, arranges the values by the layout and freezes the result', () => {
+    const config = loadConfig(schema, layout, {});
     expect(config).toEqual({
-      PORT: 50051,
-      WORKERS: 4,
-      SPLIT: false,
-      HOST: '127.0.0.1',
-      LEVEL: 'info',
+      workers: 4,
+      split: false,
+      level: 'info',
+      listen: { host: '127.0.0.1', port: 50051 },
     });
     expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.listen)).toBe(true);
   });
 
   it('parses values', () => {
-    const config = loadConfig(schema, {
+    const config = loadConfig(schema, layout, {
       PORT: '0',
       WORKERS: ' 8 ',
       SPLIT: 'on',
       HOST: '::1',
       LEVEL: 'debug',
     });
-    expect(config).toEqual({ PORT: 0, WORKERS: 8, SPLIT: true, HOST: '::1', LEVEL: 'debug' });
+    expect(config).toEqual({
+      workers: 8,
+      split: true,
+      level: 'debug',
+      listen: { host: '::1', port: 0 },
+    });
   });
 
   it('names every invalid variable, its problem and its value', () => {
     let error: unknown;
     try {
-      loadConfig(schema, { PORT: '70000', WORKERS: 'many', SPLIT: 'maybe', LEVEL: 'loud' });
+      loadConfig(schema, layout, {
+        PORT: '70000',
+        WORKERS: 'many',
+        SPLIT: 'maybe',
+        LEVEL: 'loud',
+      });
     } catch (e) {
       error = e;
     }
@@ -50,6 +67,14 @@ describe('loadConfig', () => {
   });
 
   it('enforces bounds', () => {
-    expect(() => loadConfig(schema, { WORKERS: '0' })).toThrow(/WORKERS/);
+    expect(() => loadConfig(schema, layout, { WORKERS: '0' })).toThrow(/WORKERS/);
+  });
+
+  it('takes only a layout that reads every variable, and only those (checked by tsc)', () => {
+    const { listen: _, ...withoutListen } = layout;
+    // @ts-expect-error HOST and PORT have no setting
+    expect(() => loadConfig(schema, withoutListen, {})).not.toThrow();
+    // @ts-expect-error THREADS is no variable of the schema
+    expect(() => loadConfig(schema, { ...layout, threads: 'THREADS' } as const, {})).not.toThrow();
   });
 });

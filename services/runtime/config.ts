@@ -1,5 +1,7 @@
-// Configuration from environment variables: parsed once, at start, with a zod schema, into a
-// frozen typed object. An invalid value stops the process with a message naming the variable.
+// Configuration from environment variables: parsed once, at start, with a zod schema keyed by
+// the variables' names, then arranged by a layout into a frozen typed object with camelCase
+// settings (`config.maxContext`, `config.grpc.reflection`). An invalid value stops the process
+// with a message naming the variable. docs/configuration.md lists every variable.
 import { z } from 'zod';
 
 export class ConfigError extends Error {
@@ -8,11 +10,41 @@ export class ConfigError extends Error {
 
 export type Env = Record<string, string | undefined>;
 
-/** Parses `env` with `schema` (whose keys are variable names) into a deeply frozen object. */
-export function loadConfig<S extends z.ZodObject>(
+/**
+ * A configuration object's layout: each setting's name, and the environment variable it is
+ * read from; a nested layout groups settings (`grpc: { reflection: 'LOUPE_GRPC_REFLECTION' }`).
+ */
+export interface Layout {
+  readonly [setting: string]: string | Layout;
+}
+
+/** The configuration object `L` makes of `E`, the values of the variables a schema parsed. */
+export type ConfigOf<E, L> = {
+  readonly [K in keyof L]: L[K] extends keyof E ? E[L[K]] : ConfigOf<E, L[K]>;
+};
+
+/** The variables a layout reads. */
+type LayoutVariables<L> = L extends string ? L : { [K in keyof L]: LayoutVariables<L[K]> }[keyof L];
+
+/**
+ * Checks that a layout reads every variable of its schema, and only those: a variable without
+ * a setting, or a setting without a variable, is a type error naming them.
+ */
+type EveryVariable<E, L> = [Exclude<keyof E, LayoutVariables<L>>] extends [never]
+  ? [Exclude<LayoutVariables<L>, keyof E>] extends [never]
+    ? unknown
+    : { settingsWithoutAVariable: Exclude<LayoutVariables<L>, keyof E> }
+  : { variablesWithoutASetting: Exclude<keyof E, LayoutVariables<L>> };
+
+/**
+ * Parses `env` with `schema` (whose keys are variable names) and arranges the values as
+ * `layout` says, into a deeply frozen object.
+ */
+export function loadConfig<S extends z.ZodObject, L extends Layout>(
   schema: S,
+  layout: L & EveryVariable<z.infer<S>, L>,
   env: Env = process.env,
-): Readonly<z.infer<S>> {
+): ConfigOf<z.infer<S>, L> {
   const result = schema.safeParse(env);
   if (!result.success) {
     const lines = result.error.issues.map((issue) => {
@@ -23,7 +55,19 @@ export function loadConfig<S extends z.ZodObject>(
     });
     throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
   }
-  return deepFreeze(result.data);
+  return deepFreeze(arrange(result.data as Record<string, unknown>, layout)) as ConfigOf<
+    z.infer<S>,
+    L
+  >;
+}
+
+function arrange(values: Record<string, unknown>, layout: Layout): Record<string, unknown> {
+  return Object.fromEntries(
+    Object.entries(layout).map(([setting, from]) => [
+      setting,
+      typeof from === 'string' ? values[from] : arrange(values, from),
+    ]),
+  );
 }
 
 function deepFreeze<T>(value: T): T {
@@ -156,3 +200,36 @@ export const commonEnvSchema = {
   /** Overrides the service name on spans. */
   OTEL_SERVICE_NAME: optionalStringVar(),
 };
+
+/** Where each common variable goes in a service's configuration object. */
+export const commonLayout = {
+  logLevel: 'LOUPE_LOG_LEVEL',
+  grpc: {
+    maxMessageBytes: 'LOUPE_GRPC_MAX_MESSAGE_BYTES',
+    reflection: 'LOUPE_GRPC_REFLECTION',
+    maxConcurrentStreams: 'LOUPE_GRPC_MAX_CONCURRENT_STREAMS',
+    token: 'LOUPE_GRPC_TOKEN',
+    tokenFile: 'LOUPE_GRPC_TOKEN_FILE',
+    tls: {
+      certFile: 'LOUPE_GRPC_TLS_CERT_FILE',
+      keyFile: 'LOUPE_GRPC_TLS_KEY_FILE',
+      caFile: 'LOUPE_GRPC_TLS_CA_FILE',
+      serverName: 'LOUPE_GRPC_TLS_SERVER_NAME',
+    },
+    healthPort: 'LOUPE_GRPC_HEALTH_PORT',
+  },
+  shutdownGraceMs: 'LOUPE_SHUTDOWN_GRACE_MS',
+  tracing: {
+    otlpEndpoint: 'OTEL_EXPORTER_OTLP_ENDPOINT',
+    serviceName: 'OTEL_SERVICE_NAME',
+  },
+} as const;
+
+const commonSchema = z.object(commonEnvSchema);
+
+/** The settings every service's configuration holds. */
+export type CommonConfig = ConfigOf<z.infer<typeof commonSchema>, typeof commonLayout>;
+
+/** The common settings alone (tests; a service loads them with its own). */
+export const loadCommonConfig = (env: Env = process.env): CommonConfig =>
+  loadConfig(commonSchema, commonLayout, env);

@@ -20,6 +20,8 @@ export const invalidArgument = (message: string, reason?: string) =>
   new ServiceError(status.INVALID_ARGUMENT, message, reason);
 export const resourceExhausted = (message: string, reason?: string) =>
   new ServiceError(status.RESOURCE_EXHAUSTED, message, reason);
+/** A full queue's refusal (QueueFullError, queue-full.ts), as the caller gets it. */
+export const queueFull = (message: string) => resourceExhausted(message, 'queue_full');
 export const notFound = (message: string, reason?: string) =>
   new ServiceError(status.NOT_FOUND, message, reason);
 export const unavailable = (message: string, reason?: string) =>

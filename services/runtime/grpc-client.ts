@@ -45,20 +45,19 @@ export function tokenInterceptor(token: string): Interceptor {
 }
 
 /**
- * The internal token of a service's configuration: the file's first line when
+ * The internal token of a service's configuration (`config.grpc`): the file's first line when
  * LOUPE_GRPC_TOKEN_FILE is set, else LOUPE_GRPC_TOKEN, else undefined (no token).
  */
-export function internalToken(config: {
-  LOUPE_GRPC_TOKEN?: string | undefined;
-  LOUPE_GRPC_TOKEN_FILE?: string | undefined;
+export function internalToken(grpc: {
+  readonly token?: string | undefined;
+  readonly tokenFile?: string | undefined;
 }): string | undefined {
-  if (config.LOUPE_GRPC_TOKEN_FILE) {
-    const token = readFileSync(config.LOUPE_GRPC_TOKEN_FILE, 'utf8').split('\n')[0]!.trim();
-    if (!token)
-      throw new ConfigError(`LOUPE_GRPC_TOKEN_FILE ${config.LOUPE_GRPC_TOKEN_FILE} is empty`);
+  if (grpc.tokenFile) {
+    const token = readFileSync(grpc.tokenFile, 'utf8').split('\n')[0]!.trim();
+    if (!token) throw new ConfigError(`LOUPE_GRPC_TOKEN_FILE ${grpc.tokenFile} is empty`);
     return token;
   }
-  return config.LOUPE_GRPC_TOKEN || undefined;
+  return grpc.token || undefined;
 }
 
 /** Call metadata carrying a request id to the callee's logs. */

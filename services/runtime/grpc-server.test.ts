@@ -5,12 +5,11 @@ import { credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js'
 import { trace } from '@opentelemetry/api';
 import { InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { z } from 'zod';
 import { HealthCheckResponse_ServingStatus } from '../../proto/gen/grpc/health/v1/health.js';
 import { PreprocessorClient, PreprocessorService } from '../../proto/gen/loupe/v1/preprocessor.js';
 import { checkHealth, healthClient } from '../../test/helpers/grpc.js';
 import { listServicesByReflection } from '../../test/helpers/reflection.js';
-import { commonEnvSchema, loadConfig } from './config.js';
+import { loadCommonConfig } from './config.js';
 import { invalidArgument } from './errors.js';
 import { GrpcServer, type GrpcServerOptions } from './grpc-server.js';
 import { createLogger } from './logger.js';
@@ -273,16 +272,15 @@ describe('GrpcServer options', () => {
   });
 
   it('takes both settings from the common configuration', () => {
-    const schema = z.object(commonEnvSchema);
-    const defaults = loadConfig(schema, {});
-    expect(defaults.LOUPE_GRPC_REFLECTION).toBe(false);
-    expect(defaults.LOUPE_GRPC_MAX_CONCURRENT_STREAMS).toBe(100);
-    const set = loadConfig(schema, {
+    const defaults = loadCommonConfig({});
+    expect(defaults.grpc.reflection).toBe(false);
+    expect(defaults.grpc.maxConcurrentStreams).toBe(100);
+    const set = loadCommonConfig({
       LOUPE_GRPC_REFLECTION: 'true',
       LOUPE_GRPC_MAX_CONCURRENT_STREAMS: '8',
     });
-    expect([set.LOUPE_GRPC_REFLECTION, set.LOUPE_GRPC_MAX_CONCURRENT_STREAMS]).toEqual([true, 8]);
-    expect(() => loadConfig(schema, { LOUPE_GRPC_MAX_CONCURRENT_STREAMS: '0' })).toThrow(
+    expect([set.grpc.reflection, set.grpc.maxConcurrentStreams]).toEqual([true, 8]);
+    expect(() => loadCommonConfig({ LOUPE_GRPC_MAX_CONCURRENT_STREAMS: '0' })).toThrow(
       /LOUPE_GRPC_MAX_CONCURRENT_STREAMS/,
     );
   });

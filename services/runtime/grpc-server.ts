@@ -24,7 +24,7 @@ import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { context, SpanKind, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
 import { HealthService } from '../../proto/gen/grpc/health/v1/health.js';
-import type { CallContext } from './call-context.js';
+import type { HandlerContext } from './handler-context.js';
 import { ServiceError, toStatus } from './errors.js';
 import { serverTlsCredentials, type CertificateFiles } from './grpc-tls.js';
 import { HealthRegistry, ServingStatus } from './health.js';
@@ -33,10 +33,10 @@ import { createRpcMetrics, type Registry, type RpcMetrics } from './metrics.js';
 import { protoRoot } from './paths.js';
 import { extractTraceContext } from './tracing.js';
 
-export type UnaryHandler<Req, Res> = (request: Req, ctx: CallContext) => Promise<Res>;
+export type UnaryHandler<Req, Res> = (request: Req, ctx: HandlerContext) => Promise<Res>;
 export type ServerStreamHandler<Req, Res> = (
   request: Req,
-  ctx: CallContext,
+  ctx: HandlerContext,
   /** Writes one message; resolves when the transport accepted it (backpressure). */
   send: (message: Res) => Promise<void>,
 ) => Promise<void>;
@@ -474,7 +474,7 @@ export class GrpcServer {
   private async run<T>(
     method: string,
     call: ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>,
-    body: (ctx: CallContext) => Promise<T>,
+    body: (ctx: HandlerContext) => Promise<T>,
   ): Promise<T> {
     if (this.options.token !== undefined && !this.#tokenOk(call.metadata)) {
       throw new ServiceError(
@@ -534,7 +534,7 @@ export class GrpcServer {
       const request: unknown = call.request;
       if (request instanceof UndecodableRequest) throw undecodable(request.message);
       controller.signal.throwIfAborted();
-      const ctx: CallContext = {
+      const ctx: HandlerContext = {
         signal: controller.signal,
         deadline,
         logger,

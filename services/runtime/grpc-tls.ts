@@ -42,11 +42,12 @@ const FILE_VARIABLES = {
   caFile: 'LOUPE_GRPC_TLS_CA_FILE',
 } as const;
 
-export interface TlsEnv {
-  LOUPE_GRPC_TLS_CERT_FILE?: string | undefined;
-  LOUPE_GRPC_TLS_KEY_FILE?: string | undefined;
-  LOUPE_GRPC_TLS_CA_FILE?: string | undefined;
-  LOUPE_GRPC_TLS_SERVER_NAME?: string | undefined;
+/** The TLS settings of a configuration (`config.grpc.tls`: LOUPE_GRPC_TLS_*). */
+export interface TlsSettings {
+  readonly certFile?: string | undefined;
+  readonly keyFile?: string | undefined;
+  readonly caFile?: string | undefined;
+  readonly serverName?: string | undefined;
 }
 
 /**
@@ -54,17 +55,17 @@ export interface TlsEnv {
  * together: a partial set is a ConfigError naming what is missing (a half-configured TLS
  * silently falling back to plaintext is the failure this prevents).
  */
-export function grpcTlsConfig(config: TlsEnv): ClientTls | undefined {
+export function grpcTlsConfig(settings: TlsSettings): ClientTls | undefined {
   const files = {
-    certFile: config.LOUPE_GRPC_TLS_CERT_FILE,
-    keyFile: config.LOUPE_GRPC_TLS_KEY_FILE,
-    caFile: config.LOUPE_GRPC_TLS_CA_FILE,
+    certFile: settings.certFile,
+    keyFile: settings.keyFile,
+    caFile: settings.caFile,
   };
   const missing = (Object.keys(FILE_VARIABLES) as Array<keyof TlsFiles>)
     .filter((key) => !files[key])
     .map((key) => FILE_VARIABLES[key]);
   if (missing.length === 3) {
-    if (config.LOUPE_GRPC_TLS_SERVER_NAME)
+    if (settings.serverName)
       throw new ConfigError(
         'LOUPE_GRPC_TLS_SERVER_NAME is set but internal gRPC TLS is off: set LOUPE_GRPC_TLS_CERT_FILE, LOUPE_GRPC_TLS_KEY_FILE and LOUPE_GRPC_TLS_CA_FILE too, or unset it',
       );
@@ -74,7 +75,7 @@ export function grpcTlsConfig(config: TlsEnv): ClientTls | undefined {
     throw new ConfigError(
       `internal gRPC TLS needs LOUPE_GRPC_TLS_CERT_FILE, LOUPE_GRPC_TLS_KEY_FILE and LOUPE_GRPC_TLS_CA_FILE together: ${missing.join(' and ')} ${missing.length === 1 ? 'is' : 'are'} unset`,
     );
-  const serverName = config.LOUPE_GRPC_TLS_SERVER_NAME;
+  const serverName = settings.serverName;
   return {
     certFile: files.certFile!,
     keyFile: files.keyFile!,
@@ -96,11 +97,11 @@ export interface StageTransport {
  * at once (three stages on one host would collide), so it is asked for.
  */
 export function stageTransport(
-  config: TlsEnv & { LOUPE_GRPC_HEALTH_PORT?: number | undefined },
+  grpc: { readonly tls: TlsSettings; readonly healthPort?: number | undefined },
   logger?: Logger,
 ): StageTransport {
-  const tls = grpcTlsConfig(config);
-  const healthPort = config.LOUPE_GRPC_HEALTH_PORT;
+  const tls = grpcTlsConfig(grpc.tls);
+  const healthPort = grpc.healthPort;
   if (tls && healthPort === undefined)
     throw new ConfigError(
       'internal gRPC TLS is on (LOUPE_GRPC_TLS_*) but LOUPE_GRPC_HEALTH_PORT is unset: Kubernetes gRPC probes cannot speak TLS, so a stage with TLS serves health in plaintext on that port (0 picks a free one)',
