@@ -76,8 +76,19 @@ function number(expression: string | undefined): string | undefined {
   return String(Function(`"use strict"; return (${expression});`)() as number);
 }
 
+/**
+ * Defaults computed from the machine the schema loads on (cgroup CPU limit or cores): the
+ * reference says where they come from, not what this machine's are, so it reads the same
+ * wherever it is generated.
+ */
+const MACHINE_DEFAULTS: Record<string, string> = {
+  LOUPE_PREPROCESSOR_WORKERS: 'one per core',
+};
+
 /** The default a schema gives a variable left unset. */
 function defaultOf(schema: z.ZodObject, name: string): string {
+  const machine = MACHINE_DEFAULTS[name];
+  if (machine !== undefined) return machine;
   const field = (schema.shape as Record<string, z.ZodType>)[name]!;
   const parsed = field.safeParse(undefined);
   if (!parsed.success) return 'required';

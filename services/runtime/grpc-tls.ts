@@ -2,7 +2,7 @@
 // refuse, at the handshake, clients whose certificate does not chain to the CA bundle; the
 // gateway presents its own and checks the stages'. Certificates come from files (a mounted
 // cert-manager Secret: tls.crt, tls.key, ca.crt) and are re-read while the process runs, so a
-// rotated certificate is taken without a restart (README.md, "Internal gRPC TLS").
+// rotated certificate is taken without a restart (docs/operations.md, "Internal gRPC TLS").
 //
 // Rotation rests on grpc-js's certificate-provider credentials (`experimental` in the pinned
 // 1.14.7): a server built with them calls setSecureContext on its TLS server for each update,
