@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readSafetensors, writeTinyModel } from '../services/model/index.js';
-import { fixturesDir } from './helpers/fixtures.js';
+import { fixtureCases, fixturesDir } from './helpers/fixtures.js';
 import { repoRoot } from './helpers/service-process.js';
 
 const run = promisify(execFile);
@@ -26,7 +26,11 @@ interface Case {
 const expected = JSON.parse(readFileSync(join(fixturesDir, 'model', 'expected.json'), 'utf8')) as {
   cases: Record<string, Case>;
 };
-const tinyCases = Object.entries(expected.cases).filter(([name]) => name.startsWith('tiny-'));
+const tinyCases = fixtureCases(
+  'tiny-* model goldens',
+  Object.entries(expected.cases).filter(([name]) => name.startsWith('tiny-')),
+  7,
+);
 const maxAbsDiff = (a: Float32Array, b: Float32Array) => {
   expect(a.length).toBe(b.length);
   let max = 0;

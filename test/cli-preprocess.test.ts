@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readSafetensors } from '../services/model/index.js';
 import { writeProcessorConfigs } from './helpers/checkpoint.js';
-import { fixturesDir, loadPreprocessExpectations } from './helpers/fixtures.js';
+import { fixtureCases, fixturesDir, loadPreprocessExpectations } from './helpers/fixtures.js';
 import { repoRoot } from './helpers/service-process.js';
 
 const run = promisify(execFile);
@@ -28,13 +28,18 @@ describe('loupe preprocess', () => {
     rmSync(out, { recursive: true, force: true });
   });
 
-  const cases = loadPreprocessExpectations().filter((e) =>
-    [
-      'jpeg-exif6-1200x800.jpg',
-      'png-rgba-400x300.png',
-      'jpeg-wide-3000x120.jpg',
-      'png-tiny-2x2.png',
-    ].includes(e.file),
+  // Four images, split off and on.
+  const cases = fixtureCases(
+    'preprocess expectations of four images',
+    loadPreprocessExpectations().filter((e) =>
+      [
+        'jpeg-exif6-1200x800.jpg',
+        'png-rgba-400x300.png',
+        'jpeg-wide-3000x120.jpg',
+        'png-tiny-2x2.png',
+      ].includes(e.file),
+    ),
+    8,
   );
 
   it.each(cases.map((c) => [c.file, c.split, c] as const))(

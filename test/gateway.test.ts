@@ -15,13 +15,18 @@ import { loadChatTemplate, writeTinyModel, type ChatMessage } from '../services/
 import { fixturesDir } from './helpers/fixtures.js';
 import { pngDeclaring } from './helpers/images.js';
 import { call, clientOptions } from './helpers/grpc.js';
+import { scrapeMetrics, waitForMetrics } from './helpers/metrics.js';
 import {
   builtService,
   ephemeralPorts,
   repoRoot,
+  startGateway,
   startServiceProcess,
+  stopServiceProcesses,
   type ServiceProcess,
 } from './helpers/service-process.js';
+import { sseEvents } from './helpers/sse.js';
+import { until } from './helpers/wait.js';
 
 const work = mkdtempSync(join(tmpdir(), 'loupe-gateway-'));
 const modelDir = join(work, 'tiny-seed0');
@@ -38,26 +43,14 @@ let imageServer: Server;
 let imageBase = '';
 let decoder: DecoderClient;
 
-async function startGateway(env: Record<string, string> = {}) {
+/** A gateway in front of the stages, with the key and the local image server allowed. */
+function gatewayFor(env: Record<string, string> = {}) {
   const [pre, enc, dec] = stages;
-  const g = await startServiceProcess(builtService('gateway'), {
-    LOUPE_MODEL_DIR: modelDir,
-    LOUPE_GATEWAY_HOST: '127.0.0.1',
-    LOUPE_GATEWAY_PORT: '0',
-    LOUPE_GATEWAY_METRICS_PORT: '0',
-    LOUPE_PREPROCESSOR_ENDPOINTS: pre!.grpcAddress,
-    LOUPE_ENCODER_ENDPOINTS: enc!.grpcAddress,
-    LOUPE_DECODER_ENDPOINTS: dec!.grpcAddress,
-    LOUPE_GATEWAY_API_KEYS: KEY,
-    LOUPE_GATEWAY_FETCH_ALLOW: '127.0.0.1',
-    ...env,
-  });
-  const ready = await g.waitForLog((e) => e.event === 'ready');
-  return {
-    process: g,
-    base: `http://127.0.0.1:${Number(ready.httpPort)}`,
-    metrics: `http://127.0.0.1:${Number(ready.metricsPort)}/metrics`,
-  };
+  return startGateway(
+    modelDir,
+    { preprocessor: pre!.grpcAddress, encoder: enc!.grpcAddress, decoder: dec!.grpcAddress },
+    { LOUPE_GATEWAY_API_KEYS: KEY, LOUPE_GATEWAY_FETCH_ALLOW: '127.0.0.1', ...env },
+  );
 }
 
 /** What `npx loupe generate` gives for the template-rendered `messages`. */
@@ -98,7 +91,8 @@ beforeAll(async () => {
       }),
     ),
   );
-  ({ process: gateway, base, metrics: metricsUrl } = await startGateway());
+  gateway = await gatewayFor();
+  ({ httpBase: base, metricsUrl } = gateway);
   decoder = new DecoderClient(stages[2]!.grpcAddress, credentials.createInsecure(), clientOptions);
   imageServer = createServer((req, res) => {
     if (req.url === '/redirect') {
@@ -127,6 +121,7 @@ afterAll(async () => {
   imageServer?.closeAllConnections();
   imageServer?.close();
   for (const p of [gateway, ...stages]) if (p) expect(await p.stop()).toBe(0);
+  await stopServiceProcesses(); // any a failed start left behind
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -149,14 +144,8 @@ function heldRequest(url: string, signal: AbortSignal) {
 }
 
 /** Waits (bounded) until the gateway reports `n` requests in flight. */
-async function untilInFlight(metricsUrl: string, n: number) {
-  for (let i = 0; ; i++) {
-    const m = await (await fetch(metricsUrl)).text();
-    if (new RegExp(`loupe_gateway_requests_in_flight\\{[^}]*\\} ${n}`).test(m)) return;
-    if (i > 500) throw new Error(`the gateway never had ${n} requests in flight`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+const untilInFlight = (metricsUrl: string, n: number) =>
+  waitForMetrics(metricsUrl, (m) => m.value('loupe_gateway_requests_in_flight') === n);
 
 const openai = () => new OpenAI({ baseURL: `${base}/v1`, apiKey: KEY, maxRetries: 0 });
 
@@ -312,7 +301,7 @@ describe('gateway, end to end with the openai SDK', () => {
     const second = await openai().chat.completions.create(request);
     expect(first.choices[0]!.message.content).toBe(expected.text);
     expect(second.choices[0]!.message.content).toBe(expected.text);
-    const metrics = await (await fetch(metricsUrl)).text();
+    const { text: metrics } = await scrapeMetrics(metricsUrl);
     expect(metrics).toMatch(/loupe_gateway_images_total\{[^}]*source="cache"[^}]*\} [2-9]/);
   });
 
@@ -346,13 +335,11 @@ describe('gateway, end to end with the openai SDK', () => {
     // then the decoder drops it.
     expect(finished).toBe(false);
     expect(runningBefore).toBe(1);
-    const until = Date.now() + 20_000;
-    for (;;) {
-      const load = await call(decoder, decoder.load, {});
-      if (load.running === 0) break;
-      if (Date.now() > until) throw new Error(`decoder still running ${load.running}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await until(
+      'the decoder to drop the sequence',
+      async () => (await call(decoder, decoder.load, {})).running === 0,
+      { intervalMs: 20 },
+    );
   });
 });
 
@@ -605,13 +592,13 @@ describe('gateway refusals, in OpenAI error shapes', () => {
   });
 
   it('caps messages and prompt characters before any work; builds long prompts off the event loop', async () => {
-    const capped = await startGateway({
+    const capped = await gatewayFor({
       LOUPE_GATEWAY_MAX_MESSAGES: '3',
       LOUPE_GATEWAY_MAX_PROMPT_CHARS: '20000',
     });
     try {
       const send = (body: unknown) =>
-        fetch(`${capped.base}/v1/chat/completions`, {
+        fetch(`${capped.httpBase}/v1/chat/completions`, {
           method: 'POST',
           headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
           body: JSON.stringify(body),
@@ -632,12 +619,8 @@ describe('gateway refusals, in OpenAI error shapes', () => {
       expect(((await long.json()) as { error: { code: string } }).error.code).toBe(
         'prompt_too_long',
       );
-      const pooled = () =>
-        fetch(capped.metrics)
-          .then((r) => r.text())
-          .then((t) =>
-            Number(/^loupe_gateway_prompts_total\{where="pool"[^}]*\} (\d+)/m.exec(t)?.[1] ?? 0),
-          );
+      const pooled = async () =>
+        (await scrapeMetrics(capped)).value('loupe_gateway_prompts_total', { where: 'pool' }) ?? 0;
       const before = await pooled();
       // 9,600 characters: over the inline threshold, so a pool thread builds it.
       const r = await send({
@@ -648,25 +631,16 @@ describe('gateway refusals, in OpenAI error shapes', () => {
       expect([200, 400]).toContain(r.status); // 400 when the tokens overflow the context
       expect(await pooled()).toBe(before + 1);
     } finally {
-      expect(await capped.process.stop()).toBe(0);
+      expect(await capped.stop()).toBe(0);
     }
   });
 
   it('refuses a prompt whose image tokens overflow the context before any image work', async () => {
     const counters = async () => {
-      const [pre, enc] = await Promise.all(
-        [stages[0]!, stages[1]!].map(async (p) =>
-          (await fetch(`http://127.0.0.1:${p.metricsPort}/metrics`)).text(),
-        ),
-      );
-      const total = (text: string, name: string) =>
-        text
-          .split('\n')
-          .filter((l) => l.startsWith(name))
-          .reduce((n, l) => n + Number(l.split(' ').at(-1)), 0);
+      const [pre, enc] = await Promise.all([stages[0]!, stages[1]!].map(scrapeMetrics));
       return [
-        total(pre!, 'loupe_preprocessor_images_total'),
-        total(enc!, 'loupe_encoder_requests_total'),
+        pre!.sum('loupe_preprocessor_images_total'),
+        enc!.sum('loupe_encoder_requests_total'),
       ];
     };
     const before = await counters();
@@ -692,13 +666,13 @@ describe('gateway refusals, in OpenAI error shapes', () => {
   });
 
   it('413 for a body over the limit, 429 with Retry-After over the rate limit', async () => {
-    const small = await startGateway({
+    const small = await gatewayFor({
       LOUPE_GATEWAY_MAX_BODY_BYTES: '65536',
       LOUPE_GATEWAY_REQUESTS_PER_MINUTE: '2',
     });
     try {
       const send = (body: unknown) =>
-        fetch(`${small.base}/v1/chat/completions`, {
+        fetch(`${small.httpBase}/v1/chat/completions`, {
           method: 'POST',
           headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
           body: JSON.stringify(body),
@@ -709,7 +683,7 @@ describe('gateway refusals, in OpenAI error shapes', () => {
       // The refused body counted as one of the two requests: admission charges first.
       expect((await send(chat('hi'))).status).toBe(200);
       // The same key spelled with extra spaces is the same client.
-      const limited = await fetch(`${small.base}/v1/chat/completions`, {
+      const limited = await fetch(`${small.httpBase}/v1/chat/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json', authorization: `Bearer   ${KEY} ` },
         body: JSON.stringify(chat('hi')),
@@ -720,7 +694,7 @@ describe('gateway refusals, in OpenAI error shapes', () => {
         'rate_limit_error',
       );
     } finally {
-      expect(await small.process.stop()).toBe(0);
+      expect(await small.stop()).toBe(0);
     }
   });
 
@@ -737,7 +711,7 @@ describe('gateway refusals, in OpenAI error shapes', () => {
     expect(Object.keys(doc.paths)).toContain('/v1/chat/completions');
     expect(JSON.stringify(doc)).toContain('max_completion_tokens');
     // Metrics are served on their own port, never on the API's (behind a public Ingress).
-    expect(await (await fetch(metricsUrl)).text()).toMatch(/loupe_gateway_requests_total/);
+    expect((await scrapeMetrics(metricsUrl)).text).toMatch(/loupe_gateway_requests_total/);
     expect((await fetch(`${base}/metrics`)).status).toBe(404);
   });
 });
@@ -760,46 +734,46 @@ describe('gateway limits and failures (the docs/architecture.md table)', () => {
     ((await r.json()) as { error: { message: string; code: string } }).error;
 
   it('N requests at once against a limit of M admit exactly M: per-key concurrency and request rate', async () => {
-    const g = await startGateway({
+    const g = await gatewayFor({
       LOUPE_GATEWAY_MAX_IN_FLIGHT_PER_KEY: '2',
       LOUPE_GATEWAY_REQUESTS_PER_MINUTE: '1000',
     });
-    const rated = await startGateway({ LOUPE_GATEWAY_REQUESTS_PER_MINUTE: '3' });
+    const rated = await gatewayFor({ LOUPE_GATEWAY_REQUESTS_PER_MINUTE: '3' });
     const controller = new AbortController();
     try {
       // Two requests whose bodies never finish stay in flight (admission counts a request
       // from its first byte); then three more from the same key.
       const held = Array.from({ length: 2 }, () =>
-        heldRequest(g.base, controller.signal).catch(() => undefined),
+        heldRequest(g.httpBase, controller.signal).catch(() => undefined),
       );
-      await untilInFlight(g.metrics, 2);
-      const more = await Promise.all(Array.from({ length: 3 }, () => send(g.base, chat('hi'))));
+      await untilInFlight(g.metricsUrl, 2);
+      const more = await Promise.all(Array.from({ length: 3 }, () => send(g.httpBase, chat('hi'))));
       expect(more.map((r) => r.status)).toEqual([429, 429, 429]);
       for (const r of more) expect((await error(r)).code).toBe('too_many_concurrent_requests');
       controller.abort();
       await Promise.all(held);
       const rates = await Promise.all(
-        Array.from({ length: 6 }, () => send(rated.base, chat('hi'))),
+        Array.from({ length: 6 }, () => send(rated.httpBase, chat('hi'))),
       );
       expect(rates.map((r) => r.status).sort()).toEqual([200, 200, 200, 429, 429, 429]);
     } finally {
       controller.abort();
-      expect(await g.process.stop()).toBe(0);
-      expect(await rated.process.stop()).toBe(0);
+      expect(await g.stop()).toBe(0);
+      expect(await rated.stop()).toBe(0);
     }
   });
 
   it('keeps bodies in flight inside the memory budget, reserving before reading', async () => {
     // A chunked body reserves 3 × the body limit (196,608 bytes here): one fits, two do not.
-    const g = await startGateway({
+    const g = await gatewayFor({
       LOUPE_GATEWAY_MAX_BODY_BYTES: '65536',
       LOUPE_GATEWAY_MEMORY_BUDGET_BYTES: '300000',
     });
     const controller = new AbortController();
     try {
-      const chunked = () => heldRequest(g.base, controller.signal);
+      const chunked = () => heldRequest(g.httpBase, controller.signal);
       const held = chunked().catch(() => undefined);
-      await untilInFlight(g.metrics, 1);
+      await untilInFlight(g.metricsUrl, 1);
       const second = await chunked();
       expect(second.status).toBe(429);
       expect(Number(second.headers.get('retry-after'))).toBeGreaterThan(0);
@@ -807,21 +781,25 @@ describe('gateway limits and failures (the docs/architecture.md table)', () => {
       controller.abort();
       await held;
       // The reservation came back with the aborted request.
-      for (let i = 0; ; i++) {
-        const r = await send(g.base, chat('hi'));
-        if (r.status === 200) break;
-        if (i > 100) throw new Error(`still refused: ${r.status}`);
-        await new Promise((resolve) => setTimeout(resolve, 10));
-      }
+      let refused = 0;
+      await until(
+        'the reservation to come back',
+        async () => {
+          const r = await send(g.httpBase, chat('hi'));
+          refused = r.status;
+          return r.status === 200;
+        },
+        { detail: () => `still refused: ${refused}` },
+      );
     } finally {
       controller.abort();
-      expect(await g.process.stop()).toBe(0);
+      expect(await g.stop()).toBe(0);
     }
   });
 
   it('a keyless gateway refuses foreign hosts, foreign origins and non-JSON bodies', async () => {
-    const g = await startGateway({ LOUPE_GATEWAY_API_KEYS: '' });
-    const port = Number(new URL(g.base).port);
+    const g = await gatewayFor({ LOUPE_GATEWAY_API_KEYS: '' });
+    const port = Number(new URL(g.httpBase).port);
     // node:http sets the Host header as given, as a rebinding browser would.
     const post = (headers: Record<string, string>, body: string) =>
       new Promise<{ status: number; body: string }>((resolve, reject) => {
@@ -866,15 +844,15 @@ describe('gateway limits and failures (the docs/architecture.md table)', () => {
         if (code) expect(JSON.parse(r.body).error.code).toBe(code);
       }
     } finally {
-      expect(await g.process.stop()).toBe(0);
+      expect(await g.stop()).toBe(0);
     }
   });
 
   it('rate-limits failed authentications per client address', async () => {
-    const g = await startGateway({ LOUPE_GATEWAY_AUTH_FAILURES_PER_MINUTE: '3' });
+    const g = await gatewayFor({ LOUPE_GATEWAY_AUTH_FAILURES_PER_MINUTE: '3' });
     try {
       const models = (key: string) =>
-        fetch(`${g.base}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+        fetch(`${g.httpBase}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
       for (let i = 0; i < 3; i++) expect((await models('sk-wrong')).status).toBe(401);
       const blocked = await models('sk-wrong');
       expect(blocked.status).toBe(429);
@@ -883,12 +861,12 @@ describe('gateway limits and failures (the docs/architecture.md table)', () => {
       // While blocked, even the right key waits: guessing must not pay off.
       expect((await models(KEY)).status).toBe(429);
     } finally {
-      expect(await g.process.stop()).toBe(0);
+      expect(await g.stop()).toBe(0);
     }
   });
 
   it('400 for too many images, image bytes and pixels, prompt tokens, slow and big fetches', async () => {
-    const g = await startGateway({
+    const g = await gatewayFor({
       LOUPE_GATEWAY_MAX_IMAGES: '1',
       LOUPE_GATEWAY_MAX_IMAGE_BYTES: '50000',
       LOUPE_GATEWAY_FETCH_TIMEOUT_MS: '500',
@@ -911,7 +889,7 @@ describe('gateway limits and failures (the docs/architecture.md table)', () => {
         [chat('word '.repeat(5000)), /context/, 'context_length_exceeded'],
       ];
       for (const [body, message, code] of cases) {
-        const r = await send(g.base, body);
+        const r = await send(g.httpBase, body);
         const e = await error(r);
         expect([String(message), r.status, e.message]).toEqual([
           String(message),
@@ -921,19 +899,19 @@ describe('gateway limits and failures (the docs/architecture.md table)', () => {
         expect(e.code).toBe(code);
       }
     } finally {
-      expect(await g.process.stop()).toBe(0);
+      expect(await g.stop()).toBe(0);
     }
   });
 
   it('retries an idempotent stage on another endpoint, and answers 503 with Retry-After when a stage is down', async () => {
     const [pre] = stages;
-    const g = await startGateway({
+    const g = await gatewayFor({
       LOUPE_PREPROCESSOR_ENDPOINTS: `127.0.0.1:1,${pre!.grpcAddress}`,
       LOUPE_DECODER_ENDPOINTS: '127.0.0.1:1',
     });
     try {
       const r = await send(
-        g.base,
+        g.httpBase,
         chat([img(dataUrl('png-377x377.png')), { type: 'text', text: 'hi' }]),
       );
       expect(r.status).toBe(503);
@@ -944,17 +922,17 @@ describe('gateway limits and failures (the docs/architecture.md table)', () => {
       // Connection errors name internal addresses and ports: logged, never sent.
       expect(message).not.toMatch(/127\.0\.0\.1|ECONNREFUSED|:\d{2,5}\b/);
       // The gateway itself stays ready (it answers, with 503s); its body names the stage down.
-      const ready = await fetch(`${g.base}/readyz`);
+      const ready = await fetch(`${g.httpBase}/readyz`);
       expect(ready.status).toBe(200);
       expect(await ready.json()).toEqual({
         ready: true,
         stages: { preprocessor: true, encoder: true, decoder: false },
       });
-      expect(await (await fetch(g.metrics)).text()).toMatch(
+      expect((await scrapeMetrics(g)).text).toMatch(
         /loupe_gateway_stage_up\{[^}]*stage="decoder"[^}]*\} 0/,
       );
     } finally {
-      expect(await g.process.stop()).toBe(0);
+      expect(await g.stop()).toBe(0);
     }
   });
 
@@ -968,10 +946,10 @@ describe('gateway limits and failures (the docs/architecture.md table)', () => {
       LOUPE_DECODER_MAX_CONTEXT: '4096',
       LOUPE_DECODER_MAX_NEW_TOKENS: '4000',
     });
-    const g = await startGateway({ LOUPE_DECODER_ENDPOINTS: busy.grpcAddress });
+    const g = await gatewayFor({ LOUPE_DECODER_ENDPOINTS: busy.grpcAddress });
     const controller = new AbortController();
     try {
-      const long = await fetch(`${g.base}/v1/chat/completions`, {
+      const long = await fetch(`${g.httpBase}/v1/chat/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
         body: JSON.stringify(
@@ -979,13 +957,16 @@ describe('gateway limits and failures (the docs/architecture.md table)', () => {
         ),
         signal: controller.signal,
       });
-      // Running once a token has streamed (the first chunk only says the role).
-      const reader = long.body!.getReader();
-      let seen = '';
-      while (!seen.includes('"content":"') || seen.split('data:').length < 3) {
-        seen += new TextDecoder().decode((await reader.read()).value);
+      // Running once a token has streamed (the first chunk only says the role). Leaving the
+      // loop keeps the stream open: the request holds the decoder's one slot.
+      let events = 0;
+      let content = false;
+      for await (const data of sseEvents(long)) {
+        content ||= data.includes('"content":"');
+        if (++events >= 2 && content) break;
       }
-      const r = await send(g.base, chat('hi'));
+      expect(content).toBe(true);
+      const r = await send(g.httpBase, chat('hi'));
       expect(r.status).toBe(429);
       expect(Number(r.headers.get('retry-after'))).toBeGreaterThan(0);
       expect(await error(r)).toMatchObject({
@@ -994,7 +975,7 @@ describe('gateway limits and failures (the docs/architecture.md table)', () => {
       });
     } finally {
       controller.abort();
-      expect(await g.process.stop()).toBe(0);
+      expect(await g.stop()).toBe(0);
       await busy.stop();
     }
   });
@@ -1007,63 +988,49 @@ describe('gateway limits and failures (the docs/architecture.md table)', () => {
       LOUPE_DECODER_MAX_CONTEXT: '4096',
       LOUPE_DECODER_MAX_NEW_TOKENS: '4000',
     });
-    const g = await startGateway({ LOUPE_DECODER_ENDPOINTS: doomed.grpcAddress });
+    const g = await gatewayFor({ LOUPE_DECODER_ENDPOINTS: doomed.grpcAddress });
     try {
       const r = await send(
-        g.base,
+        g.httpBase,
         chat('Hello there, who are you?', { max_tokens: 4000, temperature: 0, stream: true }),
       );
       expect(r.status).toBe(200);
-      const reader = r.body!.getReader();
-      let text = '';
-      let killed = false;
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        text += new TextDecoder().decode(value);
-        if (!killed && text.split('data:').length > 4) {
-          killed = true;
-          doomed.child.kill('SIGKILL');
-        }
+      const events: string[] = [];
+      for await (const data of sseEvents(r)) {
+        // Mid-answer: after a few chunks.
+        if (events.push(data) === 4) doomed.child.kill('SIGKILL');
       }
-      const events = text
-        .split('\n')
-        .filter((l) => l.startsWith('data: '))
-        .map((l) => l.slice(6));
       expect(events.at(-1)).not.toBe('[DONE]');
       expect((JSON.parse(events.at(-1)!) as { error: { type: string } }).error.type).toBe(
         'service_unavailable',
       );
-      expect((await fetch(`${g.base}/healthz`)).status).toBe(200);
+      expect((await fetch(`${g.httpBase}/healthz`)).status).toBe(200);
       // The stage's health reaches /readyz's body within a second or so.
-      const until = Date.now() + 10_000;
-      for (;;) {
-        const ready = await fetch(`${g.base}/readyz`);
-        expect(ready.status).toBe(200);
-        const body = (await ready.json()) as { stages: { decoder: boolean } };
-        if (!body.stages.decoder) break;
-        if (Date.now() > until) throw new Error('/readyz still reports the dead decoder up');
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      await until(
+        '/readyz to report the dead decoder down',
+        async () => {
+          const ready = await fetch(`${g.httpBase}/readyz`);
+          expect(ready.status).toBe(200);
+          const body = (await ready.json()) as { stages: { decoder: boolean } };
+          return !body.stages.decoder;
+        },
+        { timeoutMs: 10_000, intervalMs: 100 },
+      );
     } finally {
-      expect(await g.process.stop()).toBe(0);
+      expect(await g.stop()).toBe(0);
       await doomed.stop();
     }
   });
 
   it('finishes the request in flight on SIGTERM, then exits 0', async () => {
-    const g = await startGateway();
+    const g = await gatewayFor();
     const pending = send(
-      g.base,
+      g.httpBase,
       chat('Hello there, who are you?', { max_tokens: 40, temperature: 0 }),
     );
     // Wait until the request is in the gateway before the signal.
-    for (let i = 0; i < 100; i++) {
-      const m = await (await fetch(g.metrics)).text();
-      if (/loupe_gateway_requests_in_flight\{[^}]*\} 1/.test(m)) break;
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    const stopped = g.process.stop();
+    await untilInFlight(g.metricsUrl, 1);
+    const stopped = g.stop();
     const r = await pending;
     expect(r.status).toBe(200);
     expect(

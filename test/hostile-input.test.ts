@@ -10,17 +10,15 @@ import { join } from 'node:path';
 import { Client, credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import {
-  DecoderClient,
-  GenerateRequest,
-  type GenerateResponse,
-} from '../proto/gen/loupe/v1/decoder.js';
+import { DecoderClient, GenerateRequest } from '../proto/gen/loupe/v1/decoder.js';
 import { EncoderClient } from '../proto/gen/loupe/v1/encoder.js';
 import { PreprocessorClient } from '../proto/gen/loupe/v1/preprocessor.js';
 import { Dtype } from '../proto/gen/loupe/v1/tensor.js';
+import { generate as generateStream } from '../services/decoder/generate.test-helper.js';
 import { writeTinyModel } from '../services/model/index.js';
 import { subImagesHash } from '../services/runtime/index.js';
-import { callError, clientOptions } from './helpers/grpc.js';
+import { callError, clientOptions, loupeReason as reason } from './helpers/grpc.js';
+import { scrapeMetrics } from './helpers/metrics.js';
 import {
   mib,
   peakResidentBytes,
@@ -37,7 +35,6 @@ import {
 } from './helpers/service-process.js';
 
 const MiB = 2 ** 20;
-const reason = (error: ServiceError) => String(error.metadata?.get('loupe-reason')[0] ?? '');
 
 /** A JPEG of a pattern (quick to make, unlike noise), width × height. */
 async function patternJpeg(width: number, height: number): Promise<Buffer> {
@@ -87,22 +84,17 @@ function preprocess(
   });
 }
 
-async function metricValue(service: ServiceProcess, line: RegExp): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${service.metricsPort}/metrics`)).text();
-  const match = text.split('\n').find((l) => line.test(l));
-  return match === undefined ? Number.NaN : Number(match.split(' ').pop());
-}
-
 /** Waits until no call is in flight and no byte is reserved from the budget. */
 async function drained(service: ServiceProcess): Promise<void> {
   await expect
     .poll(
-      async () =>
-        (await metricValue(service, /^loupe_preprocessor_requests_in_flight\b/)) +
-        (await metricValue(
-          service,
-          /^loupe_preprocessor_memory_budget_bytes\{[^}]*state="reserved"/,
-        )),
+      async () => {
+        const metrics = await scrapeMetrics(service);
+        return (
+          (metrics.value('loupe_preprocessor_requests_in_flight') ?? NaN) +
+          (metrics.value('loupe_preprocessor_memory_budget_bytes', { state: 'reserved' }) ?? NaN)
+        );
+      },
       { timeout: 60_000, interval: 200 },
     )
     .toBe(0);
@@ -357,15 +349,9 @@ describe('encoder and decoder on inputs no gateway sends', () => {
       LOUPE_DECODER_MAX_CONTEXT: '256',
     });
     const decoder = new DecoderClient(service.grpcAddress, credentials.createInsecure());
-    const generate = (request: GenerateRequest) =>
-      new Promise<ServiceError | undefined>((resolve) => {
-        const stream = decoder.generate(request, new Metadata(), {
-          deadline: new Date(Date.now() + 10_000),
-        });
-        stream.on('data', (_m: GenerateResponse) => {});
-        stream.on('error', resolve);
-        stream.on('end', () => resolve(undefined));
-      });
+    /** How the call failed, or undefined. */
+    const generate = async (request: GenerateRequest) =>
+      (await generateStream(decoder, request, { deadlineMs: 10_000 })).error;
     const HIDDEN = 64;
     const IMAGE = 459;
     const rows = Buffer.alloc(2 * HIDDEN * 2); // float16 zeros

@@ -33,10 +33,12 @@ import {
   ServingStatus,
 } from '../services/runtime/index.js';
 import { call, callError, checkHealth, clientOptions, healthClient } from './helpers/grpc.js';
+import { gatewaysWithAndWithout, startProtectedDecoder } from './helpers/internal-auth.js';
 import {
   builtService,
   ephemeralPorts,
   repoRoot,
+  startGateway,
   startServiceProcess,
   stopServiceProcesses,
   type ServiceProcess,
@@ -82,15 +84,9 @@ afterAll(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
-/** The health port from a stage's ready line. */
-async function healthPortOf(stage: ServiceProcess): Promise<number> {
-  const ready = await stage.waitForLog((e) => e.event === 'ready');
-  return Number(ready.grpcHealthPort);
-}
-
 describe('a stage with TLS', () => {
   it('answers a client whose certificate its CA signed, and says so in its ready line', async () => {
-    const ready = await preprocessor.waitForLog((e) => e.event === 'ready');
+    const { ready } = preprocessor;
     expect(ready.grpcTls).toBe(true);
     expect(ready.grpcHealthPort).toBeGreaterThan(0);
     expect(ready.grpcHealthPort).not.toBe(ready.grpcPort);
@@ -129,7 +125,7 @@ describe('a stage with TLS', () => {
   });
 
   it('serves health alone, in plaintext, on the health port', async () => {
-    const address = `127.0.0.1:${await healthPortOf(preprocessor)}`;
+    const address = `127.0.0.1:${Number(preprocessor.ready.grpcHealthPort)}`;
     const health = healthClient(address);
     for (const service of ['', 'loupe.v1.Preprocessor'])
       expect((await checkHealth(health, service)).status).toBe(Serving.SERVING);
@@ -374,35 +370,11 @@ describe('the gateway with TLS', () => {
   let decoder: ServiceProcess;
   beforeAll(async () => {
     writeTinyModel({ out: modelDir, seed: 0 });
-    decoder = await startServiceProcess(builtService('decoder'), {
-      ...ephemeralPorts('DECODER'),
-      LOUPE_MODEL_DIR: modelDir,
-      LOUPE_DECODER_THREADS: '1',
+    decoder = await startProtectedDecoder(modelDir, {
       LOUPE_GRPC_HEALTH_PORT: '0',
       ...tlsEnv(stageTls),
     });
   });
-
-  const gateway = (env: Record<string, string>) =>
-    startServiceProcess(builtService('gateway'), {
-      LOUPE_MODEL_DIR: modelDir,
-      LOUPE_GATEWAY_PORT: '0',
-      LOUPE_GATEWAY_METRICS_PORT: '0',
-      LOUPE_DECODER_ENDPOINTS: decoder.grpcAddress,
-      ...env,
-    });
-  const ask = async (g: ServiceProcess) => {
-    const ready = await g.waitForLog((e) => e.event === 'ready');
-    return fetch(`http://127.0.0.1:${Number(ready.httpPort)}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({
-        model: 'tiny',
-        max_tokens: 2,
-        messages: [{ role: 'user', content: 'hi' }],
-      }),
-    });
-  };
 
   it('with certificates gets answers from a TLS decoder; without, it does not', async () => {
     const client = new DecoderClient(
@@ -412,19 +384,19 @@ describe('the gateway with TLS', () => {
     );
     expect((await call(client, client.info, {})).vocabSize).toBe(461);
     client.close();
-    const withTls = await gateway(tlsEnv(gatewayTls));
-    expect((await ask(withTls)).status).toBe(200);
-    const without = await gateway({});
-    expect((await ask(without)).ok).toBe(false);
-    for (const g of [withTls, without]) expect(await g.stop()).toBe(0);
+    const answers = await gatewaysWithAndWithout(modelDir, decoder, tlsEnv(gatewayTls));
+    expect(answers.with.status).toBe(200);
+    expect(answers.without.ok).toBe(false);
     // A TLS stage drains and exits cleanly too (its health port and certificate poll close).
     expect(await decoder.stop()).toBe(0);
   });
 
   it('refuses LOUPE_GRPC_TLS_SERVER_NAME without the files, at start', async () => {
-    const error = (await gateway({ LOUPE_GRPC_TLS_SERVER_NAME: 'x' }).catch(
-      (e: Error) => e,
-    )) as Error;
+    const error = (await startGateway(
+      modelDir,
+      { decoder: decoder.grpcAddress },
+      { LOUPE_GRPC_TLS_SERVER_NAME: 'x' },
+    ).catch((e: Error) => e)) as Error;
     expect(error.message).toMatch(/process exited with code 2 first/);
     expect(error.message).toMatch(/LOUPE_GRPC_TLS_SERVER_NAME is set but internal gRPC TLS is off/);
   });

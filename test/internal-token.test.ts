@@ -8,14 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HealthCheckResponse_ServingStatus } from '../proto/gen/grpc/health/v1/health.js';
 import { DecoderClient } from '../proto/gen/loupe/v1/decoder.js';
 import { writeTinyModel } from '../services/model/index.js';
-import { call, checkHealth, clientOptions, healthClient } from './helpers/grpc.js';
-import {
-  builtService,
-  ephemeralPorts,
-  startServiceProcess,
-  stopServiceProcesses,
-  type ServiceProcess,
-} from './helpers/service-process.js';
+import { call, checkHealth, clientOptions, healthClient, loupeReason } from './helpers/grpc.js';
+import { gatewaysWithAndWithout, startProtectedDecoder } from './helpers/internal-auth.js';
+import { stopServiceProcesses, type ServiceProcess } from './helpers/service-process.js';
 
 const TOKEN = 'internal-s3cret';
 const work = mkdtempSync(join(tmpdir(), 'loupe-token-'));
@@ -24,12 +19,7 @@ let decoder: ServiceProcess;
 
 beforeAll(async () => {
   writeTinyModel({ out: modelDir, seed: 0 });
-  decoder = await startServiceProcess(builtService('decoder'), {
-    ...ephemeralPorts('DECODER'),
-    LOUPE_MODEL_DIR: modelDir,
-    LOUPE_DECODER_THREADS: '1',
-    LOUPE_GRPC_TOKEN: TOKEN,
-  });
+  decoder = await startProtectedDecoder(modelDir, { LOUPE_GRPC_TOKEN: TOKEN });
 });
 afterAll(async () => {
   await stopServiceProcesses();
@@ -45,9 +35,7 @@ describe('the internal token', () => {
     );
     const refused = await call(client, client.info, {}).catch((e: ServiceError) => e);
     expect((refused as ServiceError).code).toBe(status.UNAUTHENTICATED);
-    expect(String((refused as ServiceError).metadata.get('loupe-reason')[0])).toBe(
-      'unauthenticated',
-    );
+    expect(loupeReason(refused as ServiceError)).toBe('unauthenticated');
     const wrong = new Metadata();
     wrong.set('authorization', 'Bearer nope');
     expect(
@@ -68,34 +56,11 @@ describe('the internal token', () => {
   it('a gateway with the token (from a file) gets answers; one without does not', async () => {
     const tokenFile = join(work, 'token');
     writeFileSync(tokenFile, `${TOKEN}\n`);
-    const gateway = (env: Record<string, string>) =>
-      startServiceProcess(builtService('gateway'), {
-        LOUPE_MODEL_DIR: modelDir,
-        LOUPE_GATEWAY_PORT: '0',
-        LOUPE_GATEWAY_METRICS_PORT: '0',
-        LOUPE_DECODER_ENDPOINTS: decoder.grpcAddress,
-        ...env,
-      });
-    const ask = async (g: ServiceProcess) => {
-      const ready = await g.waitForLog((e) => e.event === 'ready');
-      return fetch(`http://127.0.0.1:${Number(ready.httpPort)}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({
-          model: 'tiny',
-          max_tokens: 2,
-          messages: [{ role: 'user', content: 'hi' }],
-        }),
-      });
-    };
-    const withToken = await gateway({ LOUPE_GRPC_TOKEN_FILE: tokenFile });
-    expect((await ask(withToken)).status).toBe(200);
-    const without = await gateway({});
-    const r = await ask(without);
-    expect(r.status).toBe(500);
-    expect(((await r.json()) as { error: { message: string } }).error.message).toMatch(
-      /unauthenticated/,
-    );
-    for (const g of [withToken, without]) expect(await g.stop()).toBe(0);
+    const answers = await gatewaysWithAndWithout(modelDir, decoder, {
+      LOUPE_GRPC_TOKEN_FILE: tokenFile,
+    });
+    expect(answers.with.status).toBe(200);
+    expect(answers.without.status).toBe(500);
+    expect(answers.without.body.error?.message).toMatch(/unauthenticated/);
   });
 });

@@ -28,10 +28,12 @@ import {
   builtService,
   ephemeralPorts,
   repoRoot,
+  startGateway,
   startServiceProcess,
   stopServiceProcesses,
   type ServiceProcess,
 } from './helpers/service-process.js';
+import { until as waitUntil } from './helpers/wait.js';
 
 const chart = join(repoRoot, 'charts', 'loupe');
 const helm = findTool('helm', ['version', '--short']);
@@ -235,18 +237,16 @@ beforeAll(async () => {
     }),
   ]);
   processes = stages;
-  const gateway = await startServiceProcess(builtService('gateway'), {
-    ...common,
-    LOUPE_GATEWAY_HOST: '127.0.0.1',
-    LOUPE_GATEWAY_PORT: '0',
-    LOUPE_GATEWAY_METRICS_PORT: '0',
-    LOUPE_GATEWAY_API_KEYS: KEY,
-    LOUPE_PREPROCESSOR_ENDPOINTS: stages[0]!.grpcAddress,
-    LOUPE_ENCODER_ENDPOINTS: stages[1]!.grpcAddress,
-    LOUPE_DECODER_ENDPOINTS: stages[2]!.grpcAddress,
-  });
-  const ready = await gateway.waitForLog((e) => e.event === 'ready');
-  gatewayBase = `http://127.0.0.1:${Number(ready.httpPort)}`;
+  const gateway = await startGateway(
+    modelDir,
+    {
+      preprocessor: stages[0]!.grpcAddress,
+      encoder: stages[1]!.grpcAddress,
+      decoder: stages[2]!.grpcAddress,
+    },
+    { ...common, LOUPE_GATEWAY_API_KEYS: KEY },
+  );
+  gatewayBase = gateway.httpBase;
   processes = [...stages, gateway];
   const metricsPort: Record<string, number> = {
     preprocessor: stages[0]!.metricsPort,
@@ -273,17 +273,14 @@ beforeAll(async () => {
     { 'loupe-rules.yaml': rulesYaml },
   );
   const prom = prometheus;
-  const until = async (what: string, ok: () => Promise<boolean>, ms: number) => {
-    const deadline = Date.now() + ms;
-    while (!(await ok())) {
-      if (Date.now() > deadline)
-        throw new Error(
-          `${what} within ${ms} ms; ${requestsSent} requests (${requestsFailed} failed: ${firstFailure}); ` +
-            `KEDA queries [before, max]: ${JSON.stringify([...rose])}\n${prom.output()}`,
-        );
-      await new Promise((r) => setTimeout(r, 250));
-    }
-  };
+  const until = (what: string, ok: () => Promise<boolean>, ms: number) =>
+    waitUntil(what, ok, {
+      timeoutMs: ms,
+      intervalMs: 250,
+      detail: () =>
+        `${requestsSent} requests (${requestsFailed} failed: ${firstFailure}); ` +
+        `KEDA queries [before, max]: ${JSON.stringify([...rose])}\n${prom.output()}`,
+    });
   await until(
     'every target scraped up',
     async () => (await prom.query('up == 1')).length === targets.length,

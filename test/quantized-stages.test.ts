@@ -5,18 +5,16 @@
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { credentials, Metadata } from '@grpc/grpc-js';
+import { credentials } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  DecoderClient,
-  type GenerateRequest,
-  type GenerateResponse,
-} from '../proto/gen/loupe/v1/decoder.js';
+import { DecoderClient, type GenerateRequest } from '../proto/gen/loupe/v1/decoder.js';
 import { EncoderClient } from '../proto/gen/loupe/v1/encoder.js';
 import { Dtype } from '../proto/gen/loupe/v1/tensor.js';
+import { generateRequest, generateTokens } from '../services/decoder/generate.test-helper.js';
 import { convertCheckpoint, readSafetensors, writeTinyModel } from '../services/model/index.js';
 import { call, clientOptions } from './helpers/grpc.js';
 import { fixturesDir } from './helpers/fixtures.js';
+import { scrapeMetrics } from './helpers/metrics.js';
 import {
   builtService,
   ephemeralPorts,
@@ -45,8 +43,8 @@ function goldenRequest(prompt: string): GenerateRequest {
   const ids = Array.from(file.get('input_ids')!.data as BigInt64Array, Number);
   const rows = file.get('image_hidden_states')?.data as Float32Array | undefined;
   const positions = ids.flatMap((id, i) => (id === IMAGE_TOKEN ? [i] : []));
-  return {
-    promptTokenIds: ids,
+  // Greedy, 32 new tokens at most.
+  return generateRequest(ids, {
     images: rows
       ? [
           {
@@ -59,29 +57,12 @@ function goldenRequest(prompt: string): GenerateRequest {
           },
         ]
       : [],
-    sampling: { temperature: 0 },
-    stopTokenIds: [],
-    logitBias: {},
-    responseFormat: undefined,
-    maxNewTokens: 32,
-    logprobs: false,
-    topLogprobs: 0,
-  };
-}
-
-function generate(client: DecoderClient, request: GenerateRequest): Promise<number[]> {
-  return new Promise((resolve, reject) => {
-    const stream = client.generate(request, new Metadata(), {
-      deadline: new Date(Date.now() + 60_000),
-    });
-    const ids: number[] = [];
-    stream.on('data', (m: GenerateResponse) => {
-      if (m.event?.$case === 'token') ids.push(m.event.value.id);
-    });
-    stream.on('error', reject);
-    stream.on('end', () => resolve(ids));
   });
 }
+
+/** The greedy token ids (rejects if the call fails). */
+const generate = async (client: DecoderClient, request: GenerateRequest) =>
+  (await generateTokens(client, request)).map((t) => t.id);
 
 const decoderEnv = () => ({
   ...ephemeralPorts('DECODER'),
@@ -127,12 +108,9 @@ describe('stages on a 4-bit GPTQ checkpoint', () => {
         t.vocab * t.hidden);
     expect(info.weightBytes).toBeGreaterThan(0);
     expect(info.weightBytes).toBeLessThan(floatText);
-    const metrics = await (await fetch(`http://127.0.0.1:${decoder.metricsPort}/metrics`)).text();
-    expect(metrics).toMatch(
-      new RegExp(
-        `^loupe_decoder_model_weight_bytes\\{format="${FORMAT}"[^}]*\\} ${info.weightBytes}$`,
-        'm',
-      ),
+    const metrics = await scrapeMetrics(decoder);
+    expect(metrics.value('loupe_decoder_model_weight_bytes', { format: FORMAT })).toBe(
+      info.weightBytes,
     );
     const log = await loaded(decoder);
     expect(log).toMatchObject({ weightFormat: FORMAT, weightBytes: info.weightBytes });
@@ -173,12 +151,9 @@ describe('stages on a 4-bit GPTQ checkpoint', () => {
     const info = await call(c, c.info, {});
     expect(info.weightFormat).toBe('float32');
     expect(info.weightBytes).toBeGreaterThan(0);
-    const metrics = await (await fetch(`http://127.0.0.1:${encoder.metricsPort}/metrics`)).text();
-    expect(metrics).toMatch(
-      new RegExp(
-        `^loupe_encoder_model_weight_bytes\\{format="float32"[^}]*\\} ${info.weightBytes}$`,
-        'm',
-      ),
+    const metrics = await scrapeMetrics(encoder);
+    expect(metrics.value('loupe_encoder_model_weight_bytes', { format: 'float32' })).toBe(
+      info.weightBytes,
     );
     c.close();
     expect(await encoder.stop()).toBe(0);

@@ -1,68 +1,53 @@
 // `npm start` / `loupe start`: the local stack comes up, serves, and Ctrl-C stops it cleanly.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HealthCheckResponse_ServingStatus } from '../proto/gen/grpc/health/v1/health.js';
 import { checkHealth, healthClient } from './helpers/grpc.js';
 import { fixturesDir } from './helpers/fixtures.js';
-import { repoRoot } from './helpers/service-process.js';
+import { repoRoot, startProcess, stopServiceProcesses } from './helpers/service-process.js';
+import { until } from './helpers/wait.js';
+
+/** `loupe start` with every service on ephemeral ports, once it says the stack is running. */
+const startStack = () =>
+  startProcess(process.execPath, {
+    args: [join(repoRoot, 'bin', 'loupe.js'), 'start'],
+    cwd: repoRoot,
+    env: Object.fromEntries(
+      ['PREPROCESSOR', 'ENCODER', 'DECODER', 'GATEWAY'].flatMap((s) => [
+        [`LOUPE_${s}_PORT`, '0'],
+        [`LOUPE_${s}_METRICS_PORT`, '0'],
+      ]),
+    ),
+    ready: (line) => line.includes('Ctrl-C stops everything'),
+    // Stopped as a person would (Ctrl-C), so its services (in their own process group) go too.
+    stopSignal: 'SIGINT',
+  });
+const GATEWAY_LINE = /^\s+gateway\s+HTTP (http:\/\/127\.0\.0\.1:\d+)\/v1/;
 
 describe('loupe start', () => {
-  let child: ChildProcess | undefined;
-  // If the test fails midway, stop the stack the way a person would (Ctrl-C), so its
-  // services (in their own process group) do not outlive the test.
-  afterEach(async () => {
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const gone = new Promise((resolve) => child!.once('exit', resolve));
-      child.kill('SIGINT');
-      await gone;
-    }
-  });
+  // If the test fails midway, stop the stack (SIGINT, as above).
+  afterEach(stopServiceProcesses);
 
   it('starts every existing service, prints where they are, and stops them all on SIGINT', async () => {
-    const stack = spawn(process.execPath, [join(repoRoot, 'bin', 'loupe.js'), 'start'], {
-      cwd: repoRoot,
-      env: {
-        ...process.env,
-        LOUPE_PREPROCESSOR_PORT: '0',
-        LOUPE_PREPROCESSOR_METRICS_PORT: '0',
-        LOUPE_ENCODER_PORT: '0',
-        LOUPE_ENCODER_METRICS_PORT: '0',
-        LOUPE_DECODER_PORT: '0',
-        LOUPE_DECODER_METRICS_PORT: '0',
-        LOUPE_GATEWAY_PORT: '0',
-        LOUPE_GATEWAY_METRICS_PORT: '0',
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    child = stack;
-    const output: string[] = [];
-    const exited = new Promise<number | null>((resolve) =>
-      stack.once('exit', (code) => resolve(code)),
-    );
-    createInterface({ input: stack.stderr }).on('line', (line) => output.push(line));
+    const stack = await startStack();
+    const output = stack.lines;
+    // The summary comes after every service's lines; the gateway's address ends its list.
+    await stack.waitForLine((line) => GATEWAY_LINE.test(line));
     const addresses: Record<string, string> = {};
-    await new Promise<void>((resolve, reject) => {
-      createInterface({ input: stack.stdout }).on('line', (line) => {
-        output.push(line);
-        const match = /^\s+(preprocessor|encoder|decoder)\s+gRPC (127\.0\.0\.1:\d+)/.exec(line);
-        if (match) addresses[match[1]!] = match[2]!;
-        const http = /^\s+gateway\s+HTTP (http:\/\/127\.0\.0\.1:\d+)\/v1/.exec(line);
-        if (http) addresses.gateway = http[1]!;
-        if (line.includes('Ctrl-C stops everything')) resolve();
-      });
-      void exited.then((code) =>
-        reject(new Error(`loupe start exited (${code}):\n${output.join('\n')}`)),
-      );
-    });
-    // The summary comes after every service's lines.
-    await new Promise<void>((resolve) => {
-      const check = () => (Object.keys(addresses).length === 4 ? resolve() : setTimeout(check, 10));
-      check();
-    });
+    for (const line of output) {
+      const match = /^\s+(preprocessor|encoder|decoder)\s+gRPC (127\.0\.0\.1:\d+)/.exec(line);
+      if (match) addresses[match[1]!] = match[2]!;
+      const http = GATEWAY_LINE.exec(line);
+      if (http) addresses.gateway = http[1]!;
+    }
+    expect(Object.keys(addresses).sort()).toEqual([
+      'decoder',
+      'encoder',
+      'gateway',
+      'preprocessor',
+    ]);
     for (const [name, service] of [
       ['preprocessor', 'loupe.v1.Preprocessor'],
       ['encoder', 'loupe.v1.Encoder'],
@@ -90,8 +75,7 @@ describe('loupe start', () => {
     expect(chat.status).toBe(200);
     expect(output.join('\n')).toMatch(/curl http:\/\/127\.0\.0\.1:\d+\/v1\/chat\/completions/);
 
-    stack.kill('SIGINT');
-    expect(await exited).toBe(0);
+    expect(await stack.stop()).toBe(0);
     expect(output.join('\n')).toMatch(/preprocessor stopped/);
     expect(output.join('\n')).toMatch(/encoder stopped/);
     expect(output.join('\n')).toMatch(/decoder stopped/);
@@ -99,47 +83,33 @@ describe('loupe start', () => {
     expect(output.join('\n')).toMatch(/loupe: stopped/);
   });
   it('restarts a stage killed under load: 503s with Retry-After only during the outage, then 200s', async () => {
-    const stack = spawn(process.execPath, [join(repoRoot, 'bin', 'loupe.js'), 'start'], {
-      cwd: repoRoot,
-      env: {
-        ...process.env,
-        ...Object.fromEntries(
-          ['PREPROCESSOR', 'ENCODER', 'DECODER', 'GATEWAY'].flatMap((s) => [
-            [`LOUPE_${s}_PORT`, '0'],
-            [`LOUPE_${s}_METRICS_PORT`, '0'],
-          ]),
-        ),
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    child = stack;
-    const output: string[] = [];
-    /** Each stage's ready lines, in order: the first start, then each restart. */
-    const readies: Record<string, Array<{ pid: number }>> = {};
-    let base = '';
-    const exited = new Promise<number | null>((resolve) =>
-      stack.once('exit', (code) => resolve(code)),
-    );
-    const onLine = (line: string) => {
-      output.push(line);
+    const stack = await startStack();
+    const output = stack.lines;
+    /** A stage's ready line: which stage, and the pid of that start. */
+    const readyOf = (line: string) => {
       const ready = /^(preprocessor|encoder|decoder|gateway)\s*\| (\{.*"event":"ready".*\})$/.exec(
         line,
       );
-      if (ready) (readies[ready[1]!] ??= []).push(JSON.parse(ready[2]!) as { pid: number });
-      const http = /^\s+gateway\s+HTTP (http:\/\/127\.0\.0\.1:\d+)\/v1/.exec(line);
-      if (http) base = http[1]!;
+      return ready && { stage: ready[1]!, pid: (JSON.parse(ready[2]!) as { pid: number }).pid };
     };
-    createInterface({ input: stack.stdout! }).on('line', onLine);
-    createInterface({ input: stack.stderr! }).on('line', onLine);
-    const until = async (what: string, ok: () => boolean, ms = 60_000) => {
-      const deadline = Date.now() + ms;
-      while (!ok()) {
-        if (Date.now() > deadline || stack.exitCode !== null)
-          throw new Error(`waiting for ${what}:\n${output.slice(-40).join('\n')}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    };
-    await until('the stack', () => output.some((l) => l.includes('Ctrl-C stops everything')));
+    /** Each stage's ready lines, in order: the first start, then each restart. */
+    const readies = (stage: string) =>
+      output.flatMap((l) => {
+        const ready = readyOf(l);
+        return ready?.stage === stage ? [ready.pid] : [];
+      });
+    const base = GATEWAY_LINE.exec(await stack.waitForLine((l) => GATEWAY_LINE.test(l)))![1]!;
+    /** Waits on the load's results (the stack must stay up meanwhile). */
+    const untilResults = (what: string, ok: () => boolean) =>
+      until(
+        what,
+        () => {
+          if (stack.child.exitCode !== null)
+            throw new Error(`the stack exited, waiting for ${what}`);
+          return ok();
+        },
+        { timeoutMs: 60_000, intervalMs: 20, detail: () => output.slice(-40).join('\n') },
+      );
 
     // Load: two clients, each request with an image new to the gateway (a JPEG with random
     // trailing bytes), so every request reaches the preprocessor and the encoder.
@@ -184,12 +154,16 @@ describe('loupe start', () => {
     try {
       for (const stage of ['preprocessor', 'encoder', 'decoder']) {
         const start = Date.now();
-        await until(`200s before killing the ${stage}`, () => okSince(start, 2));
-        const starts = readies[stage]!.length;
-        process.kill(readies[stage]!.at(-1)!.pid, 'SIGKILL');
-        await until(`the ${stage} restarted`, () => readies[stage]!.length > starts);
+        await untilResults(`200s before killing the ${stage}`, () => okSince(start, 2));
+        const killed = readies(stage).at(-1)!;
+        process.kill(killed, 'SIGKILL');
+        // Its next ready line: the supervisor started it again.
+        await stack.waitForLine((l) => {
+          const ready = readyOf(l);
+          return ready?.stage === stage && ready.pid !== killed;
+        });
         const back = Date.now();
-        await until(`200s after the ${stage} came back`, () => okSince(back, 3));
+        await untilResults(`200s after the ${stage} came back`, () => okSince(back, 3));
       }
     } finally {
       loading = false;
@@ -208,9 +182,8 @@ describe('loupe start', () => {
       expect(log).toContain(`loupe start: ${stage} is back`);
     }
     // The gateway was never restarted: it rode out each outage.
-    expect(readies.gateway).toHaveLength(1);
+    expect(readies('gateway')).toHaveLength(1);
 
-    stack.kill('SIGINT');
-    expect(await exited).toBe(0);
+    expect(await stack.stop()).toBe(0);
   }, 180_000);
 });

@@ -13,7 +13,9 @@ import { loadTokenizer, openCheckpoint, writeTinyModel } from '../services/model
 import {
   builtService,
   ephemeralPorts,
+  startGateway,
   startServiceProcess,
+  stopServiceProcesses,
   type ServiceProcess,
 } from './helpers/service-process.js';
 
@@ -31,18 +33,13 @@ beforeAll(async () => {
     LOUPE_DECODER_THREADS: '1',
   });
   // Text only: the preprocessor and encoder are never called.
-  gateway = await startServiceProcess(builtService('gateway'), {
-    LOUPE_MODEL_DIR: modelDir,
-    LOUPE_GATEWAY_HOST: '127.0.0.1',
-    LOUPE_GATEWAY_PORT: '0',
-    LOUPE_GATEWAY_METRICS_PORT: '0',
-    LOUPE_PREPROCESSOR_ENDPOINTS: '127.0.0.1:1',
-    LOUPE_ENCODER_ENDPOINTS: '127.0.0.1:1',
-    LOUPE_DECODER_ENDPOINTS: decoder.grpcAddress,
+  gateway = await startGateway(modelDir, {
+    preprocessor: '127.0.0.1:1',
+    encoder: '127.0.0.1:1',
+    decoder: decoder.grpcAddress,
   });
-  const ready = await gateway.waitForLog((e) => e.event === 'ready');
   openai = new OpenAI({
-    baseURL: `http://127.0.0.1:${Number(ready.httpPort)}/v1`,
+    baseURL: `${gateway.httpBase}/v1`,
     apiKey: 'unused',
     maxRetries: 0,
   });
@@ -50,6 +47,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const p of [gateway, decoder]) if (p) expect(await p.stop()).toBe(0);
+  await stopServiceProcesses(); // any a failed start left behind
   rmSync(work, { recursive: true, force: true });
 });
 

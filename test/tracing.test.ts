@@ -12,6 +12,7 @@ import { fixturesDir } from './helpers/fixtures.js';
 import {
   builtService,
   ephemeralPorts,
+  startGateway,
   startServiceProcess,
   stopServiceProcesses,
   type ServiceProcess,
@@ -71,17 +72,17 @@ describe('tracing', () => {
         startServiceProcess(builtService(name), { ...ephemeralPorts(name.toUpperCase()), ...otel }),
       ),
     );
-    const gateway = await startServiceProcess(builtService('gateway'), {
-      ...otel,
-      LOUPE_GATEWAY_PORT: '0',
-      LOUPE_GATEWAY_METRICS_PORT: '0',
-      LOUPE_PREPROCESSOR_ENDPOINTS: stages[0]!.grpcAddress,
-      LOUPE_ENCODER_ENDPOINTS: stages[1]!.grpcAddress,
-      LOUPE_DECODER_ENDPOINTS: stages[2]!.grpcAddress,
-    });
-    const ready = await gateway.waitForLog((e) => e.event === 'ready');
+    const gateway = await startGateway(
+      modelDir,
+      {
+        preprocessor: stages[0]!.grpcAddress,
+        encoder: stages[1]!.grpcAddress,
+        decoder: stages[2]!.grpcAddress,
+      },
+      otel,
+    );
     const image = readFileSync(join(fixturesDir, 'images', 'png-200x377.png')).toString('base64');
-    const r = await fetch(`http://127.0.0.1:${Number(ready.httpPort)}/v1/chat/completions`, {
+    const r = await fetch(`${gateway.httpBase}/v1/chat/completions`, {
       method: 'POST',
       // The caller's trace: the gateway's span must continue it.
       headers: {

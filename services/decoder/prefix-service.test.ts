@@ -5,16 +5,16 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { credentials, Metadata } from '@grpc/grpc-js';
+import { credentials } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   DecoderClient,
   type GenerateRequest,
-  type GenerateResponse,
   type GeneratedToken,
 } from '../../proto/gen/loupe/v1/decoder.js';
 import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
 import { clientOptions } from '../../test/helpers/grpc.js';
+import { scrapeMetrics } from '../../test/helpers/metrics.js';
 import {
   builtService,
   ephemeralPorts,
@@ -24,26 +24,15 @@ import {
 } from '../../test/helpers/service-process.js';
 import { writeTinyModel } from '../model/index.js';
 import { loadGoldenCase } from '../model/language-model/goldens.test-helper.js';
+import { generateRequest, generateTokens as generate } from './generate.test-helper.js';
 
 const work = mkdtempSync(join(tmpdir(), 'loupe-decoder-prefix-'));
 const modelDir = join(work, 'tiny-seed0');
 const IMAGE_TOKEN = 459;
 const HIDDEN = 64;
 
-function request(promptTokenIds: number[], extra: Partial<GenerateRequest> = {}): GenerateRequest {
-  return {
-    promptTokenIds,
-    images: [],
-    sampling: { temperature: 0 },
-    stopTokenIds: [],
-    logitBias: {},
-    responseFormat: undefined,
-    maxNewTokens: 24,
-    logprobs: true,
-    topLogprobs: 0,
-    ...extra,
-  };
-}
+const request = (promptTokenIds: number[], extra: Partial<GenerateRequest> = {}) =>
+  generateRequest(promptTokenIds, { maxNewTokens: 24, logprobs: true, ...extra });
 
 /** A golden case's prompt, and its image rows as one image (float32), optionally hashed. */
 function imageRequest(
@@ -71,24 +60,8 @@ function imageRequest(
   });
 }
 
-function generate(client: DecoderClient, req: GenerateRequest): Promise<GeneratedToken[]> {
-  return new Promise((resolve, reject) => {
-    const stream = client.generate(req, new Metadata(), {
-      deadline: new Date(Date.now() + 60_000),
-    });
-    const tokens: GeneratedToken[] = [];
-    stream.on('data', (m: GenerateResponse) => {
-      if (m.event?.$case === 'token') tokens.push(m.event.value);
-    });
-    stream.on('error', reject);
-    stream.on('end', () => resolve(tokens));
-  });
-}
-
 async function counter(service: ServiceProcess, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${service.metricsPort}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
-  return Number(line?.split(' ').at(-1) ?? NaN);
+  return (await scrapeMetrics(service)).value(name) ?? NaN;
 }
 
 /**

@@ -3,19 +3,23 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import { credentials, status } from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HealthCheckResponse_ServingStatus } from '../../proto/gen/grpc/health/v1/health.js';
 import {
   DecoderClient,
   FinishReason,
   type GenerateRequest,
-  type GenerateResponse,
-  type GeneratedToken,
-  type GenerateFinished,
 } from '../../proto/gen/loupe/v1/decoder.js';
 import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
-import { call, checkHealth, clientOptions, healthClient } from '../../test/helpers/grpc.js';
+import {
+  call,
+  checkHealth,
+  clientOptions,
+  healthClient,
+  loupeReason as reason,
+} from '../../test/helpers/grpc.js';
+import { scrapeMetrics, type Metrics } from '../../test/helpers/metrics.js';
 import { listServicesByReflection } from '../../test/helpers/reflection.js';
 import {
   builtService,
@@ -24,8 +28,10 @@ import {
   stopServiceProcesses,
   type ServiceProcess,
 } from '../../test/helpers/service-process.js';
+import { until } from '../../test/helpers/wait.js';
 import { writeTinyModel } from '../model/index.js';
 import { goldenCaseNames, loadGoldenCase } from '../model/language-model/goldens.test-helper.js';
+import { generate, generateRequest as request } from './generate.test-helper.js';
 
 const script = builtService('decoder');
 const work = mkdtempSync(join(tmpdir(), 'loupe-decoder-'));
@@ -35,22 +41,6 @@ const HIDDEN = 64;
 
 const client = (address: string) =>
   new DecoderClient(address, credentials.createInsecure(), clientOptions);
-const reason = (error: ServiceError) => String(error.metadata.get('loupe-reason')[0] ?? '');
-
-function request(promptTokenIds: number[], extra: Partial<GenerateRequest> = {}): GenerateRequest {
-  return {
-    promptTokenIds,
-    images: [],
-    sampling: { temperature: 0 },
-    stopTokenIds: [],
-    logitBias: {},
-    responseFormat: undefined,
-    maxNewTokens: 32,
-    logprobs: false,
-    topLogprobs: 0,
-    ...extra,
-  };
-}
 
 /** A golden case as a request: image rows (float32) at the prompt's <image> positions. */
 function goldenRequest(name: string, extra: Partial<GenerateRequest> = {}): GenerateRequest {
@@ -75,55 +65,21 @@ function goldenRequest(name: string, extra: Partial<GenerateRequest> = {}): Gene
   return request(golden.inputIds, { images, ...extra });
 }
 
-interface Streamed {
-  tokens: GeneratedToken[];
-  finished: GenerateFinished | undefined;
-}
-
-/** Runs Generate to its end; `onToken` may cancel the call. */
-function generate(
-  c: DecoderClient,
-  req: GenerateRequest,
-  {
-    deadlineMs = 60_000,
-    onToken,
-  }: { deadlineMs?: number; onToken?: (n: number, cancel: () => void) => void } = {},
-): Promise<Streamed & { error?: ServiceError }> {
-  return new Promise((resolve) => {
-    const stream = c.generate(req, new Metadata(), { deadline: new Date(Date.now() + deadlineMs) });
-    const result: Streamed = { tokens: [], finished: undefined };
-    stream.on('data', (m: GenerateResponse) => {
-      if (m.event?.$case === 'token') {
-        result.tokens.push(m.event.value);
-        onToken?.(result.tokens.length, () => stream.cancel());
-      } else if (m.event?.$case === 'finished') result.finished = m.event.value;
-    });
-    stream.on('error', (error: ServiceError) => resolve({ ...result, error }));
-    stream.on('end', () => resolve(result));
-  });
-}
-
-async function metricsText(port: number): Promise<string> {
-  const response = await fetch(`http://127.0.0.1:${port}/metrics`);
-  return response.text();
-}
-const metric = (text: string, name: string) => {
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
-  return line === undefined ? undefined : Number(line.split(' ').at(-1));
-};
-
 /** Polls Load until `ok` holds (a readiness wait, bounded). */
-async function waitForLoad(
+function waitForLoad(
   c: DecoderClient,
   ok: (load: { waiting: number; running: number; kvCacheUsage: number }) => boolean,
 ) {
-  const until = Date.now() + 20_000;
-  for (;;) {
-    const load = await call(c, c.load, {});
-    if (ok(load)) return load;
-    if (Date.now() > until) throw new Error(`load still ${JSON.stringify(load)}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
+  let last: unknown;
+  return until(
+    'the decoder load',
+    async () => {
+      const load = await call(c, c.load, {});
+      last = load;
+      return ok(load) ? load : undefined;
+    },
+    { detail: () => `load still ${JSON.stringify(last)}` },
+  );
 }
 
 beforeAll(() => writeTinyModel({ out: modelDir, seed: 0 }));
@@ -195,16 +151,12 @@ describe('decoder service', () => {
       expect(r.finished?.generatedTokens).toBe(golden.length);
       expect(r.finished?.promptTokens).toBe(loadGoldenCase(name).inputIds.length);
     }
-    const text = await metricsText(service.metricsPort);
+    const metrics = await scrapeMetrics(service);
     // Several sequences decoded in one step.
-    const decodeSum = text
-      .split('\n')
-      .find((l) => l.startsWith('loupe_decoder_batch_size_sum{') && l.includes('step="decode"'));
-    const decodeCount = text
-      .split('\n')
-      .find((l) => l.startsWith('loupe_decoder_batch_size_count{') && l.includes('step="decode"'));
+    const decode = { step: 'decode' };
     expect(
-      Number(decodeSum!.split(' ').at(-1)) / Number(decodeCount!.split(' ').at(-1)),
+      metrics.value('loupe_decoder_batch_size_sum', decode)! /
+        metrics.value('loupe_decoder_batch_size_count', decode)!,
     ).toBeGreaterThan(1.5);
   });
 
@@ -238,7 +190,9 @@ describe('decoder service', () => {
   });
 
   it('frees the KV slot within a step when the caller cancels', async () => {
-    const before = await metricsText(service.metricsPort);
+    const cancelled = (m: Metrics) =>
+      m.value('loupe_decoder_request_success_total', { finished_reason: 'cancelled' }) ?? 0;
+    const before = await scrapeMetrics(service);
     const long = request(loadGoldenCase('tiny-text-only').inputIds, {
       maxNewTokens: 250,
       stopTokenIds: [],
@@ -254,20 +208,11 @@ describe('decoder service', () => {
     expect(seen.error?.code).toBe(status.CANCELLED);
     const load = await waitForLoad(decoder, (l) => l.running === 0);
     expect(load).toEqual({ waiting: 0, running: 0, kvCacheUsage: 0 });
-    const after = await metricsText(service.metricsPort);
-    const key = 'loupe_decoder_request_success_total{finished_reason="cancelled"';
-    const count = (t: string) =>
-      Number(
-        t
-          .split('\n')
-          .find((l) => l.startsWith(key))
-          ?.split(' ')
-          .at(-1) ?? 0,
-      );
+    const after = await scrapeMetrics(service);
     await expect
-      .poll(async () => count(await metricsText(service.metricsPort)))
-      .toBe(count(before) + 1);
-    expect(metric(after, 'loupe_decoder_kv_cache_usage_perc')).toBe(0);
+      .poll(async () => cancelled(await scrapeMetrics(service)))
+      .toBe(cancelled(before) + 1);
+    expect(after.value('loupe_decoder_kv_cache_usage_perc')).toBe(0);
   });
 
   it('refuses bad requests with INVALID_ARGUMENT naming the field', async () => {

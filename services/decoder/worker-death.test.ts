@@ -15,114 +15,38 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import { credentials, status } from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { HealthCheckResponse_ServingStatus as ServingStatus } from '../../proto/gen/grpc/health/v1/health.js';
+import { DecoderClient } from '../../proto/gen/loupe/v1/decoder.js';
 import {
-  HealthCheckResponse_ServingStatus as ServingStatus,
-  type HealthCheckResponse,
-} from '../../proto/gen/grpc/health/v1/health.js';
-import {
-  DecoderClient,
-  type GenerateFinished,
-  type GenerateRequest,
-  type GenerateResponse,
-  type GeneratedToken,
-} from '../../proto/gen/loupe/v1/decoder.js';
-import { checkHealth, clientOptions, healthClient } from '../../test/helpers/grpc.js';
+  checkHealth,
+  clientOptions,
+  healthClient,
+  loupeReason as reason,
+} from '../../test/helpers/grpc.js';
 import {
   builtService,
   ephemeralPorts,
   startServiceProcess,
   stopServiceProcesses,
 } from '../../test/helpers/service-process.js';
+import { expectWorkerDeath } from '../../test/helpers/worker-death.js';
 import { writeTinyModel } from '../model/index.js';
 import { loadGoldenCase } from '../model/language-model/goldens.test-helper.js';
+import { generate, generateRequest } from './generate.test-helper.js';
 
 const script = builtService('decoder');
 const work = mkdtempSync(join(tmpdir(), 'loupe-decoder-death-'));
 const modelDir = join(work, 'tiny-seed0');
 
-const reason = (error: ServiceError) => String(error.metadata.get('loupe-reason')[0] ?? '');
-
-function request(promptTokenIds: number[], maxNewTokens: number): GenerateRequest {
-  return {
-    promptTokenIds,
-    images: [],
-    sampling: { temperature: 0 },
-    stopTokenIds: [],
-    logitBias: {},
-    responseFormat: undefined,
-    maxNewTokens,
-    logprobs: false,
-    topLogprobs: 0,
-  };
-}
+const request = (promptTokenIds: number[], maxNewTokens: number) =>
+  generateRequest(promptTokenIds, { maxNewTokens });
+const client = (address: string) =>
+  new DecoderClient(address, credentials.createInsecure(), clientOptions);
 
 /** A text prompt of `n` ordinary tokens (no <image>, no end of sequence). */
 const prompt = (n: number) => Array.from({ length: n }, (_, i) => 3 + (i % 400));
-
-interface Streamed {
-  tokens: GeneratedToken[];
-  finished: GenerateFinished | undefined;
-  error?: ServiceError;
-}
-
-/** Runs Generate to its end: the tokens, and how it ended. */
-function generate(client: DecoderClient, req: GenerateRequest): Promise<Streamed> {
-  return new Promise((resolve) => {
-    const stream = client.generate(req, new Metadata(), {
-      deadline: new Date(Date.now() + 60_000),
-    });
-    const result: Streamed = { tokens: [], finished: undefined };
-    stream.on('data', (m: GenerateResponse) => {
-      if (m.event?.$case === 'token') result.tokens.push(m.event.value);
-      else if (m.event?.$case === 'finished') result.finished = m.event.value;
-    });
-    stream.on('error', (error: ServiceError) => resolve({ ...result, error }));
-    stream.on('end', () => resolve(result));
-  });
-}
-
-/** A health Watch on `service`: the statuses received, and a wait for one of them. */
-function watchHealth(address: string, service: string) {
-  const client = healthClient(address);
-  const seen: ServingStatus[] = [];
-  const stream = client.watch({ service });
-  let ended = false;
-  const changed = new Set<() => void>();
-  const notify = () => changed.forEach((f) => f());
-  stream.on('data', (response: HealthCheckResponse) => {
-    seen.push(response.status);
-    notify();
-  });
-  // The server ends the stream at shutdown, or its process goes away.
-  const end = () => {
-    ended = true;
-    notify();
-  };
-  stream.on('end', end);
-  stream.on('error', end);
-  return {
-    seen,
-    /** Resolves once `status` was received; rejects if the stream ended without it. */
-    until: (wanted: ServingStatus) =>
-      new Promise<void>((resolve, reject) => {
-        const check = () => {
-          if (seen.includes(wanted)) resolve();
-          else if (ended)
-            reject(new Error(`health stream ended; seen ${seen.map((s) => ServingStatus[s])}`));
-          else return;
-          changed.delete(check);
-        };
-        changed.add(check);
-        check();
-      }),
-    close: () => {
-      stream.cancel();
-      client.close();
-    },
-  };
-}
 
 beforeAll(() => writeTinyModel({ out: modelDir, seed: 0 }));
 afterEach(() => stopServiceProcesses());
@@ -139,11 +63,7 @@ describe('decoder whose step fails', () => {
       LOUPE_DECODER_MAX_PREFILL_TOKENS: '1024',
       LOUPE_DECODER_TEST_FAULT_POSITION: '2048',
     });
-    const decoder = new DecoderClient(
-      service.grpcAddress,
-      credentials.createInsecure(),
-      clientOptions,
-    );
+    const decoder = client(service.grpcAddress);
     const health = healthClient(service.grpcAddress);
     try {
       // Positions 2048 on fail: the third prefill chunk does.
@@ -172,52 +92,35 @@ describe('decoder whose step fails', () => {
 
 describe('decoder whose engine thread dies', () => {
   it('fails its requests with UNAVAILABLE, goes NOT_SERVING and exits with 70', async () => {
-    const service = await startServiceProcess(script, {
-      ...ephemeralPorts('DECODER'),
-      LOUPE_MODEL_DIR: modelDir,
-      LOUPE_DECODER_THREADS: '1',
-      LOUPE_DECODER_MAX_CONTEXT: '4096',
-      LOUPE_DECODER_MAX_PREFILL_TOKENS: '2048',
-      LOUPE_DECODER_STEP_TIMEOUT_MS: '1',
-      // The step budget must stay below the watchdog's limit (config.ts): none here.
-      LOUPE_DECODER_MAX_STEP_MS: '0',
-    });
-    const decoder = new DecoderClient(
-      service.grpcAddress,
-      credentials.createInsecure(),
-      clientOptions,
-    );
-    const health = watchHealth(service.grpcAddress, 'loupe.v1.Decoder');
-    try {
-      await health.until(ServingStatus.SERVING);
-      const [first, second] = await Promise.all([
-        generate(decoder, request(prompt(2000), 8)),
-        generate(decoder, request(prompt(2000), 8)),
-      ]);
-      expect(first.error?.code).toBe(status.UNAVAILABLE);
-      expect(reason(first.error!)).toBe('worker_died');
-      expect(first.error?.details).toMatch(
+    await expectWorkerDeath({
+      script,
+      env: {
+        ...ephemeralPorts('DECODER'),
+        LOUPE_MODEL_DIR: modelDir,
+        LOUPE_DECODER_THREADS: '1',
+        LOUPE_DECODER_MAX_CONTEXT: '4096',
+        LOUPE_DECODER_MAX_PREFILL_TOKENS: '2048',
+        LOUPE_DECODER_STEP_TIMEOUT_MS: '1',
+        // The step budget must stay below the watchdog's limit (config.ts): none here.
+        LOUPE_DECODER_MAX_STEP_MS: '0',
+      },
+      healthService: 'loupe.v1.Decoder',
+      client,
+      run: async (decoder) => {
+        const [first, second] = await Promise.all([
+          generate(decoder, request(prompt(2000), 8)),
+          generate(decoder, request(prompt(2000), 8)),
+        ]);
+        expect(first.tokens).toEqual([]);
+        return [first.error, second.error];
+      },
+      details:
         /^the text model cannot run: the decoder engine thread stalled: no answer for \d+ ms; the decoder is exiting to be restarted$/,
-      );
-      expect(first.tokens).toEqual([]);
-      // The other request failed with it, or found the server already going away.
-      expect(second.error?.code).toBe(status.UNAVAILABLE);
-
-      await health.until(ServingStatus.NOT_SERVING);
-      expect(health.seen).toEqual([ServingStatus.SERVING, ServingStatus.NOT_SERVING]);
-      const died = await service.waitForLog((e) => e.event === 'worker_died');
-      expect(died).toMatchObject({
-        level: 'error',
+      log: {
         service: 'decoder',
         worker: 'the decoder engine thread',
         setting: 'LOUPE_DECODER_STEP_TIMEOUT_MS',
-        exitingWith: 70,
-      });
-      expect(died.stalledMs).toEqual(expect.any(Number));
-      expect(await service.exited).toBe(70);
-    } finally {
-      health.close();
-      decoder.close();
-    }
+      },
+    });
   });
 });

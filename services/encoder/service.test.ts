@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { credentials, status, type ServiceError } from '@grpc/grpc-js';
+import { credentials, status } from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HealthCheckResponse_ServingStatus } from '../../proto/gen/grpc/health/v1/health.js';
 import {
@@ -22,7 +22,9 @@ import {
   checkHealth,
   clientOptions,
   healthClient,
+  loupeReason as reason,
 } from '../../test/helpers/grpc.js';
+import { scrapeMetrics, waitForMetrics } from '../../test/helpers/metrics.js';
 import { listServicesByReflection } from '../../test/helpers/reflection.js';
 import {
   builtService,
@@ -53,7 +55,6 @@ const LIMITS = { maxBytes: 64 << 20, maxPixels: 100_000_000, maxFrames: 1000, ti
 
 const client = (address: string) =>
   new EncoderClient(address, credentials.createInsecure(), clientOptions);
-const reason = (error: ServiceError) => String(error.metadata.get('loupe-reason')[0] ?? '');
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest();
 
 /** The wire form of sub-images (the preprocessor's output contract). */
@@ -95,32 +96,6 @@ const maxAbsDiff = (a: Float32Array, b: Float32Array) => {
   for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i]! - b[i]!));
   return max;
 };
-
-async function metricsText(port: number): Promise<string> {
-  const response = await fetch(`http://127.0.0.1:${port}/metrics`);
-  expect(response.status).toBe(200);
-  return response.text();
-}
-const metric = (text: string, name: string) => {
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
-  return line === undefined ? undefined : Number(line.split(' ').at(-1));
-};
-
-/** Polls /metrics until `ok` holds (a readiness wait, bounded), returning the text. */
-async function waitForMetrics(
-  port: number,
-  ok: (value: (name: string) => number | undefined) => boolean,
-  timeoutMs = 20_000,
-): Promise<string> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const text = await metricsText(port);
-    if (ok((name) => metric(text, name))) return text;
-    if (Date.now() > until)
-      throw new Error(`metrics not as expected after ${timeoutMs} ms:\n${text}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 let photo: { subImages: SubImage[]; hash: Buffer };
 beforeAll(async () => {
@@ -213,7 +188,7 @@ describe('encoder service', () => {
   });
 
   it('caches by content hash, split and dtype, answers Lookup, and evicts the oldest', async () => {
-    const before = await metricsText(service.metricsPort);
+    const before = await scrapeMetrics(service);
     const hashed = request(photo.subImages, {
       contentHash: photo.hash,
       split: true,
@@ -239,8 +214,8 @@ describe('encoder service', () => {
     await missing(photo.hash, true, Dtype.DTYPE_FLOAT32); // other dtype
     await missing(sha256(Buffer.from('never sent')), true);
 
-    const after = await metricsText(service.metricsPort);
-    const delta = (name: string) => (metric(after, name) ?? 0) - (metric(before, name) ?? 0);
+    const after = await scrapeMetrics(service);
+    const delta = (name: string) => (after.value(name) ?? 0) - (before.value(name) ?? 0);
     expect(delta('loupe_encoder_cache_hits_total')).toBe(2);
     expect(delta('loupe_encoder_cache_misses_total')).toBe(4);
     // Only the first Encode ran the model: five sub-images.
@@ -260,9 +235,9 @@ describe('encoder service', () => {
       );
     }
     await missing(photo.hash, true);
-    const evicted = await metricsText(service.metricsPort);
-    expect(metric(evicted, 'loupe_encoder_cache_evictions_total')).toBeGreaterThanOrEqual(1);
-    expect(metric(evicted, 'loupe_encoder_cache_entries')).toBe(3);
+    const evicted = await scrapeMetrics(service);
+    expect(evicted.value('loupe_encoder_cache_evictions_total')).toBeGreaterThanOrEqual(1);
+    expect(evicted.value('loupe_encoder_cache_entries')).toBe(3);
   });
 
   it('answers health, metrics and Info while a batch computes (the model runs off the event loop)', async () => {
@@ -276,14 +251,16 @@ describe('encoder service', () => {
     );
     // In flight and no longer queued: its batch is running.
     await waitForMetrics(
-      service.metricsPort,
-      (m) => m('loupe_encoder_requests_in_flight') === 1 && m('loupe_encoder_queue_depth') === 0,
+      service,
+      (m) =>
+        m.value('loupe_encoder_requests_in_flight') === 1 &&
+        m.value('loupe_encoder_queue_depth') === 0,
     );
     const health = healthClient(service.grpcAddress);
     expect((await checkHealth(health)).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
     health.close();
     expect((await call(encoder, encoder.info, {})).modelId).toBe('tiny-seed0');
-    await metricsText(service.metricsPort);
+    await scrapeMetrics(service);
     expect(done).toBe(false);
     expect((await pending).embeddings!.shape).toEqual([8, 64, 64]);
   });
@@ -403,7 +380,7 @@ describe('encoder service', () => {
         split: false,
         outputDtype: Dtype.DTYPE_FLOAT16,
       });
-    const before = await metricsText(service.metricsPort);
+    const before = await scrapeMetrics(service);
 
     // Someone else's image's hash on these bytes: the poisoning attempt.
     const lie = await callError(encoder, encoder.encode, hashed(honest, victimHash));
@@ -418,11 +395,11 @@ describe('encoder service', () => {
     // Nothing ran, nothing was stored: not under the claimed hash, not under the true one.
     for (const hash of [victimHash, subImagesHash(honest), fileHash])
       expect((await lookupError(hash)).code).toBe(status.NOT_FOUND);
-    const after = await metricsText(service.metricsPort);
-    const delta = (name: string) => (metric(after, name) ?? 0) - (metric(before, name) ?? 0);
+    const after = await scrapeMetrics(service);
+    const delta = (name: string) => (after.value(name) ?? 0) - (before.value(name) ?? 0);
     expect(delta('loupe_encoder_sub_images_total')).toBe(0);
-    expect(metric(after, 'loupe_encoder_cache_entries')).toBe(
-      metric(before, 'loupe_encoder_cache_entries'),
+    expect(after.value('loupe_encoder_cache_entries')).toBe(
+      before.value('loupe_encoder_cache_entries'),
     );
 
     // The owner of the hash still gets its own image computed, and an honest Encode then
@@ -472,9 +449,9 @@ describe('encoder batching, limits and shutdown', () => {
       const together = await Promise.all(
         images.map((image) => call(encoder, encoder.encode, request([image]))),
       );
-      const text = await metricsText(service.metricsPort);
-      expect(metric(text, 'loupe_encoder_batch_size_count')).toBe(1);
-      expect(metric(text, 'loupe_encoder_batch_size_sum')).toBe(4);
+      const metrics = await scrapeMetrics(service);
+      expect(metrics.value('loupe_encoder_batch_size_count')).toBe(1);
+      expect(metrics.value('loupe_encoder_batch_size_sum')).toBe(4);
       // Alone: each image in its own run, in this process.
       const checkpoint = openCheckpoint(modelDir);
       const session = await createSession(buildVisionGraph(checkpoint), { intraOpThreads: 1 });
@@ -518,7 +495,7 @@ describe('encoder batching, limits and shutdown', () => {
       const three = [1, 2, 3].map((i) => noise(28, 28, i));
       // Waits for the batch to fill (10 s) but its deadline comes first.
       const expiring = callError(encoder, encoder.encode, request(three), { deadlineMs: 4000 });
-      await waitForMetrics(service.metricsPort, (m) => m('loupe_encoder_queue_depth') === 3);
+      await waitForMetrics(service, (m) => m.value('loupe_encoder_queue_depth') === 3);
       const full = await callError(
         encoder,
         encoder.encode,
@@ -532,12 +509,12 @@ describe('encoder batching, limits and shutdown', () => {
 
       expect((await expiring).code).toBe(status.DEADLINE_EXCEEDED);
       // The server's own deadline fires about when the client's does.
-      const text = await waitForMetrics(
-        service.metricsPort,
-        (m) => m('loupe_encoder_queue_depth') === 0,
+      const metrics = await waitForMetrics(
+        service,
+        (m) => m.value('loupe_encoder_queue_depth') === 0,
       );
-      expect(metric(text, 'loupe_encoder_sub_images_total')).toBe(0); // nothing ran
-      expect(metric(text, 'loupe_encoder_batch_size_count')).toBe(0);
+      expect(metrics.value('loupe_encoder_sub_images_total')).toBe(0); // nothing ran
+      expect(metrics.value('loupe_encoder_batch_size_count')).toBe(0);
     } finally {
       encoder.close();
       expect(await service.stop()).toBe(0);
@@ -554,7 +531,7 @@ describe('encoder batching, limits and shutdown', () => {
     const encoder = client(service.grpcAddress);
     try {
       const pending = call(encoder, encoder.encode, request([noise(280, 280, 9)]));
-      await waitForMetrics(service.metricsPort, (m) => m('loupe_encoder_requests_in_flight') === 1);
+      await waitForMetrics(service, (m) => m.value('loupe_encoder_requests_in_flight') === 1);
       const stopped = service.stop();
       expect((await pending).embeddings!.shape).toEqual([1, 64, 64]);
       expect(await stopped).toBe(0);

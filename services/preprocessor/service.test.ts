@@ -24,8 +24,10 @@ import {
   checkHealth,
   clientOptions,
   healthClient,
+  loupeReason as reason,
 } from '../../test/helpers/grpc.js';
 import { PDF, pngDeclaring, SVG } from '../../test/helpers/images.js';
+import { scrapeMetrics, waitForMetrics } from '../../test/helpers/metrics.js';
 import { listServicesByReflection } from '../../test/helpers/reflection.js';
 import { writeProcessorConfigs } from '../../test/helpers/checkpoint.js';
 import {
@@ -48,13 +50,6 @@ const preprocessError = (
   split?: boolean,
   deadlineMs?: number,
 ) => callError(c, c.preprocess, { image, split }, { deadlineMs });
-const reason = (error: ServiceError) => String(error.metadata.get('loupe-reason')[0] ?? '');
-
-async function metricsText(port: number): Promise<string> {
-  const response = await fetch(`http://127.0.0.1:${port}/metrics`);
-  expect(response.status).toBe(200);
-  return response.text();
-}
 
 describe('preprocessor service', () => {
   let service: ServiceProcess;
@@ -186,7 +181,7 @@ describe('preprocessor service', () => {
   });
 
   it('exports Prometheus metrics: images, bytes, latency, failures by reason, in flight', async () => {
-    const text = await metricsText(service.metricsPort);
+    const { text } = await scrapeMetrics(service);
     expect(text).toMatch(/loupe_preprocessor_images_total\{[^}]*split="true"[^}]*\} [1-9]/);
     expect(text).toMatch(/loupe_preprocessor_input_bytes_total\{[^}]*\} [1-9]/);
     expect(text).toMatch(/loupe_preprocessor_latency_seconds_count\{[^}]*\} [1-9]/);
@@ -209,7 +204,7 @@ describe('preprocessor service', () => {
     while (!settled) {
       const started = performance.now();
       expect((await checkHealth(health)).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
-      await metricsText(service.metricsPort);
+      await scrapeMetrics(service);
       latencies.push(performance.now() - started);
       if (!settled) checksDuringLoad++;
     }
@@ -373,11 +368,9 @@ describe('preprocessor admission, configuration and shutdown', () => {
       call(pre, pre.preprocess, { image: heavy, split: true }, { metadata, deadlineMs: 120_000 }),
     );
     // Wait until the work is really in flight: the in-flight gauge says so.
-    for (;;) {
-      const text = await metricsText(service.metricsPort);
-      if (/loupe_preprocessor_requests_in_flight\{[^}]*\} 3/.test(text)) break;
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
+    await waitForMetrics(service, (m) => m.value('loupe_preprocessor_requests_in_flight') === 3, {
+      timeoutMs: 60_000,
+    });
     service.child.kill('SIGTERM');
     await service.waitForLog((e) => e.msg === 'shutting down');
     const results = await Promise.all(inFlight);

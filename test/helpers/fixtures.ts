@@ -86,3 +86,18 @@ export function loadPreprocessExpectations(): PreprocessExpectation[] {
 export function fixtureImage(name: string): Buffer {
   return readFileSync(join(fixturesDir, 'images', name));
 }
+
+/**
+ * The cases of a table of tests made from fixture files (it.each, describe.each), checked
+ * when the file is collected: a table with no cases runs no test and passes, so a fixture set
+ * that came back empty or shrunk must fail instead. Throws unless there are exactly
+ * `expected`; a fixture set that grows on purpose changes `expected` with it.
+ */
+export function fixtureCases<T>(what: string, cases: readonly T[], expected: number): T[] {
+  if (cases.length !== expected)
+    throw new Error(
+      `${what}: ${cases.length} fixture cases, expected ${expected} (were the fixtures ` +
+        `regenerated? update the expected count with them)`,
+    );
+  return [...cases];
+}

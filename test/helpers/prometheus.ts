@@ -1,11 +1,11 @@
 // A real Prometheus (Debian's `prometheus` package, or any on PATH) on loopback for tests, and
 // the scrape targets the chart's ServiceMonitors would make, derived from the rendered chart.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
+import { startProcess } from './service-process.js';
 
 /** A binary on PATH that answers `args` (its version) with status 0, or undefined. */
 export function findTool(name: string, args = ['--version']): string | undefined {
@@ -157,17 +157,10 @@ export interface RunningPrometheus {
   stop(): Promise<void>;
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as { port: number }).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
 /**
- * Starts Prometheus on 127.0.0.1 with `config` (as YAML) and the rule files given (name →
- * YAML), its TSDB in a temporary folder, and resolves once /-/ready answers 200.
+ * Starts Prometheus on an ephemeral loopback port with `config` (as YAML) and the rule files
+ * given (name → YAML), its TSDB in a temporary folder, and resolves once it logs that it is
+ * ready (it marks itself ready, then logs so); the port is the one it logs listening on.
  */
 export async function startPrometheus(
   binary: string,
@@ -182,72 +175,53 @@ export async function startPrometheus(
     configFile,
     stringify({ ...config, rule_files: Object.keys(ruleFiles).map((n) => join(dir, n)) }),
   );
-  const deadline = Date.now() + timeoutMs;
-  // The port is picked free, then bound by Prometheus: another process may take it in
-  // between, so a start that fails is retried on a new one.
-  for (let attempt = 1; ; attempt++) {
-    const port = await freePort();
-    let out = '';
-    const child: ChildProcess = spawn(
-      binary,
-      [
-        `--config.file=${configFile}`,
-        `--storage.tsdb.path=${join(dir, 'data')}`,
-        `--web.listen-address=127.0.0.1:${port}`,
-        '--log.level=warn',
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-    let dead = false;
-    void exited.then(() => (dead = true));
-    const url = `http://127.0.0.1:${port}`;
-    while (!dead && Date.now() < deadline) {
-      const ready = await fetch(`${url}/-/ready`).then(
-        (r) => r.status === 200,
-        () => false,
-      );
-      if (ready) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const stop = async () => {
-      if (!dead) {
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
-        await exited;
-        clearTimeout(timer);
-      }
-      rmSync(dir, { recursive: true, force: true });
-    };
-    if (dead || Date.now() >= deadline) {
-      if (!dead) await stop();
-      if (attempt < 3 && /address already in use/.test(out) && Date.now() < deadline) continue;
-      rmSync(dir, { recursive: true, force: true });
-      throw new Error(`prometheus did not become ready:\n${out}`);
-    }
-    const api = async <T>(path: string): Promise<T> => {
-      const r = await fetch(`${url}${path}`);
-      const body = (await r.json()) as { status: string; data: T; error?: string };
-      if (body.status !== 'success') throw new Error(`${path}: ${body.error ?? r.status}`);
-      return body.data;
-    };
-    return {
-      url,
-      api,
-      query: async (expr) => {
-        const data = await api<{ resultType: string; result: PrometheusResult[] }>(
-          `/api/v1/query?query=${encodeURIComponent(expr)}`,
-        );
-        if (data.resultType !== 'vector')
-          throw new Error(`${expr}: a ${data.resultType}, not a vector`);
-        return data.result;
-      },
-      output: () => out,
-      stop,
-    };
+  const p = await startProcess(binary, {
+    args: [
+      `--config.file=${configFile}`,
+      `--storage.tsdb.path=${join(dir, 'data')}`,
+      '--web.listen-address=127.0.0.1:0',
+      // Info: the lines that say where it listens and that it is ready.
+      '--log.level=info',
+    ],
+    ready: (line) => line.includes('Server is ready to receive web requests'),
+    timeoutMs,
+  }).catch((error: Error) => {
+    rmSync(dir, { recursive: true, force: true });
+    throw new Error(`prometheus did not become ready: ${error.message}`);
+  });
+  const stop = async () => {
+    await p.stop(5_000);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  // "Listening on" names the address the ephemeral port resolved to.
+  const listening = /msg="Listening on".*\baddress=(127\.0\.0\.1:\d+)/;
+  let url: string;
+  try {
+    url = `http://${listening.exec(await p.waitForLine((l) => listening.test(l), 5_000))![1]}`;
+  } catch (error) {
+    await stop();
+    throw error;
   }
+  const api = async <T>(path: string): Promise<T> => {
+    const r = await fetch(`${url}${path}`);
+    const body = (await r.json()) as { status: string; data: T; error?: string };
+    if (body.status !== 'success') throw new Error(`${path}: ${body.error ?? r.status}`);
+    return body.data;
+  };
+  return {
+    url,
+    api,
+    query: async (expr) => {
+      const data = await api<{ resultType: string; result: PrometheusResult[] }>(
+        `/api/v1/query?query=${encodeURIComponent(expr)}`,
+      );
+      if (data.resultType !== 'vector')
+        throw new Error(`${expr}: a ${data.resultType}, not a vector`);
+      return data.result;
+    },
+    output: () => p.lines.join('\n'),
+    stop,
+  };
 }
 
 /**

@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { decodeImage, type DecodeLimits, toImageDecodeError } from './decode.js';
 import { ImageDecodeError, type ImageDecodeReason } from './decode-error.js';
 import { sniffImageFormat } from './sniff-format.js';
+import { fixtureCases } from '../../../test/helpers/fixtures.js';
 
 const IMAGES = new URL('../../../test/fixtures/images/', import.meta.url);
 const EDGE_CASES = new URL('testdata/', import.meta.url);
@@ -223,7 +224,12 @@ describe('decodeImage on edge cases (testdata/make_testdata.py, PIL load_image h
     string,
     { pil_mode: string; height: number; width: number; sha256: string }
   >;
-  it.each(Object.entries(expected))('%s', async (name, e) => {
+  const cases = fixtureCases(
+    'services/model/image/testdata/expected.json',
+    Object.entries(expected),
+    15,
+  );
+  it.each(cases)('%s', async (name, e) => {
     const bytes = new Uint8Array(readFileSync(new URL(name, EDGE_CASES)));
     const { image } = await decodeImage(bytes, LIMITS);
     expect([image.height, image.width]).toEqual([e.height, e.width]);

@@ -11,6 +11,7 @@ import { toPixelValues } from './pixel-values.js';
 import { DEFAULT_IMAGE_PROCESSOR_CONFIG } from './processor-config.js';
 import { resizeOutputSize } from './resize-rule.js';
 import { toChw } from './rgb-image.js';
+import { fixtureCases } from '../../../test/helpers/fixtures.js';
 
 const FIXTURES = new URL('../../../test/fixtures/', import.meta.url);
 const LIMITS = { maxBytes: 64 << 20, maxPixels: 40_000_000, maxFrames: 100 };
@@ -71,7 +72,13 @@ function readFixture(entry: ExpectedImage): Uint8Array {
   return bytes;
 }
 
-describe.each(expected.images.map((e) => [e.file, e] as const))('%s', (_, entry) => {
+const images = fixtureCases(
+  'images of test/fixtures/preprocess/expected.json',
+  expected.images.map((e) => [e.file, e] as const),
+  57,
+);
+
+describe.each(images)('%s', (_, entry) => {
   const approximate = APPROXIMATE_FORMATS.has(entry.source.format);
 
   it('decodes like load_image (exif_transpose + convert("RGB"))', async () => {
@@ -160,7 +167,7 @@ describe.each(expected.images.map((e) => [e.file, e] as const))('%s', (_, entry)
 // exactly processGeometry (splitImage, then resizeBilinear of each piece) + toChw, including
 // where the goldens only check shapes (1-pixel sides give empty crops).
 describe('preprocessImage = processGeometry + toChw', () => {
-  it.each(expected.images.map((e) => [e.file, e] as const))('%s', async (_, entry) => {
+  it.each(images)('%s', async (_, entry) => {
     const bytes = readFixture(entry);
     const { image } = await decodeImage(bytes, LIMITS);
     for (const split of [false, true]) {

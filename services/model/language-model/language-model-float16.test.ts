@@ -25,6 +25,7 @@ import { TokenEmbeddings } from './embeddings.js';
 import { generateGreedy, loadTextModel, type TextModel } from './generate.js';
 import { goldenCaseNames, loadGoldenCase, maxAbsDiff } from './goldens.test-helper.js';
 import { buildTextGraph, cacheNames } from './text-graph.js';
+import { fixtureCases } from '../../../test/helpers/fixtures.js';
 
 const TOLERANCE = 5e-2;
 const MAX_NEW = 32;
@@ -92,7 +93,8 @@ describe('text model on the float16 tiny checkpoint (seed 0)', () => {
     }
   });
 
-  it.each(goldenCaseNames('tiny-'))('%s: prefill logits and greedy ids', async (name) => {
+  const cases = fixtureCases('tiny-* model goldens', goldenCaseNames('tiny-'), 7);
+  it.each(cases)('%s: prefill logits and greedy ids', async (name) => {
     const golden = loadGoldenCase(name);
     const { sequences } = await generateGreedy(
       model,

@@ -15,16 +15,17 @@ import {
   makeTinyCheckpoint,
   maxAbsDiff,
 } from './goldens.test-helper.js';
+import { fixtureCases } from '../../../test/helpers/fixtures.js';
 
 const TOLERANCE = 1e-3;
 const MAX_NEW = 32;
 
 const suites = [
-  { prefix: 'tester-', make: copyTesterCheckpoint },
-  { prefix: 'tiny-', make: makeTinyCheckpoint },
+  { prefix: 'tester-', make: copyTesterCheckpoint, count: 2 },
+  { prefix: 'tiny-', make: makeTinyCheckpoint, count: 7 },
 ];
 
-for (const { prefix, make } of suites) {
+for (const { prefix, make, count } of suites) {
   describe(`text model parity: ${prefix}*`, () => {
     let dir = '';
     let model: TextModel;
@@ -39,7 +40,8 @@ for (const { prefix, make } of suites) {
       rmSync(dir, { recursive: true, force: true });
     });
 
-    it.each(goldenCaseNames(prefix))('%s: prefill logits and greedy ids', async (name) => {
+    const cases = fixtureCases(`${prefix}* model goldens`, goldenCaseNames(prefix), count);
+    it.each(cases)('%s: prefill logits and greedy ids', async (name) => {
       const golden = loadGoldenCase(name);
       const { sequences } = await generateGreedy(
         model,

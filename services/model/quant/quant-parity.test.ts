@@ -20,6 +20,7 @@ import { generateGreedy, loadTextModel, type TextModel } from '../language-model
 import { modelFixtures, maxAbsDiff } from '../language-model/goldens.test-helper.js';
 import { writeTinyModel } from '../tiny/index.js';
 import { buildVisionGraph, encodeImages } from '../vision/index.js';
+import { fixtureCases } from '../../../test/helpers/fixtures.js';
 
 const TOLERANCE = 1e-3;
 const quantFixtures = join(modelFixtures, 'quant');
@@ -40,7 +41,11 @@ const expected = JSON.parse(readFileSync(join(quantFixtures, 'expected.json'), '
   max_new_tokens: number;
   cases: Record<string, Case>;
 };
-const cases = Object.entries(expected.cases);
+const cases = fixtureCases(
+  'cases of test/fixtures/model/quant/expected.json',
+  Object.entries(expected.cases),
+  6,
+);
 
 const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
@@ -120,7 +125,8 @@ describe.each(cases)('GPTQ parity: %s', (name, c) => {
     await model?.release();
   });
 
-  it.each(Object.keys(c.prompts))('%s prompt: prefill logits and greedy ids', async (prompt) => {
+  const prompts = fixtureCases(`${name} prompts`, Object.keys(c.prompts), 2);
+  it.each(prompts)('%s prompt: prefill logits and greedy ids', async (prompt) => {
     const g = golden(name, prompt);
     const { sequences } = await generateGreedy(model, [{ ids: g.ids, imageRows: g.imageRows }], {
       maxNewTokens: expected.max_new_tokens,

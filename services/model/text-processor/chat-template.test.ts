@@ -14,6 +14,7 @@ import {
   renderChatTemplate,
 } from './chat-template.js';
 import { ChatTemplateError, TextFileError } from './text-error.js';
+import { fixtureCases } from '../../../test/helpers/fixtures.js';
 
 const FIXTURES = fileURLToPath(new URL('../../../test/fixtures/text/', import.meta.url));
 const TOKENIZER_DIR = join(FIXTURES, 'tokenizer');
@@ -33,7 +34,8 @@ function tempDir(): string {
 }
 
 describe('chat template matches the reference', () => {
-  it.each(expected.chat.map((c) => [`${c.name} generation=${String(c.addGenerationPrompt)}`, c]))(
+  const chat = fixtureCases('chat cases of test/fixtures/text/expected.json', expected.chat, 8);
+  it.each(chat.map((c) => [`${c.name} generation=${String(c.addGenerationPrompt)}`, c]))(
     '%s',
     (_name, c) => {
       const options = { addGenerationPrompt: c.addGenerationPrompt };

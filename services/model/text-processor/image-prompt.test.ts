@@ -12,6 +12,7 @@ import {
   imageTokenCount,
 } from './image-prompt.js';
 import { ImagePromptError } from './text-error.js';
+import { fixtureCases } from '../../../test/helpers/fixtures.js';
 
 interface PromptCase {
   name: string;
@@ -29,7 +30,13 @@ const expected = JSON.parse(
 };
 
 describe('expandImagePrompt matches Idefics2Processor', () => {
-  it.each(expected.processor.map((c) => [`${c.name} n=${c.imageSeqLen} split=${c.split}`, c]))(
+  const processor = fixtureCases(
+    'processor cases of test/fixtures/text/expected.json',
+    expected.processor,
+    32,
+  );
+  const chat = fixtureCases('chat cases of test/fixtures/text/expected.json', expected.chat, 8);
+  it.each(processor.map((c) => [`${c.name} n=${c.imageSeqLen} split=${c.split}`, c]))(
     '%s',
     (_name, c) => {
       const options = {
@@ -41,7 +48,7 @@ describe('expandImagePrompt matches Idefics2Processor', () => {
     },
   );
 
-  it.each(expected.chat.map((c) => [`${c.name} generation=${String(c.addGenerationPrompt)}`, c]))(
+  it.each(chat.map((c) => [`${c.name} generation=${String(c.addGenerationPrompt)}`, c]))(
     'chat %s',
     (_name, c) => {
       const splits = Array<boolean>(c.numImages).fill(c.split);

@@ -10,6 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import { TextFileError } from './text-error.js';
 import { loadTokenizer } from './tokenizer.js';
+import { fixtureCases } from '../../../test/helpers/fixtures.js';
 
 const FIXTURES = fileURLToPath(new URL('../../../test/fixtures/text/', import.meta.url));
 const TOKENIZER_DIR = join(FIXTURES, 'tokenizer');
@@ -42,6 +43,18 @@ const expected = JSON.parse(readFileSync(join(FIXTURES, 'expected.json'), 'utf8'
   decode: DecodeCase[];
   metaspace: { encode: EncodeCase[]; decode: DecodeCase[] };
   postProcessor: { addBosToken: boolean; addEosToken: boolean; text: string; ids: number[] }[];
+};
+
+// Each table's size, so that an empty or shrunk fixture set fails instead of running nothing.
+const of = 'test/fixtures/text/expected.json';
+const cases = {
+  encode: fixtureCases(`encode cases of ${of}`, expected.encode, 13),
+  processor: fixtureCases(`processor cases of ${of}`, expected.processor, 32),
+  chat: fixtureCases(`chat cases of ${of}`, expected.chat, 8),
+  postProcessor: fixtureCases(`postProcessor cases of ${of}`, expected.postProcessor, 4),
+  decode: fixtureCases(`decode cases of ${of}`, expected.decode, 36),
+  metaspaceEncode: fixtureCases(`metaspace.encode cases of ${of}`, expected.metaspace.encode, 21),
+  metaspaceDecode: fixtureCases(`metaspace.decode cases of ${of}`, expected.metaspace.decode, 13),
 };
 
 const tokenizer = loadTokenizer(TOKENIZER_DIR);
@@ -112,24 +125,24 @@ describe('loadTokenizer', () => {
 });
 
 describe('encode matches the reference', () => {
-  it.each(expected.encode.map((c) => [c.name, c] as const))('%s', (_name, c) => {
+  it.each(cases.encode.map((c) => [c.name, c] as const))('%s', (_name, c) => {
     expect(tokenizer.encode(c.text)).toEqual(c.ids);
     expect(tokenizer.encode(c.text, { addSpecialTokens: false })).toEqual(c.idsNoSpecial);
     expect(tokenizer.tokenize(c.text, { addSpecialTokens: true })).toEqual(c.tokens);
   });
 
-  it.each(expected.processor.map((c) => [`${c.name} n=${c.imageSeqLen} split=${c.split}`, c]))(
+  it.each(cases.processor.map((c) => [`${c.name} n=${c.imageSeqLen} split=${c.split}`, c]))(
     'expanded prompt %s',
     (_name, c) => {
       expect(tokenizer.encode(c.expanded)).toEqual(c.inputIds);
     },
   );
 
-  it.each(expected.chat.map((c) => [c.name, c] as const))('chat prompt %s', (_name, c) => {
+  it.each(cases.chat.map((c) => [c.name, c] as const))('chat prompt %s', (_name, c) => {
     expect(tokenizer.encode(c.expanded)).toEqual(c.inputIds);
   });
 
-  it.each(expected.postProcessor.map((c) => [`bos=${c.addBosToken} eos=${c.addEosToken}`, c]))(
+  it.each(cases.postProcessor.map((c) => [`bos=${c.addBosToken} eos=${c.addEosToken}`, c]))(
     'builds the Llama post-processor from the flags (%s)',
     (_name, c) => {
       // Drop tokenizer.json's post-processor: the flags alone decide, as in the reference.
@@ -143,7 +156,7 @@ describe('encode matches the reference', () => {
 });
 
 describe('decode matches the reference', () => {
-  it.each(expected.decode.map((c) => [c.name, c] as const))('%s', (_name, c) => {
+  it.each(cases.decode.map((c) => [c.name, c] as const))('%s', (_name, c) => {
     expect(tokenizer.decode(c.ids, { skipSpecialTokens: true })).toBe(c.skipSpecialTokens);
     expect(tokenizer.decode(c.ids, { skipSpecialTokens: false })).toBe(c.withSpecialTokens);
     expect(tokenizer.decode(c.ids)).toBe(c.withSpecialTokens);
@@ -172,11 +185,11 @@ describe('decode matches the reference', () => {
 describe('metaspace variant (LlamaConverter legacy=false) matches the reference', () => {
   const metaspace = loadTokenizer(join(FIXTURES, 'tokenizer-metaspace'));
 
-  it.each(expected.metaspace.encode.map((c) => [c.name, c] as const))('encode %s', (_n, c) => {
+  it.each(cases.metaspaceEncode.map((c) => [c.name, c] as const))('encode %s', (_n, c) => {
     expect(metaspace.encode(c.text)).toEqual(c.ids);
   });
 
-  it.each(expected.metaspace.decode.map((c) => [c.name, c] as const))('decode %s', (_n, c) => {
+  it.each(cases.metaspaceDecode.map((c) => [c.name, c] as const))('decode %s', (_n, c) => {
     expect(metaspace.decode(c.ids, { skipSpecialTokens: true })).toBe(c.skipSpecialTokens);
     expect(metaspace.decode(c.ids, { skipSpecialTokens: false })).toBe(c.withSpecialTokens);
   });

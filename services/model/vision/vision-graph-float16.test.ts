@@ -24,6 +24,7 @@ import { writeTinyModel } from '../tiny/index.js';
 import { encodeImages } from './encode-images.js';
 import { MASK_MIN_FLOAT16 } from './graph-ops.js';
 import { buildVisionGraph } from './vision-graph.js';
+import { fixtureCases } from '../../../test/helpers/fixtures.js';
 
 const FIXTURES = new URL('../../../test/fixtures/model/', import.meta.url).pathname;
 const IMAGES = new URL('../../../test/fixtures/images/', import.meta.url).pathname;
@@ -110,8 +111,12 @@ describe('vision graph on the float16 tiny checkpoint (seed 0)', () => {
     expect(types(session.outputMetadata)).toEqual([['image_hidden_states', 'float32']]);
   });
 
-  const cases = Object.entries(expected.cases).filter(
-    ([name, c]) => name.startsWith('tiny-') && c.images !== undefined && c.images.length > 0,
+  const cases = fixtureCases(
+    'tiny-* model goldens with images',
+    Object.entries(expected.cases).filter(
+      ([name, c]) => name.startsWith('tiny-') && c.images !== undefined && c.images.length > 0,
+    ),
+    6,
   );
   it.each(cases)(`matches image_hidden_states of %s within ${TOLERANCE}`, async (name, c) => {
     const config = loadImageProcessorConfig(join(dir, 'f16'));

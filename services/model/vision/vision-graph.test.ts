@@ -13,6 +13,7 @@ import { readSafetensors } from '../safetensors/index.js';
 import { writeTinyModel } from '../tiny/index.js';
 import { encodeImages } from './encode-images.js';
 import { buildVisionGraph } from './vision-graph.js';
+import { fixtureCases } from '../../../test/helpers/fixtures.js';
 
 const FIXTURES = new URL('../../../test/fixtures/model/', import.meta.url).pathname;
 const IMAGES = new URL('../../../test/fixtures/images/', import.meta.url).pathname;
@@ -102,8 +103,12 @@ describe('vision graph on the tiny checkpoint (seed 0)', () => {
     expect(sha).toBe(expected.tiny_model_sha256);
   });
 
-  const cases = Object.entries(expected.cases).filter(
-    ([name, c]) => name.startsWith('tiny-') && c.images !== undefined && c.images.length > 0,
+  const cases = fixtureCases(
+    'tiny-* model goldens with images',
+    Object.entries(expected.cases).filter(
+      ([name, c]) => name.startsWith('tiny-') && c.images !== undefined && c.images.length > 0,
+    ),
+    6,
   );
   it.each(cases)('matches image_hidden_states of %s within 1e-4', async (name, c) => {
     const config = loadImageProcessorConfig(join(dir, 'model'));
