@@ -6,7 +6,7 @@ import { badWordsIds, eosTokenIds, loadTextModel, openCheckpoint } from '../mode
 import { Engine } from './engine.js';
 import { failingPast } from './fault-injection.js';
 import type { ModelRunner } from './model-runner.js';
-import { OrtModelRunner } from './ort-runner.js';
+import { OrtModelRunner, runnerAttention } from './ort-runner.js';
 import type { EngineCommand, EngineMessage, EngineSetup } from './protocol.js';
 import { QueueFullError } from './scheduler.js';
 import { GrammarCompilerCache, type Constraint } from './grammar/constraint.js';
@@ -24,6 +24,7 @@ async function main(): Promise<void> {
     const model = await loadTextModel(checkpoint, {
       session: { executionProvider: setup.executionProvider, intraOpThreads: setup.intraOpThreads },
       quantized: setup.quantized,
+      attention: runnerAttention(setup.executionProvider),
     });
     let runner: ModelRunner = new OrtModelRunner(model, {
       slots: setup.engine.maxRunning,

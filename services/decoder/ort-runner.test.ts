@@ -6,10 +6,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadTextModel, openCheckpoint, writeTinyModel, type TextModel } from '../model/index.js';
+import {
+  GROUP_QUERY_MAX_DECODE_ROWS,
+  loadTextModel,
+  openCheckpoint,
+  writeTinyModel,
+  type TextModel,
+} from '../model/index.js';
 import { Engine } from './engine.js';
 import type { RunnerStep } from './model-runner.js';
-import { OrtModelRunner } from './ort-runner.js';
+import { OrtModelRunner, runnerAttention } from './ort-runner.js';
 import type { EngineRequest, TokenEvent } from './protocol.js';
 import { GREEDY } from './sampler.js';
 
@@ -44,13 +50,14 @@ function request(id: string, length: number, seed: number, maxNewTokens: number)
 }
 
 /** Runs the requests (the last two once the others are done) and records every stride. */
-async function run(fullContextViews: boolean) {
+async function run(fullContextViews: boolean, on: TextModel = model) {
   const runner = new OrtModelRunner(
-    model,
+    on,
     { slots: 3, context: 600, cacheBlocks: 64 },
     { fullContextViews },
   );
   const strides: number[] = [];
+  const decodeRows = new Set<number>();
   const recording = {
     vocab: runner.vocab,
     hidden: runner.hidden,
@@ -59,6 +66,8 @@ async function run(fullContextViews: boolean) {
     run: async (step: RunnerStep) => {
       const out = await runner.run(step);
       strides.push(runner.stride);
+      // The decode run's batch: slots 0 .. the highest decoding one.
+      if (step.decode.length > 0) decodeRows.add(1 + Math.max(...step.decode.map((r) => r.slot)));
       return out;
     },
     release: () => Promise.resolve(),
@@ -86,7 +95,7 @@ async function run(fullContextViews: boolean) {
   await drain();
   engine.add(request('again', 430, 2, 6));
   await drain();
-  return { events, strides };
+  return { events, strides, decodeRows };
 }
 
 describe('OrtModelRunner', () => {
@@ -100,5 +109,46 @@ describe('OrtModelRunner', () => {
     // the long ones end and for the short request alone, grown again.
     const changes = tiered.strides.filter((s, i) => i === 0 || s !== tiered.strides[i - 1]);
     expect(changes).toEqual([128, 192, 320, 512, 256, 128, 64, 576]);
+  });
+
+  it.each(['matmul', 'adaptive'] as const)(
+    'gives with %s attention what it gives with GroupQueryAttention',
+    async (attention) => {
+      const other = await loadTextModel(openCheckpoint(join(work, 'tiny')), {
+        session: { intraOpThreads: 1 },
+        attention,
+      });
+      try {
+        const [gqa, plain] = [await run(false), await run(false, other)];
+        expect(plain.strides).toEqual(gqa.strides);
+        expect([...plain.events.keys()].sort()).toEqual([...gqa.events.keys()].sort());
+        let compared = 0;
+        for (const [id, events] of gqa.events) {
+          const got = plain.events.get(id)!;
+          // The same tokens; log-probabilities equal to float32 rounding (another sum order).
+          expect(
+            got.map((e) => e.token),
+            id,
+          ).toEqual(events.map((e) => e.token));
+          events.forEach((e, i) => {
+            expect(got[i]!.logprob, id).toBeCloseTo(e.logprob!, 4);
+            compared++;
+          });
+        }
+        expect(compared).toBe(70 + 40 + 20 + 8 + 6);
+        // Decode batches of 1 to 3 rows: the adaptive graph's GroupQueryAttention branch here
+        // (its matmul branch: matmul-attention.test.ts, through the greedy loop).
+        if (attention === 'adaptive') {
+          expect(Math.max(...plain.decodeRows)).toBeLessThanOrEqual(GROUP_QUERY_MAX_DECODE_ROWS);
+        }
+      } finally {
+        await other.release();
+      }
+    },
+  );
+
+  it('runs the adaptive attention on CPU, GroupQueryAttention on CUDA', () => {
+    expect(runnerAttention('cpu')).toBe('adaptive');
+    expect(runnerAttention('cuda')).toBe('group-query');
   });
 });

@@ -11,26 +11,32 @@
 // values as new_* rows, which are written into the slots here: fetching `present` would copy
 // the whole cache into JavaScript every step (onnxruntime-node 1.30 copies every output).
 //
-// The stride: ONNX Runtime 1.30's CPU GroupQueryAttention, given a past it does not share with
-// its present, first zero-fills a present of [batch, kv heads, past length, head dim] and
-// copies each sequence's valid past into it (once per query head). So a view as long as the
-// configured context (2,048 by default) costs a clear of the whole context every layer and
-// step, whatever the sequences' lengths. The stride follows the step's `span` instead — a
-// quarter above it in multiples of 64, up to the context, grown when a sequence outgrows it
-// and shrunk (with hysteresis) when the long ones end — and the buffers are repacked in place
-// when it changes, which is rare (docs/decoder-engine.md, "A step's host work").
+// The stride: every view is read to its full length each layer and step, whatever the
+// sequences' lengths — by the `matmul` attention this runner uses on CPU (runnerAttention:
+// it multiplies each slot's whole view and masks what lies past the sequence), and worse by
+// ONNX Runtime 1.30's CPU GroupQueryAttention, which given a past it does not share with its
+// present first zero-fills a present of [batch, kv heads, past length, head dim] and copies
+// each sequence's valid past into it (once per query head). So views as long as the
+// configured context (2,048 by default) would cost the whole context every layer and step.
+// The stride follows the step's `span` instead — a quarter above it in multiples of 64, up
+// to the context, grown when a sequence outgrows it and shrunk (with hysteresis) when the
+// long ones end — and the buffers are repacked in place when it changes, which is rare
+// (docs/decoder-engine.md, "A step's host work").
 //
 // Prefix hits copy a block's rows into the new slot (a load) rather than pointing the slot at
-// shared blocks: GroupQueryAttention on CPU reads each sequence's past as one contiguous
-// buffer, so a block table would mean gathering every sequence's whole context every step.
+// shared blocks: both attentions read each sequence's past as one contiguous buffer, so a
+// block table would mean gathering every sequence's whole context every step.
 // docs/decoder-engine.md has the measured costs of both.
 import type * as ort from 'onnxruntime-node';
 import {
   cacheNames,
+  type ExecutionProvider,
   makeTensor,
   readOutput,
   spliceImageRows,
+  type TextAttention,
   type TextModel,
+  useGroupQuery,
 } from '../model/index.js';
 import {
   BLOCK_TOKENS,
@@ -44,8 +50,26 @@ import {
 
 type KvBuffer = Float32Array | Uint16Array;
 
+/** An `adaptive` graph's `group_query` input, either way. */
+const GROUP_QUERY = {
+  yes: makeTensor('bool', Uint8Array.of(1), []),
+  no: makeTensor('bool', Uint8Array.of(0), []),
+};
+
 /** The shortest stride: below it, a repack would cost more than the clears it saves. */
 const MIN_STRIDE = 64;
+
+/**
+ * The text graph's attention for this runner. On CPU `adaptive`: the matmul attention, which
+ * reads the slots in place (matmul-attention.ts) where GroupQueryAttention would clear and
+ * copy each sequence's past every layer and step, except for decode batches of a row or two,
+ * where GroupQueryAttention's one kernel is cheaper than the matmul's two dozen small nodes
+ * (useGroupQuery). On CUDA GroupQueryAttention, whose kernels are the GPU's own (the GPU
+ * runner of docs/decoder-engine.md keeps the cache on the device instead).
+ */
+export function runnerAttention(executionProvider: ExecutionProvider): TextAttention {
+  return executionProvider === 'cpu' ? 'adaptive' : 'group-query';
+}
 
 /** Bytes of KV one token takes: keys and values of every layer. */
 export function kvBytesPerToken(graph: TextModel['graph']): number {
@@ -226,7 +250,11 @@ export class OrtModelRunner implements ModelRunner {
     views: ort.Tensor[],
     writes: ReadonlyArray<readonly [slot: number, position: number, tokens: number] | undefined>,
   ): Promise<Float32Array> {
-    const { layers, kvHeads, headDim, cacheType } = this.model.graph;
+    const { layers, kvHeads, headDim, cacheType, attention } = this.model.graph;
+    if (attention === 'adaptive') {
+      const [batch, seq] = feeds['inputs_embeds']!.dims as [number, number];
+      feeds['group_query'] = useGroupQuery(batch, seq) ? GROUP_QUERY.yes : GROUP_QUERY.no;
+    }
     const fetches: Record<string, ort.Tensor | null> = { logits: null };
     for (let l = 0; l < layers; l++) {
       const names = cacheNames(l);

@@ -6,9 +6,11 @@
 //   1. ONNX Runtime's MatMul peak on this machine (matmul-peak.ts): the rate "arithmetic" is
 //      measured at.
 //   2. A decode step's time, split (step-breakdown.ts): the graph, the runner's host work,
-//      sampling, bookkeeping, beside the step's arithmetic, at 1 and 16 streams; and the
-//      16-stream step again with views as long as the context (the runner before its views
-//      followed the sequences), at the default context of 2,048.
+//      sampling, bookkeeping, beside the step's arithmetic, at 1 and 16 streams with the
+//      engine's `adaptive` attention; then the baselines: 1 stream with the matmul attention
+//      alone, 1 and 16 with GroupQueryAttention alone (the runner before), and 16 with
+//      GroupQueryAttention and views as long as the context (before the views followed the
+//      sequences), at the default context of 2,048.
 //   3. Aggregate throughput and time to first token of the decoder service over gRPC at 1, 4
 //      and 16 concurrent streams: prompts of 64, 128, 192 and 256 tokens, greedy, 64 new
 //      tokens; closed loop, 2 × streams requests per level (at least 4) after one warm-up
@@ -149,10 +151,11 @@ function referencePython(): string | undefined {
 }
 
 function printBreakdowns(rows: Breakdown[]): void {
-  const widths = [9, 12, 9, 9, 9, 10, 13, 12, 12, 8];
+  const widths = [9, 13, 9, 9, 9, 9, 10, 13, 12, 12, 8];
   const row = (cells: string[]) => out(pad(cells.map((c, i) => [c, widths[i]!])));
   row([
     'streams',
+    'attention',
     'views',
     'step ms',
     'graph',
@@ -166,6 +169,7 @@ function printBreakdowns(rows: Breakdown[]): void {
   for (const b of rows) {
     row([
       String(b.streams),
+      b.attention,
       b.fullContextViews ? 'context' : 'span',
       b.stepMs.toFixed(2),
       b.graphMs.toFixed(2),
@@ -215,18 +219,34 @@ async function main(): Promise<void> {
       promptLengths: PROMPT_LENGTHS,
       peakGflops: peak.gflops,
       cases: [
-        { streams: 1, fullContextViews: false },
-        { streams: 16, fullContextViews: false },
-        { streams: 16, fullContextViews: true },
+        // The engine's (runnerAttention('cpu')), then its parts and the baselines.
+        { streams: 1, attention: 'adaptive', fullContextViews: false },
+        { streams: 16, attention: 'adaptive', fullContextViews: false },
+        { streams: 1, attention: 'matmul', fullContextViews: false },
+        { streams: 1, attention: 'group-query', fullContextViews: false },
+        { streams: 16, attention: 'group-query', fullContextViews: false },
+        { streams: 16, attention: 'group-query', fullContextViews: true },
       ],
     });
     printBreakdowns(breakdowns);
-    const [one, sixteen, fullViews] = breakdowns as [Breakdown, Breakdown, Breakdown];
+    const [one, sixteen, , oneGqa, sixteenGqa, fullViews] = breakdowns as Breakdown[] as [
+      Breakdown,
+      Breakdown,
+      Breakdown,
+      Breakdown,
+      Breakdown,
+      Breakdown,
+    ];
     const decodeRatio = (16 * one.stepMs) / sixteen.stepMs;
     out(
-      `   views following the span vs as long as the context (baseline), 16 streams: ${(sixteen.stepMs / fullViews.stepMs).toFixed(2)}× the step time`,
+      `   16 streams: adaptive attention vs GroupQueryAttention (baseline): ${(sixteen.stepMs / sixteenGqa.stepMs).toFixed(2)}× the step time; 1 stream: ${(one.stepMs / oneGqa.stepMs).toFixed(2)}×`,
     );
-    out(`   decode tokens/s, 16 streams vs 1: ${decodeRatio.toFixed(2)}×; load ${load()}`);
+    out(
+      `   GroupQueryAttention, 16 streams: views following the span vs as long as the context: ${(sixteenGqa.stepMs / fullViews.stepMs).toFixed(2)}× the step time`,
+    );
+    out(
+      `   decode tokens/s, 16 streams vs 1: ${decodeRatio.toFixed(2)}× (goal ≥ ${GOALS.streams}×: ${meets(decodeRatio >= GOALS.streams)}; with GroupQueryAttention only ${((16 * oneGqa.stepMs) / sixteenGqa.stepMs).toFixed(2)}×); load ${load()}`,
+    );
 
     out(
       `\n3. Decoder service over gRPC: ${PROMPT_LENGTHS.join('/')}-token prompts, greedy, ${MAX_NEW_TOKENS} new tokens, closed loop, prefix cache off`,

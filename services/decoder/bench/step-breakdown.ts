@@ -7,7 +7,7 @@
 //   - bookkeeping: the rest of Engine.step (scheduling, assembly, events);
 // and beside it the step's arithmetic: its FLOPs (multiply-add = 2; the linear layers and
 // LM head of every row, and attention over each row's context) at the MatMul peak.
-import type { Checkpoint } from '../../model/index.js';
+import type { Checkpoint, TextAttention } from '../../model/index.js';
 import { loadTextModel, openCheckpoint, seededUniform, type TextModel } from '../../model/index.js';
 import { Engine } from '../engine.js';
 import type { ModelRunner, RunnerStep } from '../model-runner.js';
@@ -21,6 +21,8 @@ const WARM_STEPS = 5;
 
 export interface BreakdownCase {
   streams: number;
+  /** The text graph's attention: `matmul` (the engine's on CPU) or GroupQueryAttention. */
+  attention: TextAttention;
   /** The runner's views as long as the context (the baseline), or following the span. */
   fullContextViews: boolean;
 }
@@ -74,27 +76,35 @@ export async function stepBreakdowns(
   },
 ): Promise<Breakdown[]> {
   const checkpoint = openCheckpoint(modelDir);
-  const model: TextModel = await loadTextModel(checkpoint, {
-    session: { executionProvider: 'cpu', intraOpThreads: threads },
-  });
-  // Time ONNX Runtime's own part of every run.
+  // One model per attention kind, each with ONNX Runtime's own part of every run timed.
   let graphMs = 0;
-  const session = model.session;
-  const run = session.run.bind(session);
-  session.run = (async (...args: Parameters<typeof run>) => {
-    const started = performance.now();
-    try {
-      return await run(...args);
-    } finally {
-      graphMs += performance.now() - started;
-    }
-  }) as typeof session.run;
+  const models = new Map<TextAttention, TextModel>();
+  const modelFor = async (attention: TextAttention) => {
+    let model = models.get(attention);
+    if (model) return model;
+    model = await loadTextModel(checkpoint, {
+      session: { executionProvider: 'cpu', intraOpThreads: threads },
+      attention,
+    });
+    const session = model.session;
+    const run = session.run.bind(session);
+    session.run = (async (...args: Parameters<typeof run>) => {
+      const started = performance.now();
+      try {
+        return await run(...args);
+      } finally {
+        graphMs += performance.now() - started;
+      }
+    }) as typeof session.run;
+    models.set(attention, model);
+    return model;
+  };
   try {
     const out: Breakdown[] = [];
-    for (const c of cases) out.push(await breakdown(model, checkpoint, c));
+    for (const c of cases) out.push(await breakdown(await modelFor(c.attention), checkpoint, c));
     return out;
   } finally {
-    await model.release();
+    for (const model of models.values()) await model.release();
   }
 
   async function breakdown(

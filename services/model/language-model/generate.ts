@@ -19,7 +19,14 @@ import type * as ort from 'onnxruntime-node';
 import type { Checkpoint } from '../checkpoint/index.js';
 import { createSession, makeTensor, readOutput, type SessionOptions } from '../onnx/index.js';
 import { spliceImageRows, TokenEmbeddings } from './embeddings.js';
-import { buildTextGraph, cacheNames, type TextGraph, type TextGraphOptions } from './text-graph.js';
+import {
+  buildTextGraph,
+  cacheNames,
+  type TextAttention,
+  type TextGraph,
+  type TextGraphOptions,
+  useGroupQuery,
+} from './text-graph.js';
 
 export interface TextModel {
   graph: TextGraph;
@@ -37,17 +44,20 @@ export interface LoadTextModelOptions {
    * execution provider: float16 on `cuda`, float32 on `cpu`.
    */
   quantized?: { int8Activations?: boolean; weightCacheDir?: string };
+  /** The graph's attention (TextGraphOptions.attention); generateGreedy needs `group-query`. */
+  attention?: TextAttention;
 }
 
 /** Builds the text graph, opens it, and loads the embedding table. */
 export async function loadTextModel(
   checkpoint: Checkpoint,
-  { session: sessionOptions = {}, quantized = {} }: LoadTextModelOptions = {},
+  { session: sessionOptions = {}, quantized = {}, attention }: LoadTextModelOptions = {},
 ): Promise<TextModel> {
   const graphOptions: TextGraphOptions = {
     quantizedFloatType: sessionOptions.executionProvider === 'cuda' ? 'float16' : 'float32',
     accuracyLevel: quantized.int8Activations ? 4 : 0,
     ...(quantized.weightCacheDir === undefined ? {} : { weightCacheDir: quantized.weightCacheDir }),
+    ...(attention === undefined ? {} : { attention }),
   };
   const graph = buildTextGraph(checkpoint, graphOptions);
   const embeddings = TokenEmbeddings.load(checkpoint);
@@ -132,20 +142,49 @@ export async function generateGreedy(
   const cacheElements = batch * kvHeads * maxLength * headDim;
   const feeds: Record<string, ort.Tensor> = {};
   const fetches: Record<string, ort.Tensor | null> = { logits: null };
+  // group-query: each buffer is both past and preallocated present, GQA writes the new keys.
+  // matmul: the graph only reads the buffer; the new keys and values come back as new_* and
+  // are written here at each sequence's positions (what the decoder engine's runner does).
+  const shared = graph.attention === 'group-query';
+  const writes: Array<{ name: string; buffer: Float32Array | Uint16Array }> = [];
   for (let l = 0; l < layers; l++) {
     const n = cacheNames(l);
-    for (const [past, present] of [
-      [n.pastKey, n.presentKey],
-      [n.pastValue, n.presentValue],
+    for (const [past, present, fresh] of [
+      [n.pastKey, n.presentKey, n.newKey],
+      [n.pastValue, n.presentValue, n.newValue],
     ] as const) {
-      const buffer =
+      const data =
         graph.cacheType === 'float16'
-          ? makeTensor('float16', new Uint16Array(cacheElements), cacheDims)
-          : makeTensor('float32', new Float32Array(cacheElements), cacheDims);
+          ? new Uint16Array(cacheElements)
+          : new Float32Array(cacheElements);
+      const buffer =
+        data instanceof Uint16Array
+          ? makeTensor('float16', data, cacheDims)
+          : makeTensor('float32', data, cacheDims);
       feeds[past] = buffer;
-      fetches[present] = buffer;
+      if (shared) fetches[present] = buffer;
+      else {
+        fetches[fresh] = null;
+        writes.push({ name: fresh, buffer: data });
+      }
     }
   }
+  /** Writes a step's new_* rows [batch, seq, kv heads · d] at positions first[b] + t. */
+  const writeNew = (out: ort.InferenceSession.ReturnType, first: ArrayLike<number>) => {
+    for (const { name, buffer } of writes) {
+      const fresh = readOutput(out, name, graph.cacheType).data;
+      const seq = fresh.length / (batch * kvHeads * headDim);
+      for (let b = 0; b < batch; b++) {
+        for (let t = 0; t < seq; t++) {
+          for (let h = 0; h < kvHeads; h++) {
+            const from = ((b * seq + t) * kvHeads + h) * headDim;
+            const to = ((b * kvHeads + h) * maxLength + first[b]! + t) * headDim;
+            buffer.set(fresh.subarray(from, from + headDim), to);
+          }
+        }
+      }
+    }
+  };
   const step = async (
     inputsEmbeds: ort.Tensor,
     seqlensK: Int32Array,
@@ -157,8 +196,21 @@ export async function generateGreedy(
     feeds['seqlens_k'] = makeTensor('int32', seqlensK, [batch]);
     feeds['total_sequence_length'] = makeTensor('int32', Int32Array.from([total]), []);
     feeds['logit_positions'] = makeTensor('int64', logitPositions, [batch, 1]);
-    feeds['position_ids'] = makeTensor('int64', positionIds, [batch, positionIds.length / batch]);
+    const seq = positionIds.length / batch;
+    feeds['position_ids'] = makeTensor('int64', positionIds, [batch, seq]);
+    if (graph.attention === 'adaptive') {
+      feeds['group_query'] = makeTensor(
+        'bool',
+        Uint8Array.of(useGroupQuery(batch, seq) ? 1 : 0),
+        [],
+      );
+    }
     const out = await session.run(feeds, fetches);
+    // A step's first position per sequence: its cache length before the step (0 in prefill).
+    writeNew(
+      out,
+      Array.from(seqlensK, (k) => Math.max(0, k + 1 - seq)),
+    );
     return readOutput(out, 'logits', 'float32').data; // [batch, 1, vocab]
   };
 

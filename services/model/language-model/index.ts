@@ -14,7 +14,10 @@ export {
 export {
   buildTextGraph,
   cacheNames,
+  GROUP_QUERY_MAX_DECODE_ROWS,
   rotaryCaches,
+  type TextAttention,
   type TextGraph,
   type TextGraphOptions,
+  useGroupQuery,
 } from './text-graph.js';

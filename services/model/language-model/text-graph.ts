@@ -26,8 +26,10 @@
 //     copies every fetched output back into a new JavaScript buffer, the whole cache each
 //     step, so this only suits short caches;
 //   - past only, and the host writes new_key_L/new_value_L into its buffer itself (the
-//     decoder engine): nothing of the cache's size crosses into JavaScript, and GQA copies
-//     only each sequence's valid past into its internal present.
+//     decoder engine): nothing of the cache's size crosses into JavaScript. GQA still copies
+//     each sequence's past into its internal present, once per query head; the `matmul`
+//     attention (TextGraphOptions.attention, matmul-attention.ts) reads the past where it
+//     lies and has no present_* outputs at all — the decoder engine's choice on CPU.
 // Rotary embeddings are applied by RotaryEmbedding nodes before GQA (do_rotary 0), the same
 // kernel GQA would run, so the new keys leave the graph already rotated.
 //
@@ -53,6 +55,12 @@
 // its softmax (docs/model.md §10 G1/G4).
 import type { Checkpoint } from '../checkpoint/index.js';
 import { float32ToFloat16 } from '../convert/index.js';
+import {
+  type AttentionMasks,
+  type AttentionShape,
+  attentionMasks,
+  matmulAttention,
+} from './matmul-attention.js';
 import {
   GraphBuilder,
   type GraphFloatType,
@@ -82,6 +90,8 @@ export interface TextGraph {
   type: GraphFloatType;
   /** Element type of past_key_L/past_value_L and present_*: `type`. */
   cacheType: GraphFloatType;
+  /** How attention is computed (TextGraphOptions.attention); only `group-query` has present_*. */
+  attention: TextAttention;
   /** Bytes of weights the graph holds (quantized ones as stored, with scales and zeros). */
   weightBytes: number;
   /** What the weights are, for logs and Info: `float32`, `gptq-4bit-g128-sym`, ... */
@@ -100,6 +110,30 @@ export interface TextGraphOptions {
   accuracyLevel?: 0 | 4;
   /** Where a quantized checkpoint's packed weights go (see resolveWeightCacheDir). */
   weightCacheDir?: string;
+  /**
+   * How attention is computed: `group-query` (default) with ONNX Runtime's GroupQueryAttention,
+   * which also returns the whole cache as present_*; `matmul` with plain MatMul and Softmax
+   * nodes over the past as given (matmul-attention.ts), with no present_* outputs: the form for
+   * a host that keeps the cache itself and writes new_* into it; `adaptive`: either of the
+   * two per run, chosen by a bool input `group_query` (one If node per layer), also without
+   * present_* — the decoder engine's on CPU, GroupQueryAttention for small decode batches
+   * (its one kernel beats matmul's two dozen nodes there) and matmul for the rest.
+   */
+  attention?: TextAttention;
+}
+
+export type TextAttention = 'group-query' | 'matmul' | 'adaptive';
+
+/**
+ * Decode batches up to this many rows run GroupQueryAttention in an `adaptive` graph; larger
+ * ones, and every step of several tokens, the matmul attention (measured on the 2-core
+ * development machine: docs/decoder-engine.md, "Attention on CPU").
+ */
+export const GROUP_QUERY_MAX_DECODE_ROWS = 4;
+
+/** The `group_query` input of an `adaptive` graph for a step of `batch` × `seq` tokens. */
+export function useGroupQuery(batch: number, seq: number): boolean {
+  return seq === 1 && batch <= GROUP_QUERY_MAX_DECODE_ROWS;
 }
 
 /** Names of the cache inputs and outputs of layer `layer`. */
@@ -140,7 +174,12 @@ export function rotaryCaches(
 /** Builds the text decoder graph of `checkpoint` (in memory; open it with createSession). */
 export function buildTextGraph(
   checkpoint: Checkpoint,
-  { quantizedFloatType = 'float32', accuracyLevel = 0, weightCacheDir }: TextGraphOptions = {},
+  {
+    quantizedFloatType = 'float32',
+    accuracyLevel = 0,
+    weightCacheDir,
+    attention: attentionKind = 'group-query',
+  }: TextGraphOptions = {},
 ): TextGraph {
   const t = checkpoint.config.text;
   const quant = checkpoint.quantization;
@@ -237,6 +276,15 @@ export function buildTextGraph(
     // HF and ORT alike: query i sees keys j with i - window < j <= i (text-graph.test.ts).
     ...(t.slidingWindow === null ? {} : { local_window_size: attr.int(t.slidingWindow) }),
   };
+  const attentionShape: AttentionShape = {
+    heads: t.numAttentionHeads,
+    kvHeads: t.numKeyValueHeads,
+    headDim,
+    window: t.slidingWindow,
+    type,
+  };
+  let masks: AttentionMasks | undefined;
+  let useGroupQuery: string | undefined;
 
   for (let layer = 0; layer < t.numHiddenLayers; layer++) {
     const p = `model.text_model.layers.${layer}.`;
@@ -251,17 +299,53 @@ export function buildTextGraph(
     const newDims = ['batch', 'seq', t.numKeyValueHeads * headDim];
     g.output(names.newKey, type, newDims);
     g.output(names.newValue, type, newDims);
-    const [attention] = g.node({
-      opType: 'GroupQueryAttention',
-      domain: 'com.microsoft',
-      inputs: [q, k, v, pastKey, pastValue, seqlens, total],
-      outputs: [g.uniqueName(`attention_${layer}`), names.presentKey, names.presentValue],
-      attributes: gqaAttributes,
-    });
-    const presentDims = ['batch', t.numKeyValueHeads, 'present', headDim];
-    g.output(names.presentKey, type, presentDims);
-    g.output(names.presentValue, type, presentDims);
-    x = g.node1({ opType: 'Add', inputs: [x, linear(attention!, `${p}self_attn.o_proj`)] });
+    const attentionDims = ['batch', 'seq', t.numAttentionHeads * headDim];
+    /** GroupQueryAttention in `into`; its present_* are graph outputs when `presents`. */
+    const groupQuery = (into: GraphBuilder, presents: boolean) => {
+      const [out] = into.node({
+        opType: 'GroupQueryAttention',
+        domain: 'com.microsoft',
+        inputs: [q, k, v, pastKey, pastValue, seqlens, total],
+        outputs: presents
+          ? [into.uniqueName(`attention_${layer}`), names.presentKey, names.presentValue]
+          : 3,
+        attributes: gqaAttributes,
+      }) as [string];
+      if (presents) {
+        const presentDims = ['batch', t.numKeyValueHeads, 'present', headDim];
+        into.output(names.presentKey, type, presentDims);
+        into.output(names.presentValue, type, presentDims);
+      }
+      return out;
+    };
+    let attention: string;
+    if (attentionKind === 'group-query') {
+      attention = groupQuery(g, true);
+    } else {
+      masks ??= attentionMasks(g, { seqlens, embeds, past: pastKey }, attentionShape);
+      const plain = (into: GraphBuilder) =>
+        matmulAttention(into, { q, k, v, pastKey, pastValue, masks: masks! }, attentionShape);
+      if (attentionKind === 'matmul') {
+        attention = plain(g);
+      } else {
+        // adaptive: one If per layer, its branches reading q, k, v and the past from here.
+        useGroupQuery ??= g.input('group_query', 'bool', []);
+        const branch = (name: string, build: (into: GraphBuilder) => string) => {
+          const sub = g.subgraph(`${name}_${layer}`);
+          sub.output(build(sub), type, attentionDims);
+          return attr.graph(sub.toGraph());
+        };
+        attention = g.node1({
+          opType: 'If',
+          inputs: [useGroupQuery],
+          attributes: {
+            then_branch: branch('group_query_attention', (sub) => groupQuery(sub, false)),
+            else_branch: branch('matmul_attention', plain),
+          },
+        });
+      }
+    }
+    x = g.node1({ opType: 'Add', inputs: [x, linear(attention, `${p}self_attn.o_proj`)] });
 
     const n2 = rmsNorm(x, `${p}post_attention_layernorm.weight`);
     const gate = linear(n2, `${p}mlp.gate_proj`);
@@ -305,6 +389,7 @@ export function buildTextGraph(
     vocab: t.vocabSize,
     type,
     cacheType: type,
+    attention: attentionKind,
     weightBytes,
     weightFormat: quant
       ? `gptq-${quant.bits}bit-g${quant.groupSize}-${quant.sym ? 'sym' : 'asym'}${quant.lmHead ? '+lm_head' : ''}`
