@@ -362,7 +362,6 @@ describe('encoder and decoder on inputs no gateway sends', () => {
         images: [
           {
             embeddings: { dtype: Dtype.DTYPE_FLOAT16, shape: [2, HIDDEN], data: rows },
-            positions: [1, 2],
           },
         ],
         maxNewTokens: 2,

@@ -53,7 +53,6 @@ function goldenRequest(prompt: string): GenerateRequest {
               shape: [positions.length, HIDDEN],
               data: Buffer.from(rows.buffer, rows.byteOffset, rows.byteLength),
             },
-            positions,
           },
         ]
       : [],

@@ -52,7 +52,6 @@ function imageRequest(
           shape: [positions.length, HIDDEN],
           data: Buffer.from(rows.buffer, rows.byteOffset, rows.byteLength),
         },
-        positions,
         ...(contentHash ? { contentHash } : {}),
       },
     ],

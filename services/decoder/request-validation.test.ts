@@ -4,7 +4,7 @@ import { status } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { GenerateRequest } from '../../proto/gen/loupe/v1/decoder.js';
 import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
-import { float32ToFloat16 } from '../model/index.js';
+import { float16ToFloat32, float32ToFloat16 } from '../model/index.js';
 import { ServiceError } from '../runtime/index.js';
 import { engineRequest, firstNonFinite, maxGenerateRequestBytes } from './request-validation.js';
 
@@ -26,7 +26,6 @@ function withImage(values: number[], dtype: 'float16' | 'float32') {
           shape: [2, 4],
           data,
         },
-        positions: [1, 2],
       },
     ],
     maxNewTokens: 4,
@@ -76,6 +75,62 @@ describe('engineRequest on hostile input', () => {
     expect(firstNonFinite(Buffer.from(Float32Array.of(1, 2, 3).buffer), 'float32')).toBe(-1);
   });
 
+  it('passes the rows on in one buffer of their own, each byte copied or converted once at most', () => {
+    // One float16 image whose bytes fill their buffer (as the generated decoder leaves them):
+    // that buffer itself, which moves to the engine thread.
+    const one = withImage(FINITE, 'float16');
+    const own = engineRequest('r', one, INFO, LIMITS);
+    expect(own.imageDtype).toBe('float16');
+    expect(own.imageRows.buffer).toBe(one.images[0]!.embeddings!.data.buffer);
+
+    // Views of a message (the tensor codec's), at odd offsets, two images: one copy, joined.
+    const halves = Buffer.from(Uint16Array.from(FINITE, (v) => float32ToFloat16(v)).buffer);
+    const message = Buffer.alloc(1 + 2 * halves.byteLength);
+    halves.copy(message, 1);
+    halves.copy(message, 1 + halves.byteLength);
+    const image = (data: Buffer, dtype = Dtype.DTYPE_FLOAT16) => ({
+      embeddings: { dtype, shape: [2, 4], data },
+    });
+    const two = GenerateRequest.fromPartial({
+      promptTokenIds: [1, 9, 9, 9, 9, 2],
+      images: [
+        image(message.subarray(1, 1 + halves.byteLength)),
+        image(message.subarray(1 + halves.byteLength)),
+      ],
+      maxNewTokens: 4,
+    });
+    const joined = engineRequest('r', two, INFO, LIMITS);
+    expect(joined.imageRows.buffer).not.toBe(message.buffer);
+    expect(Buffer.from(joined.imageRows).equals(Buffer.concat([halves, halves]))).toBe(true);
+
+    // float16 beside float32: all float32, the halves converted.
+    const singles = Buffer.from(Float32Array.from(FINITE).buffer);
+    const mixed = GenerateRequest.fromPartial({
+      ...two,
+      images: [
+        image(message.subarray(1, 1 + halves.byteLength)),
+        image(singles, Dtype.DTYPE_FLOAT32),
+      ],
+    });
+    const float32 = engineRequest('r', mixed, INFO, LIMITS);
+    expect(float32.imageDtype).toBe('float32');
+    const values = new Float32Array(float32.imageRows.buffer);
+    expect(Array.from(values.subarray(0, 8))).toEqual(
+      FINITE.map((v) => float16ToFloat32(float32ToFloat16(v))),
+    );
+    expect(Array.from(values.subarray(8))).toEqual(Array.from(Float32Array.from(FINITE)));
+  });
+
+  it('places the rows by the prompt: their count must be its <image> tokens', () => {
+    const error = refusal(
+      GenerateRequest.fromPartial({ ...withImage(FINITE, 'float32'), promptTokenIds: [1, 9, 2] }),
+    );
+    expect([error.code, error.reason]).toEqual([status.INVALID_ARGUMENT, 'bad_image']);
+    expect(error.message).toBe(
+      'the prompt has 1 <image> tokens but 2 image embedding rows were given; they must be equal',
+    );
+  });
+
   it.each([
     ['temperature', { temperature: Number.NaN }],
     ['top_p', { topP: Number.POSITIVE_INFINITY }],
@@ -119,7 +174,6 @@ describe('engineRequest on hostile input', () => {
             shape: [rows, 4096],
             data: Buffer.alloc(rows * 4096 * 4),
           },
-          positions: Array.from({ length: rows }, (_, i) => i),
           contentHash: Buffer.alloc(64),
         },
       ],

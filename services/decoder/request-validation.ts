@@ -24,7 +24,11 @@ function inRange(value: number, field: string, min: number, max: number, open = 
   }
 }
 
-/** The engine's form of a request, every field checked; throws INVALID_ARGUMENT naming it. */
+/**
+ * The engine's form of a request, every field checked; throws INVALID_ARGUMENT naming it. Its
+ * `imageRows` may be the buffer of the request's one image (see ownRows): once the engine has
+ * them, the request's embeddings are not to be read.
+ */
 export function engineRequest(
   id: string,
   request: GenerateRequest,
@@ -133,14 +137,26 @@ export function engineRequest(
 export function firstNonFinite(data: Uint8Array, dtype: 'float16' | 'float32'): number {
   const size = dtype === 'float16' ? 2 : 4;
   const count = Math.floor(data.byteLength / size);
-  // Typed views need aligned offsets; a message's bytes may sit anywhere in its buffer.
-  const aligned =
-    data.byteOffset % size === 0 ? data : new Uint8Array(data.subarray(0, count * size));
+  if (data.byteOffset % size !== 0) {
+    // Typed views need aligned offsets, and a message's bytes may sit anywhere in its buffer:
+    // those are read through a DataView rather than copied.
+    const bytes = new DataView(data.buffer, data.byteOffset, count * size);
+    if (dtype === 'float16') {
+      for (let i = 0; i < count; i++) {
+        if ((bytes.getUint16(2 * i, true) & 0x7c00) === 0x7c00) return i;
+      }
+    } else {
+      for (let i = 0; i < count; i++) {
+        if ((bytes.getUint32(4 * i, true) & 0x7f800000) === 0x7f800000) return i;
+      }
+    }
+    return -1;
+  }
   if (dtype === 'float16') {
-    const halves = new Uint16Array(aligned.buffer, aligned.byteOffset, count);
+    const halves = new Uint16Array(data.buffer, data.byteOffset, count);
     for (let i = 0; i < count; i++) if ((halves[i]! & 0x7c00) === 0x7c00) return i;
   } else {
-    const singles = new Uint32Array(aligned.buffer, aligned.byteOffset, count);
+    const singles = new Uint32Array(data.buffer, data.byteOffset, count);
     for (let i = 0; i < count; i++) if ((singles[i]! & 0x7f800000) === 0x7f800000) return i;
   }
   return -1;
@@ -152,7 +168,7 @@ export function firstNonFinite(data: Uint8Array, dtype: 'float16' | 'float32'): 
  * their length prefix, before they are buffered): a prompt of `maxContext` token ids,
  * `maxImageRows` image embedding rows (float32, the widest dtype taken; default: as many as
  * the context holds — the gateway's sub-image limit × 64 is the tighter bound when known) with
- * their positions and framing, and `extraBytes` for the rest (stop ids, sampling, logit bias,
+ * their framing, and `extraBytes` for the rest (stop ids, sampling, logit bias,
  * response format).
  */
 export function maxGenerateRequestBytes(
@@ -165,8 +181,9 @@ export function maxGenerateRequestBytes(
 ): number {
   const varint = 5;
   const prompt = maxContext * varint + 16;
-  // Each image: its tensor (dtype, shape, data) and positions, with tags and lengths, and a
-  // content hash of at most MAX_CONTENT_HASH_BYTES.
+  // Each image: its tensor (dtype, shape, data), with tags and lengths, and a content hash of
+  // at most MAX_CONTENT_HASH_BYTES; and a varint per row, the positions callers before their
+  // removal (decoder.proto, ImageEmbeddings) still send.
   const perImage = 64 + MAX_CONTENT_HASH_BYTES;
   const images = maxImageRows * (hiddenSize * 4 + varint + perImage);
   return prompt + images + extraBytes;
@@ -195,8 +212,8 @@ function imageKey(
 
 /**
  * All image rows in prompt order as one buffer (float16 when every image is float16, else
- * float32), after checking that they cover exactly the prompt's `<image>` tokens; and each
- * image's rows and key.
+ * float32), after checking that they cover exactly the prompt's `<image>` tokens (the first
+ * image's rows replace the first of them, and so on); and each image's rows and key.
  */
 function imageEmbeddings(
   request: GenerateRequest,
@@ -204,7 +221,6 @@ function imageEmbeddings(
   { hiddenSize, imageTokenId }: { hiddenSize: number; imageTokenId: number },
 ): { imageRows: Uint8Array; imageDtype: 'float16' | 'float32'; images: EngineImage[] } {
   const imageTokens = prompt.reduce((n, t) => n + (t === imageTokenId ? 1 : 0), 0);
-  let previous = -1;
   let rows = 0;
   const parts: Array<{ data: Uint8Array; dtype: 'float16' | 'float32' }> = [];
   const images: EngineImage[] = [];
@@ -245,21 +261,6 @@ function imageEmbeddings(
         'bad_image',
       );
     }
-    if (image.positions.length !== shape[0]) {
-      throw invalidArgument(
-        `\`${field}.positions\` has ${image.positions.length} positions for ${shape[0]} embedding rows; they must be equal`,
-        'bad_image',
-      );
-    }
-    for (const [k, p] of image.positions.entries()) {
-      if (p <= previous || p >= prompt.length || prompt[p] !== imageTokenId) {
-        throw invalidArgument(
-          `\`${field}.positions[${k}]\` is ${p}: positions must ascend across images and name <image> tokens (id ${imageTokenId}) of the prompt`,
-          'bad_image',
-        );
-      }
-      previous = p;
-    }
     const contentHash = image.contentHash;
     if (contentHash && contentHash.length > MAX_CONTENT_HASH_BYTES) {
       throw invalidArgument(
@@ -278,24 +279,46 @@ function imageEmbeddings(
     );
   }
   if (parts.every((p) => p.dtype === 'float16')) {
-    return {
-      imageRows: new Uint8Array(Buffer.concat(parts.map((p) => p.data))),
-      imageDtype: 'float16',
-      images,
-    };
+    return { imageRows: ownRows(parts.map((p) => p.data)), imageDtype: 'float16', images };
   }
+  // Mixed or float32: each image's bytes copied, or converted, once into the float32 rows.
   const out = new Float32Array(rows * hiddenSize);
+  const outBytes = new Uint8Array(out.buffer);
   let at = 0;
   for (const { data, dtype } of parts) {
-    const values =
-      dtype === 'float32'
-        ? new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength))
-        : Float32Array.from(
-            new Uint16Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)),
-            (bits) => float16ToFloat32(bits),
-          );
-    out.set(values, at);
-    at += values.length;
+    if (dtype === 'float32') {
+      outBytes.set(data, at * 4);
+      at += data.byteLength / 4;
+    } else {
+      const halves = new DataView(data.buffer, data.byteOffset, data.byteLength);
+      const count = data.byteLength / 2;
+      for (let i = 0; i < count; i++) out[at + i] = float16ToFloat32(halves.getUint16(2 * i, true));
+      at += count;
+    }
   }
-  return { imageRows: new Uint8Array(out.buffer), imageDtype: 'float32', images };
+  return { imageRows: outBytes, imageDtype: 'float32', images };
+}
+
+/**
+ * The images' float16 rows, in order, in a buffer of their own (it moves to the engine thread):
+ * one image's bytes as they are when they fill their buffer alone — as the generated decoder's
+ * copy of a received tensor does — else all of them copied once.
+ */
+function ownRows(parts: readonly Uint8Array[]): Uint8Array {
+  const only = parts.length === 1 ? parts[0]! : undefined;
+  if (
+    only !== undefined &&
+    only.buffer instanceof ArrayBuffer &&
+    only.byteOffset === 0 &&
+    only.byteLength === only.buffer.byteLength
+  ) {
+    return new Uint8Array(only.buffer);
+  }
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
+  return out;
 }

@@ -58,7 +58,6 @@ function goldenRequest(name: string, extra: Partial<GenerateRequest> = {}): Gene
               golden.imageRows.byteLength,
             ),
           },
-          positions,
         },
       ]
     : [];
@@ -217,9 +216,8 @@ describe('decoder service', () => {
 
   it('refuses bad requests with INVALID_ARGUMENT naming the field', async () => {
     const prompt = [1, 5, 9];
-    const image = (rows: number, positions: number[], dtype = Dtype.DTYPE_FLOAT32) => ({
+    const image = (rows: number, dtype = Dtype.DTYPE_FLOAT32) => ({
       embeddings: { dtype, shape: [rows, HIDDEN], data: Buffer.alloc(rows * HIDDEN * 4) },
-      positions,
     });
     const cases: Array<[GenerateRequest, RegExp, string]> = [
       [request([]), /`prompt_token_ids` is empty/, 'empty_prompt'],
@@ -265,20 +263,15 @@ describe('decoder service', () => {
         'bad_image',
       ],
       [
-        request([1, IMAGE_TOKEN, IMAGE_TOKEN, 5], { images: [image(2, [1, 3])] }),
-        /`images\[0\].positions\[1\]` is 3/,
-        'bad_image',
-      ],
-      [
-        request([1, IMAGE_TOKEN, 5], { images: [image(2, [1])] }),
-        /`images\[0\].positions` has 1 positions for 2 embedding rows/,
+        request([1, IMAGE_TOKEN, 5], { images: [image(2)] }),
+        /1 <image> tokens but 2 image embedding rows/,
         'bad_image',
       ],
       [
         request([1, IMAGE_TOKEN, 5], {
           images: [
             {
-              ...image(1, [1]),
+              ...image(1),
               embeddings: { dtype: Dtype.DTYPE_FLOAT32, shape: [1, 32], data: Buffer.alloc(128) },
             },
           ],
@@ -290,7 +283,7 @@ describe('decoder service', () => {
         request([1, IMAGE_TOKEN, 5], {
           images: [
             {
-              ...image(1, [1]),
+              ...image(1),
               embeddings: { dtype: Dtype.DTYPE_FLOAT32, shape: [1, 64], data: Buffer.alloc(10) },
             },
           ],
@@ -300,13 +293,13 @@ describe('decoder service', () => {
       ],
       [
         request([1, IMAGE_TOKEN, 5], {
-          images: [{ ...image(1, [1]), contentHash: Buffer.alloc(65) }],
+          images: [{ ...image(1), contentHash: Buffer.alloc(65) }],
         }),
         /`images\[0\].content_hash` has 65 bytes; at most 64/,
         'bad_image',
       ],
       [
-        request([1, IMAGE_TOKEN, 5], { images: [image(1, [1], Dtype.DTYPE_INT32)] }),
+        request([1, IMAGE_TOKEN, 5], { images: [image(1, Dtype.DTYPE_INT32)] }),
         /`images\[0\].embeddings.dtype` must be DTYPE_FLOAT16 or DTYPE_FLOAT32/,
         'bad_image',
       ],

@@ -97,7 +97,7 @@ export function createEncoderMetrics(registry: Registry, gauges: EncoderGauges):
     }),
     cacheMisses: new Counter({
       name: 'loupe_encoder_cache_misses_total',
-      help: 'Cache lookups that found nothing (Encode computes, Lookup answers NOT_FOUND).',
+      help: 'Encode calls whose embeddings were not cached (one per image the cache did not hold: a Lookup that finds nothing counts in requests_total{outcome="not_found"} only).',
       registers,
     }),
     cacheEvictions: new Counter({

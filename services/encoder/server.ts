@@ -144,7 +144,8 @@ function subImagesOf(
         'bad_shape',
       );
     }
-    // A private copy of exactly these bytes: it moves to the model's thread.
+    // A private copy of exactly these bytes (the request's are views of its message,
+    // tensor-codec.ts): it moves to the model's thread. The one copy of the pixels here.
     return { height, width, pixels: new Uint8Array(pixels.data) };
   });
 }
@@ -235,6 +236,7 @@ export function registerEncoder(server: GrpcServer, options: EncoderHandlersOpti
           metrics.requests.inc({ outcome: 'cache_hit' });
           return response(hit, true);
         }
+        // The one count of a miss (a Lookup that found nothing counts none).
         metrics.cacheMisses.inc();
       }
       const shared =
@@ -279,7 +281,8 @@ export function registerEncoder(server: GrpcServer, options: EncoderHandlersOpti
       });
       const hit = cache?.get(key);
       if (hit === undefined) {
-        metrics.cacheMisses.inc();
+        // Not a cache miss: the caller that looked first (the gateway) now sends the pixels,
+        // and that Encode counts the miss, so an image the cache did not hold is one miss.
         metrics.requests.inc({ outcome: 'not_found' });
         throw notFound(
           `no ${dtype} embeddings cached for image ${hex(request.contentHash).slice(0, 16)}… with split ${request.split ? 'on' : 'off'}${cache ? '' : ' (the cache is off)'}`,

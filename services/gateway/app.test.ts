@@ -24,7 +24,7 @@ import {
   openCheckpoint,
   writeTinyModel,
 } from '../model/index.js';
-import { createLogger, createRegistry } from '../runtime/index.js';
+import { createLogger, createRegistry, subImagesHash } from '../runtime/index.js';
 import { createGateway } from './app.js';
 import { loadGatewayConfig } from './config.js';
 import type { CallContext, StageClient } from './stage-client.js';
@@ -72,6 +72,8 @@ class ScriptedStages implements StageClient {
       failMidStream?: boolean;
       /** The first token waits for this. */
       firstToken?: Promise<void>;
+      /** The preprocessor's sub_images_hash; unset: none (a preprocessor from before it). */
+      subImagesHash?: Buffer;
     } = {},
   ) {}
 
@@ -85,10 +87,7 @@ class ScriptedStages implements StageClient {
         pixels: { dtype: Dtype.DTYPE_UINT8, shape: [3, 2, 2], data: Buffer.alloc(12, i) },
       })),
       split: request.split,
-      imageTokens: count * processor.imageSeqLen,
-      tokensPerSubImage: processor.imageSeqLen,
-      source: undefined,
-      imageSha256: Buffer.alloc(0),
+      subImagesHash: this.script.subImagesHash ?? Buffer.alloc(0),
     } as never;
   }
 
@@ -244,11 +243,25 @@ describe('the pipeline in-process, with scripted stages', () => {
     const imagePositions = sent.promptTokenIds.flatMap((id, i) => (id === IMAGE_TOKEN ? [i] : []));
     expect(imagePositions).toHaveLength(processor.imageSeqLen);
     expect(sent.images).toHaveLength(1);
-    expect(sent.images[0]!.positions).toEqual(imagePositions);
     expect(sent.images[0]!.embeddings!.shape).toEqual([processor.imageSeqLen, HIDDEN]);
     // The decoder gets the image's identity (its sub-images' hash) for its prefix cache.
     expect(sent.images[0]!.contentHash).toEqual(stages.encoded[0]!.contentHash);
     expect(sent.images[0]!.contentHash).toHaveLength(32);
+  });
+
+  it("names an image by the preprocessor's sub-image hash, hashing the pixels only without one", async () => {
+    // A preprocessor that sends none: the gateway hashes the sub-images it got.
+    const own = new ScriptedStages({ tokens: idsOf('ok') });
+    expect((await gateway(own).post(ask([image(false)]))).status).toBe(200);
+    const pixels = Buffer.alloc(12, 0); // the double's one 2×2 sub-image
+    expect(own.encoded[0]!.contentHash).toEqual(subImagesHash([{ height: 2, width: 2, pixels }]));
+    // One that sends it (made in its worker threads): used as sent, for Lookup and Encode.
+    const sent = Buffer.alloc(32, 0xab);
+    const stages = new ScriptedStages({ tokens: idsOf('ok'), subImagesHash: sent });
+    expect((await gateway(stages).post(ask([image(false)]))).status).toBe(200);
+    expect(stages.calls).toEqual(['info', 'preprocess', 'lookup', 'encode', 'generate']);
+    expect(stages.encoded[0]!.contentHash).toEqual(sent);
+    expect(stages.generated[0]!.images[0]!.contentHash).toEqual(sent);
   });
 
   it('streams the role chunk, one chunk per delta, the finish, the usage, then [DONE]', async () => {

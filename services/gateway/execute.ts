@@ -8,6 +8,7 @@ import {
   type GenerateResponse,
 } from '../../proto/gen/loupe/v1/decoder.js';
 import type { EncodeResponse } from '../../proto/gen/loupe/v1/encoder.js';
+import type { PreprocessResponse } from '../../proto/gen/loupe/v1/preprocessor.js';
 import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
 import { subImagesHash } from '../runtime/index.js';
 import type { IncrementalDetokenizer } from './detokenizer.js';
@@ -45,8 +46,12 @@ export class ImageEmbedder {
 
   /**
    * The encoder's cache is keyed by the hash of the sub-images it encodes (it checks any hash
-   * a caller claims), so the key is known once the preprocessor has run; a file this gateway
-   * preprocessed before skips that step through the sub-image hash it remembers.
+   * a caller claims), so the key is known once the preprocessor has run — which sends it, made
+   * in its worker threads, so this thread does not hash the pixels; a file this gateway
+   * preprocessed before skips that step through the sub-image hash it remembers. The
+   * preprocessor's sub-images go to the encoder as received (views of its answer, copied once
+   * into the Encode request), and the encoder's rows to the decoder likewise
+   * (services/runtime/tensor-codec.ts).
    */
   async embed({ url, field, split }: ImageRef, ctx: CallContext): Promise<EmbeddedImage> {
     const { stages } = this.o;
@@ -59,13 +64,7 @@ export class ImageEmbedder {
       this.o.onImage?.('cache');
     } else {
       const pre = await stages.preprocess({ image: bytes, split }, ctx);
-      contentHash = subImagesHash(
-        pre.subImages.map(({ height, width, pixels }) => ({
-          height,
-          width,
-          pixels: pixels?.data ?? new Uint8Array(0),
-        })),
-      );
+      contentHash = sentHash(pre) ?? hashSubImages(pre);
       this.#subImageHashes.set(fileKey, { hash: contentHash, split: pre.split });
       found =
         (known ? undefined : await stages.lookup(contentHash, pre.split, ctx)) ??
@@ -88,10 +87,35 @@ export class ImageEmbedder {
   }
 }
 
+const SHA256_BYTES = 32;
+
 /**
- * The decoder's request for one choice: the prompt, each image's rows at its image tokens,
- * the sampling. Choice i of a seeded request samples with seed + i, so each choice differs
- * and each is reproducible.
+ * The preprocessor's hash of its sub-images (PreprocessResponse.sub_images_hash), trusted as
+ * its pixels are (the encoder checks it against them on Encode); undefined from one that sent
+ * none (a version before it). A copy of its 32 bytes: the memo of hashes must not keep a
+ * whole answer alive through a view.
+ */
+function sentHash(pre: PreprocessResponse): Buffer | undefined {
+  const hash = pre.subImagesHash as Buffer | undefined;
+  return hash !== undefined && hash.byteLength === SHA256_BYTES ? Buffer.from(hash) : undefined;
+}
+
+/** The hash of the preprocessor's sub-images, computed here (a pass over every pixel). */
+function hashSubImages(pre: PreprocessResponse): Buffer {
+  return subImagesHash(
+    pre.subImages.map(({ height, width, pixels }) => ({
+      height,
+      width,
+      pixels: pixels?.data ?? new Uint8Array(0),
+    })),
+  );
+}
+
+/**
+ * The decoder's request for one choice: the prompt, each image's rows (they replace the
+ * prompt's image tokens in order), the sampling. Choice i of a seeded request samples with
+ * seed + i, so each choice differs and each is reproducible. The rows are the encoder's bytes
+ * as received, not converted or copied.
  */
 export function generateRequest(
   request: ValidChatRequest,
@@ -100,27 +124,21 @@ export function generateRequest(
   imageTokenId: number,
   choice = 0,
 ): GenerateRequest {
-  const positions = ids.flatMap((id, i) => (id === imageTokenId ? [i] : []));
+  const imageTokens = ids.reduce((n, id) => n + (id === imageTokenId ? 1 : 0), 0);
   const rows = images.reduce((n, e) => n + e.rows, 0);
-  if (positions.length !== rows)
-    throw new Error(`prompt has ${positions.length} image tokens but ${rows} embedding rows`);
-  let at = 0;
+  if (imageTokens !== rows)
+    throw new Error(`prompt has ${imageTokens} image tokens but ${rows} embedding rows`);
   return {
     promptTokenIds: ids,
-    images: images.map((e) => {
-      const p = positions.slice(at, at + e.rows);
-      at += e.rows;
-      return {
-        embeddings: {
-          dtype: e.embeddings.dtype,
-          shape: [e.rows, e.hidden],
-          data: e.embeddings.data,
-        },
-        positions: p,
-        // The image's identity for the decoder's prefix cache (every image token has one id).
-        contentHash: e.contentHash,
-      };
-    }),
+    images: images.map((e) => ({
+      embeddings: {
+        dtype: e.embeddings.dtype,
+        shape: [e.rows, e.hidden],
+        data: e.embeddings.data,
+      },
+      // The image's identity for the decoder's prefix cache (every image token has one id).
+      contentHash: e.contentHash,
+    })),
     sampling:
       request.sampling.seed === undefined
         ? request.sampling

@@ -4,9 +4,12 @@
 // its content hash) so that the encoders' caches do not hold copies of each other. Preprocess,
 // Lookup and Encode are idempotent: on UNAVAILABLE they are retried once on another endpoint.
 // Every call carries a deadline, the trace context and the request id, and is cancelled when
-// the request's signal aborts (the client went away).
+// the request's signal aborts (the client went away). The messages that carry tensors go
+// through the tensor codec (services/runtime/tensor-codec.ts), as on the stages' side: a
+// tensor received is a view of its message, and one sent is copied once into its message.
 import { createHash } from 'node:crypto';
 import {
+  makeGenericClientConstructor,
   Metadata,
   status,
   type Client,
@@ -38,6 +41,9 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import {
   clientChannelOptions,
   clientTransport,
+  DecoderCodecService,
+  EncoderCodecService,
+  PreprocessorCodecService,
   tokenInterceptor,
   traceContextInterceptor,
   type ClientTls,
@@ -46,6 +52,20 @@ import {
 } from '../runtime/index.js';
 import { watchEndpoints, type EndpointSource, type Watcher } from './discovery.js';
 import { StageError, type CallContext, type StageClient } from './stage-client.js';
+
+// The generated clients' constructors, with the tensor codec.
+const PreprocessorCodecClient = makeGenericClientConstructor(
+  PreprocessorCodecService,
+  'loupe.v1.Preprocessor',
+) as unknown as typeof PreprocessorClient;
+const EncoderCodecClient = makeGenericClientConstructor(
+  EncoderCodecService,
+  'loupe.v1.Encoder',
+) as unknown as typeof EncoderClient;
+const DecoderCodecClient = makeGenericClientConstructor(
+  DecoderCodecService,
+  'loupe.v1.Decoder',
+) as unknown as typeof DecoderClient;
 
 interface Endpoint<C> {
   address: string;
@@ -268,19 +288,19 @@ export class Stages implements StageClient {
     const channel = transport.credentials;
     this.preprocessor = new EndpointPool(
       'preprocessor',
-      (a) => new PreprocessorClient(a, channel, options),
+      (a) => new PreprocessorCodecClient(a, channel, options),
       maxMessageBytes,
       transport,
     );
     this.encoder = new EndpointPool(
       'encoder',
-      (a) => new EncoderClient(a, channel, options),
+      (a) => new EncoderCodecClient(a, channel, options),
       maxMessageBytes,
       transport,
     );
     this.decoder = new EndpointPool(
       'decoder',
-      (a) => new DecoderClient(a, channel, options),
+      (a) => new DecoderCodecClient(a, channel, options),
       maxMessageBytes,
       transport,
     );

@@ -95,6 +95,8 @@ export function registerPreprocessor(
         { split: String(outcome.split) },
         (performance.now() - started) / 1000,
       );
+      // The worker's buffers as they came (moved, not copied), and the hash it computed: the
+      // response serializer (tensor-codec.ts) copies the pixels once, into the message.
       return {
         subImages: outcome.subImages.map(({ height, width, pixels }) => ({
           height,
@@ -106,10 +108,11 @@ export function registerPreprocessor(
           },
         })),
         split: outcome.split,
-        imageTokens: outcome.imageTokens,
-        tokensPerSubImage: processorConfig.imageSeqLen,
-        source: outcome.source,
-        contentHash: Buffer.from(outcome.contentHash),
+        subImagesHash: Buffer.from(
+          outcome.subImagesHash.buffer,
+          outcome.subImagesHash.byteOffset,
+          outcome.subImagesHash.byteLength,
+        ),
       };
     } catch (error) {
       metrics.failures.inc({ reason: failureReason(error) });

@@ -1,7 +1,7 @@
-// Runs in a worker thread (piscina): decode, orient, convert, split and resize one image, so
-// the gRPC thread never blocks on pixels. Errors about the image come back as values, because
-// class identity and fields do not survive the thread boundary.
-import { createHash } from 'node:crypto';
+// Runs in a worker thread (piscina): decode, orient, convert, split and resize one image, and
+// hash the sub-images (the encoder's cache key), so the gRPC thread never blocks on pixels.
+// Errors about the image come back as values, because class identity and fields do not survive
+// the thread boundary.
 import { workerData } from 'node:worker_threads';
 import { move, transferableSymbol, valueSymbol } from 'piscina';
 import sharp from 'sharp';
@@ -11,6 +11,7 @@ import {
   type DecodeLimits,
   type ImageProcessorConfig,
 } from '../model/index.js';
+import { subImagesHash } from '../runtime/sub-images-hash.js';
 
 export interface WorkerSetup {
   processorConfig: ImageProcessorConfig;
@@ -41,9 +42,8 @@ export type PreprocessOutcome =
       ok: true;
       subImages: Array<{ height: number; width: number; pixels: Uint8Array }>;
       split: boolean;
-      imageTokens: number;
-      source: { format: string; height: number; width: number };
-      contentHash: Uint8Array;
+      /** subImagesHash of `subImages` (PreprocessResponse.sub_images_hash). */
+      subImagesHash: Uint8Array;
     }
   | { ok: false; reason: string; message: string };
 
@@ -56,7 +56,6 @@ sharp.cache(false);
 
 export default async function preprocess(task: PreprocessTask): Promise<PreprocessOutcome> {
   if (callerLeft(task)) return CALLER_LEFT;
-  const contentHash = createHash('sha256').update(task.image).digest();
   try {
     const result = await preprocessImage(task.image, {
       config: processorConfig,
@@ -68,13 +67,8 @@ export default async function preprocess(task: PreprocessTask): Promise<Preproce
       ok: true,
       subImages: result.subImages,
       split: result.split,
-      imageTokens: result.imageTokens,
-      source: result.source,
-      contentHash: new Uint8Array(
-        contentHash.buffer,
-        contentHash.byteOffset,
-        contentHash.byteLength,
-      ),
+      // Here rather than on the gateway's or this service's event loop; its own 32 bytes.
+      subImagesHash: new Uint8Array(subImagesHash(result.subImages)),
     };
     // Moves the pixel buffers to the main thread instead of copying them.
     const buffers = [...new Set(result.subImages.map((s) => s.pixels.buffer as ArrayBuffer))];

@@ -35,10 +35,7 @@ const reason = (error: ServiceError) => String(error.metadata.get('loupe-reason'
 const EMPTY_RESPONSE = {
   subImages: [],
   split: false,
-  imageTokens: 0,
-  tokensPerSubImage: 64,
-  source: undefined,
-  contentHash: Buffer.alloc(0),
+  subImagesHash: Buffer.alloc(0),
 };
 
 describe('GrpcServer request limits', () => {

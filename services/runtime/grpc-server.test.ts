@@ -53,10 +53,7 @@ describe('GrpcServer interceptors', () => {
         return {
           subImages: [],
           split: false,
-          imageTokens: 0,
-          tokensPerSubImage: 64,
-          source: undefined,
-          contentHash: Buffer.alloc(0),
+          subImagesHash: Buffer.alloc(0),
         };
       }),
       info: server.unary('Info', async () => {
@@ -177,10 +174,7 @@ describe('GrpcServer options', () => {
         return {
           subImages: [],
           split: false,
-          imageTokens: 0,
-          tokensPerSubImage: 64,
-          source: undefined,
-          contentHash: Buffer.alloc(0),
+          subImagesHash: Buffer.alloc(0),
         };
       }),
       info: server.unary('Info', async () => {

@@ -17,4 +17,5 @@ export * from './shutdown.js';
 export * from './worker.js';
 export * from './bench-service.js';
 export * from './sub-images-hash.js';
+export * from './tensor-codec.js';
 export * from './cgroup.js';

@@ -1,21 +1,26 @@
-// Protobuf encoding for messages that carry megabytes of tensor bytes. ts-proto's writer
-// copies a `bytes` field once per level of nesting and again when it finishes (a 9.6 MB
-// PreprocessResponse took ~20 ms); this one measures the message first, allocates once and
-// copies each bulk field exactly once. Output is byte-for-byte what ts-proto writes (its
-// tests compare the two), so peers decode it with the generated code.
+// Protobuf encoding for messages that carry megabytes of tensor bytes. The generated
+// serializers pass over a `bytes` field three or four times (ts-proto's writer copies it into a
+// buffer it regrows by doubling, copies that out when it finishes, and the generated
+// serializer copies the result into a Buffer; a 9.6 MB PreprocessResponse took ~20 ms); this
+// one measures the message first, allocates once and copies each bulk field exactly once.
+// Output is byte-for-byte what ts-proto writes (tensor-codec.test.ts compares the two), so
+// peers decode it with the generated code. tensor-codec.ts builds the stages' messages with it.
 
 /** One field of a message, in the order it is written. */
 export type ProtoField =
-  | { field: number; varint: number } // uint32, uint64 (< 2^53), enum, bool
+  | { field: number; varint: number } // uint32, uint64 (< 2^53), int32 and enum (also < 0), bool
   | { field: number; bytes: Uint8Array }
   | { field: number; string: string }
   | { field: number; packedVarints: readonly number[] }
-  | { field: number; message: ProtoField[] };
+  | { field: number; message: ProtoField[] }
+  | { raw: Uint8Array }; // fields already encoded (another encoder's output), copied as they are
 
 const WIRE_VARINT = 0;
 const WIRE_LEN = 2;
 
 function varintSize(value: number): number {
+  // A negative int32 or enum is written as its 64-bit two's complement: 10 bytes.
+  if (value < 0) return 10;
   let size = 1;
   while (value >= 0x80) {
     value = Math.floor(value / 128);
@@ -25,6 +30,15 @@ function varintSize(value: number): number {
 }
 
 function writeVarint(out: Buffer, offset: number, value: number): number {
+  if (value < 0) {
+    let bits = BigInt.asUintN(64, BigInt(value));
+    while (bits >= 0x80n) {
+      out[offset++] = Number(bits & 0x7fn) | 0x80;
+      bits >>= 7n;
+    }
+    out[offset++] = Number(bits);
+    return offset;
+  }
   while (value >= 0x80) {
     out[offset++] = (value % 128) | 0x80;
     value = Math.floor(value / 128);
@@ -42,6 +56,10 @@ interface Sized {
 function measure(fields: readonly ProtoField[], nested: number[]): number {
   let size = 0;
   for (const f of fields) {
+    if ('raw' in f) {
+      size += f.raw.byteLength;
+      continue;
+    }
     const tagSize = varintSize(f.field * 8);
     if ('varint' in f) size += tagSize + varintSize(f.varint);
     else if ('bytes' in f) size += tagSize + varintSize(f.bytes.byteLength) + f.bytes.byteLength;
@@ -72,7 +90,10 @@ function write(
   cursor: { next: number },
 ): number {
   for (const f of fields) {
-    if ('varint' in f) {
+    if ('raw' in f) {
+      out.set(f.raw, offset);
+      offset += f.raw.byteLength;
+    } else if ('varint' in f) {
       offset = writeVarint(out, offset, f.field * 8 + WIRE_VARINT);
       offset = writeVarint(out, offset, f.varint);
     } else if ('bytes' in f) {
@@ -105,17 +126,4 @@ export function encodeFields(fields: readonly ProtoField[]): Buffer {
   const end = write(out, 0, fields, { size, nested }, { next: 0 });
   if (end !== size) throw new Error(`protobuf writer wrote ${end} bytes, measured ${size}`);
   return out;
-}
-
-/** Fields of a loupe.v1.Tensor (dtype 1, shape 2 packed, data 3), defaults left out. */
-export function tensorFields(tensor: {
-  dtype: number;
-  shape: readonly number[];
-  data: Uint8Array;
-}): ProtoField[] {
-  const fields: ProtoField[] = [];
-  if (tensor.dtype !== 0) fields.push({ field: 1, varint: tensor.dtype });
-  if (tensor.shape.length !== 0) fields.push({ field: 2, packedVarints: tensor.shape });
-  if (tensor.data.byteLength !== 0) fields.push({ field: 3, bytes: tensor.data });
-  return fields;
 }

@@ -74,7 +74,11 @@ export function finishReasonToJSON(object: FinishReason): string {
 export interface GenerateRequest {
   /** Token ids of the prompt, BOS included, image runs expanded (one id per <image> token). */
   promptTokenIds: number[];
-  /** Embeddings that replace <image> tokens, in prompt order. */
+  /**
+   * Embeddings that replace the prompt's <image> tokens, in prompt order: the first image's
+   * rows replace the first rows-many <image> tokens, the next image's the ones after, and so
+   * on; all images' rows together must be exactly as many as the prompt's <image> tokens.
+   */
   images: ImageEmbeddings[];
   sampling:
     | SamplingParams
@@ -131,11 +135,6 @@ export interface ImageEmbeddings {
   embeddings:
     | Tensor
     | undefined;
-  /**
-   * Prompt positions (0-based, ascending) of the <image> tokens these rows replace;
-   * len(positions) == rows.
-   */
-  positions: number[];
   /**
    * Identifies the rows, for the prefix cache's keys: two images sent with equal hashes (and
    * equal dtype and shape) must have equal rows. The encoder's content_hash (SHA-256 of the
@@ -790,20 +789,13 @@ export const JsonObjectFormat: MessageFns<JsonObjectFormat> = {
 };
 
 function createBaseImageEmbeddings(): ImageEmbeddings {
-  return { embeddings: undefined, positions: [], contentHash: undefined };
+  return { embeddings: undefined, contentHash: undefined };
 }
 
 export const ImageEmbeddings: MessageFns<ImageEmbeddings> = {
   encode(message: ImageEmbeddings, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.embeddings !== undefined) {
       Tensor.encode(message.embeddings, writer.uint32(10).fork()).join();
-    }
-    if (message.positions.length !== 0) {
-      writer.uint32(18).fork();
-      for (const v of message.positions) {
-        writer.uint32(v);
-      }
-      writer.join();
     }
     if (message.contentHash !== undefined) {
       writer.uint32(26).bytes(message.contentHash);
@@ -832,24 +824,6 @@ export const ImageEmbeddings: MessageFns<ImageEmbeddings> = {
             message.embeddings = Tensor.decode(reader, reader.uint32());
             continue;
           }
-          case 2: {
-            if (tag === 16) {
-              message.positions.push(reader.uint32());
-
-              continue;
-            }
-
-            if (tag === 18) {
-              const end2 = reader.uint32() + reader.pos;
-              while (reader.pos < end2) {
-                message.positions.push(reader.uint32());
-              }
-
-              continue;
-            }
-
-            break;
-          }
           case 3: {
             if (tag !== 26) {
               break;
@@ -873,9 +847,6 @@ export const ImageEmbeddings: MessageFns<ImageEmbeddings> = {
   fromJSON(object: any): ImageEmbeddings {
     return {
       embeddings: isSet(object.embeddings) ? Tensor.fromJSON(object.embeddings) : undefined,
-      positions: globalThis.Array.isArray(object?.positions)
-        ? object.positions.map((e: any) => globalThis.Number(e))
-        : [],
       contentHash: isSet(object.contentHash)
         ? Buffer.from(bytesFromBase64(object.contentHash))
         : isSet(object.content_hash)
@@ -888,9 +859,6 @@ export const ImageEmbeddings: MessageFns<ImageEmbeddings> = {
     const obj: any = {};
     if (message.embeddings !== undefined) {
       obj.embeddings = Tensor.toJSON(message.embeddings);
-    }
-    if (message.positions?.length) {
-      obj.positions = message.positions.map((e) => Math.round(e));
     }
     if (message.contentHash !== undefined) {
       obj.contentHash = base64FromBytes(message.contentHash);
@@ -906,7 +874,6 @@ export const ImageEmbeddings: MessageFns<ImageEmbeddings> = {
     message.embeddings = (object.embeddings !== undefined && object.embeddings !== null)
       ? Tensor.fromPartial(object.embeddings)
       : undefined;
-    message.positions = object.positions?.map((e) => e) || [];
     message.contentHash = object.contentHash ?? undefined;
     return message;
   },

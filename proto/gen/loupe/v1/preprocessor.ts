@@ -39,26 +39,13 @@ export interface PreprocessResponse {
   subImages: SubImage[];
   /** Whether splitting was applied. */
   split: boolean;
-  /** Number of <image> tokens the prompt needs for this image: sub_images × tokens_per_sub_image. */
-  imageTokens: number;
-  tokensPerSubImage: number;
-  /** The decoded image before splitting and resizing, after EXIF orientation. */
-  source:
-    | SourceImage
-    | undefined;
   /**
-   * SHA-256 of the encoded image bytes. Not the encoder's cache key: that is the hash of the
-   * sub-images (see encoder.proto, EncodeRequest.content_hash).
+   * SHA-256 of `sub_images` as encoder.proto's EncodeRequest.content_hash defines it
+   * (services/runtime/sub-images-hash.ts `subImagesHash`), computed by the worker thread that
+   * made them, so that the caller need not hash the pixels again to name them to the encoder
+   * (Lookup, Encode, routing). The encoder does not trust it: it checks it against the pixels.
    */
-  contentHash: Buffer;
-}
-
-export interface SourceImage {
-  /** jpeg, png, webp, gif, tiff, avif */
-  format: string;
-  /** pixels, after EXIF orientation */
-  height: number;
-  width: number;
+  subImagesHash: Buffer;
 }
 
 export interface PreprocessorInfoRequest {
@@ -162,14 +149,7 @@ export const PreprocessRequest: MessageFns<PreprocessRequest> = {
 };
 
 function createBasePreprocessResponse(): PreprocessResponse {
-  return {
-    subImages: [],
-    split: false,
-    imageTokens: 0,
-    tokensPerSubImage: 0,
-    source: undefined,
-    contentHash: Buffer.alloc(0),
-  };
+  return { subImages: [], split: false, subImagesHash: Buffer.alloc(0) };
 }
 
 export const PreprocessResponse: MessageFns<PreprocessResponse> = {
@@ -180,17 +160,8 @@ export const PreprocessResponse: MessageFns<PreprocessResponse> = {
     if (message.split !== false) {
       writer.uint32(16).bool(message.split);
     }
-    if (message.imageTokens !== 0) {
-      writer.uint32(24).uint32(message.imageTokens);
-    }
-    if (message.tokensPerSubImage !== 0) {
-      writer.uint32(32).uint32(message.tokensPerSubImage);
-    }
-    if (message.source !== undefined) {
-      SourceImage.encode(message.source, writer.uint32(42).fork()).join();
-    }
-    if (message.contentHash.length !== 0) {
-      writer.uint32(50).bytes(message.contentHash);
+    if (message.subImagesHash.length !== 0) {
+      writer.uint32(58).bytes(message.subImagesHash);
     }
     return writer;
   },
@@ -224,36 +195,12 @@ export const PreprocessResponse: MessageFns<PreprocessResponse> = {
             message.split = reader.bool();
             continue;
           }
-          case 3: {
-            if (tag !== 24) {
+          case 7: {
+            if (tag !== 58) {
               break;
             }
 
-            message.imageTokens = reader.uint32();
-            continue;
-          }
-          case 4: {
-            if (tag !== 32) {
-              break;
-            }
-
-            message.tokensPerSubImage = reader.uint32();
-            continue;
-          }
-          case 5: {
-            if (tag !== 42) {
-              break;
-            }
-
-            message.source = SourceImage.decode(reader, reader.uint32());
-            continue;
-          }
-          case 6: {
-            if (tag !== 50) {
-              break;
-            }
-
-            message.contentHash = Buffer.from(reader.bytes());
+            message.subImagesHash = Buffer.from(reader.bytes());
             continue;
           }
         }
@@ -276,21 +223,10 @@ export const PreprocessResponse: MessageFns<PreprocessResponse> = {
         ? object.sub_images.map((e: any) => SubImage.fromJSON(e))
         : [],
       split: isSet(object.split) ? globalThis.Boolean(object.split) : false,
-      imageTokens: isSet(object.imageTokens)
-        ? globalThis.Number(object.imageTokens)
-        : isSet(object.image_tokens)
-        ? globalThis.Number(object.image_tokens)
-        : 0,
-      tokensPerSubImage: isSet(object.tokensPerSubImage)
-        ? globalThis.Number(object.tokensPerSubImage)
-        : isSet(object.tokens_per_sub_image)
-        ? globalThis.Number(object.tokens_per_sub_image)
-        : 0,
-      source: isSet(object.source) ? SourceImage.fromJSON(object.source) : undefined,
-      contentHash: isSet(object.contentHash)
-        ? Buffer.from(bytesFromBase64(object.contentHash))
-        : isSet(object.content_hash)
-        ? Buffer.from(bytesFromBase64(object.content_hash))
+      subImagesHash: isSet(object.subImagesHash)
+        ? Buffer.from(bytesFromBase64(object.subImagesHash))
+        : isSet(object.sub_images_hash)
+        ? Buffer.from(bytesFromBase64(object.sub_images_hash))
         : Buffer.alloc(0),
     };
   },
@@ -303,17 +239,8 @@ export const PreprocessResponse: MessageFns<PreprocessResponse> = {
     if (message.split !== false) {
       obj.split = message.split;
     }
-    if (message.imageTokens !== 0) {
-      obj.imageTokens = Math.round(message.imageTokens);
-    }
-    if (message.tokensPerSubImage !== 0) {
-      obj.tokensPerSubImage = Math.round(message.tokensPerSubImage);
-    }
-    if (message.source !== undefined) {
-      obj.source = SourceImage.toJSON(message.source);
-    }
-    if (message.contentHash.length !== 0) {
-      obj.contentHash = base64FromBytes(message.contentHash);
+    if (message.subImagesHash.length !== 0) {
+      obj.subImagesHash = base64FromBytes(message.subImagesHash);
     }
     return obj;
   },
@@ -325,113 +252,7 @@ export const PreprocessResponse: MessageFns<PreprocessResponse> = {
     const message = createBasePreprocessResponse();
     message.subImages = object.subImages?.map((e) => SubImage.fromPartial(e)) || [];
     message.split = object.split ?? false;
-    message.imageTokens = object.imageTokens ?? 0;
-    message.tokensPerSubImage = object.tokensPerSubImage ?? 0;
-    message.source = (object.source !== undefined && object.source !== null)
-      ? SourceImage.fromPartial(object.source)
-      : undefined;
-    message.contentHash = object.contentHash ?? Buffer.alloc(0);
-    return message;
-  },
-};
-
-function createBaseSourceImage(): SourceImage {
-  return { format: "", height: 0, width: 0 };
-}
-
-export const SourceImage: MessageFns<SourceImage> = {
-  encode(message: SourceImage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.format !== "") {
-      writer.uint32(10).string(message.format);
-    }
-    if (message.height !== 0) {
-      writer.uint32(16).uint32(message.height);
-    }
-    if (message.width !== 0) {
-      writer.uint32(24).uint32(message.width);
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): SourceImage {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseSourceImage();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.format = reader.string();
-            continue;
-          }
-          case 2: {
-            if (tag !== 16) {
-              break;
-            }
-
-            message.height = reader.uint32();
-            continue;
-          }
-          case 3: {
-            if (tag !== 24) {
-              break;
-            }
-
-            message.width = reader.uint32();
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(object: any): SourceImage {
-    return {
-      format: isSet(object.format) ? globalThis.String(object.format) : "",
-      height: isSet(object.height) ? globalThis.Number(object.height) : 0,
-      width: isSet(object.width) ? globalThis.Number(object.width) : 0,
-    };
-  },
-
-  toJSON(message: SourceImage): unknown {
-    const obj: any = {};
-    if (message.format !== "") {
-      obj.format = message.format;
-    }
-    if (message.height !== 0) {
-      obj.height = Math.round(message.height);
-    }
-    if (message.width !== 0) {
-      obj.width = Math.round(message.width);
-    }
-    return obj;
-  },
-
-  create<I extends Exact<DeepPartial<SourceImage>, I>>(base?: I): SourceImage {
-    return SourceImage.fromPartial(base ?? ({} as any));
-  },
-  fromPartial<I extends Exact<DeepPartial<SourceImage>, I>>(object: I): SourceImage {
-    const message = createBaseSourceImage();
-    message.format = object.format ?? "";
-    message.height = object.height ?? 0;
-    message.width = object.width ?? 0;
+    message.subImagesHash = object.subImagesHash ?? Buffer.alloc(0);
     return message;
   },
 };
