@@ -13,6 +13,7 @@ import {
   queueFull,
   type HandlerContext,
   type GrpcServer,
+  DecoderCodecService,
   failureReason,
 } from '../runtime/index.js';
 import { EngineRejectedError, type EngineClient, type RequestEvent } from './engine-client.js';
@@ -23,7 +24,6 @@ import {
   maxGenerateRequestBytes,
   type DecoderLimits,
 } from './request-validation.js';
-import { DecoderService } from '../../proto/gen/loupe/v1/decoder.js';
 import { engineLogitBias, engineResponseFormat } from './grammar/request-format.js';
 
 export interface DecoderHandlersOptions {
@@ -179,7 +179,7 @@ export function registerDecoder(server: GrpcServer, options: DecoderHandlersOpti
 
   server.addService(
     'loupe.v1.Decoder',
-    DecoderService,
+    DecoderCodecService,
     {
       generate: server.serverStream('Generate', generate),
       info: server.unary('Info', info),
