@@ -18,6 +18,8 @@ export const TS_PROTO_OPTIONS = [
   'importSuffix=.js',
   'env=node',
   'forceLong=number',
+  // Fields marked [jstype = JS_STRING] (the decoder's seed) are decimal strings: all of uint64.
+  'useJsTypeOverride=true',
   'oneof=unions-value',
   'useOptionals=none',
 ];

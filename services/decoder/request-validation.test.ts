@@ -178,7 +178,7 @@ describe('engineRequest on hostile input', () => {
         },
       ],
       maxNewTokens: 4096,
-      sampling: { temperature: 1, seed: 2 ** 53 - 1 },
+      sampling: { temperature: 1, seed: '18446744073709551615' },
     });
     expect(GenerateRequest.encode(request).finish().length).toBeLessThanOrEqual(bound);
   });

@@ -162,7 +162,7 @@ describe('decoder service', () => {
   it('samples reproducibly per seed, whatever shares the batch, and returns logprobs', async () => {
     const prompt = loadGoldenCase('tiny-text-only').inputIds;
     const seeded = request(prompt, {
-      sampling: { temperature: 1.3, topP: 0.9, topK: 50, seed: 1234 },
+      sampling: { temperature: 1.3, topP: 0.9, topK: 50, seed: '1234' },
       maxNewTokens: 16,
       logprobs: true,
       topLogprobs: 3,
@@ -171,12 +171,12 @@ describe('decoder service', () => {
     const [together] = await Promise.all([
       generate(decoder, seeded),
       generate(decoder, goldenRequest('tiny-one-image-split-on')),
-      generate(decoder, request(prompt.slice(0, 7), { sampling: { temperature: 0.7, seed: 5 } })),
+      generate(decoder, request(prompt.slice(0, 7), { sampling: { temperature: 0.7, seed: '5' } })),
     ]);
     expect(together!.tokens.map((t) => t.id)).toEqual(alone.tokens.map((t) => t.id));
     const other = await generate(decoder, {
       ...seeded,
-      sampling: { ...seeded.sampling!, seed: 99 },
+      sampling: { ...seeded.sampling!, seed: '99' },
     });
     expect(other.tokens.map((t) => t.id)).not.toEqual(alone.tokens.map((t) => t.id));
     for (const t of alone.tokens) {
@@ -197,7 +197,7 @@ describe('decoder service', () => {
       stopTokenIds: [],
       logitBias: {},
       responseFormat: undefined,
-      sampling: { temperature: 1, seed: 7 },
+      sampling: { temperature: 1, seed: '7' },
     });
     const seen = await generate(decoder, long, {
       onToken: (n, cancel) => {

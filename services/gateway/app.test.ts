@@ -584,7 +584,7 @@ describe('the pipeline in-process, with scripted stages', () => {
     };
     expect(body.choices.map((c) => c.index)).toEqual([0, 1, 2]);
     expect(body.choices.map((c) => c.message.content)).toEqual(['one two', 'one two', 'one two']);
-    expect(stages.generated.map((g) => g.sampling!.seed)).toEqual([7, 8, 9]);
+    expect(stages.generated.map((g) => g.sampling!.seed)).toEqual(['7', '8', '9']);
     expect(new Set(stages.generated.map((g) => g.promptTokenIds.join()))).toHaveProperty('size', 1);
     expect(body.usage.completion_tokens).toBe(3 * tokens.length);
     expect(body.usage.prompt_tokens).toBe(stages.generated[0]!.promptTokenIds.length);

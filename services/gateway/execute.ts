@@ -142,7 +142,10 @@ export function generateRequest(
     sampling:
       request.sampling.seed === undefined
         ? request.sampling
-        : { ...request.sampling, seed: (request.sampling.seed + choice) % 2 ** 53 },
+        : {
+            ...request.sampling,
+            seed: String((BigInt(request.sampling.seed) + BigInt(choice)) % 2n ** 64n),
+          },
     stopTokenIds: request.stopTokenIds,
     maxNewTokens: request.maxTokens,
     logprobs: request.logprobs,

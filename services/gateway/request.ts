@@ -180,7 +180,7 @@ export function parseChatRequest(json: unknown, rules: RequestRules): ValidChatR
       ...(body.repetition_penalty != null ? { repetitionPenalty: body.repetition_penalty } : {}),
       ...(body.presence_penalty != null ? { presencePenalty: body.presence_penalty } : {}),
       ...(body.frequency_penalty != null ? { frequencyPenalty: body.frequency_penalty } : {}),
-      ...(body.seed != null ? { seed: body.seed } : {}),
+      ...(body.seed != null ? { seed: String(body.seed) } : {}),
     },
     stop: body.stop == null ? [] : typeof body.stop === 'string' ? [body.stop] : body.stop,
     stopTokenIds: body.stop_token_ids ?? [],

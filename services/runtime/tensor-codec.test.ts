@@ -131,7 +131,7 @@ const generate: Case<GenerateRequest>[] = [
       { embeddings: rows(1, 16, Dtype.DTYPE_FLOAT32) },
       { embeddings: undefined, contentHash: Buffer.alloc(0) },
     ],
-    sampling: { temperature: 0.7, topP: 0.9, topK: 40, seed: 2 ** 53 - 1 },
+    sampling: { temperature: 0.7, topP: 0.9, topK: 40, seed: '18446744073709551615' },
     stopTokenIds: [7, 8],
     maxNewTokens: 32,
     logprobs: true,

@@ -171,8 +171,11 @@ export interface SamplingParams {
   frequencyPenalty?:
     | number
     | undefined;
-  /** reproducible sampling per request */
-  seed?: number | undefined;
+  /**
+   * Reproducible sampling per request: any uint64 (jstype: a decimal string in JavaScript, so
+   * seeds past 2^53 keep every bit).
+   */
+  seed?: string | undefined;
 }
 
 export interface GenerateResponse {
@@ -995,7 +998,7 @@ export const SamplingParams: MessageFns<SamplingParams> = {
               break;
             }
 
-            message.seed = longToNumber(reader.uint64());
+            message.seed = reader.uint64().toString();
             continue;
           }
         }
@@ -1043,7 +1046,7 @@ export const SamplingParams: MessageFns<SamplingParams> = {
         : isSet(object.frequency_penalty)
         ? globalThis.Number(object.frequency_penalty)
         : undefined,
-      seed: isSet(object.seed) ? globalThis.Number(object.seed) : undefined,
+      seed: isSet(object.seed) ? globalThis.String(object.seed) : undefined,
     };
   },
 
@@ -1071,7 +1074,7 @@ export const SamplingParams: MessageFns<SamplingParams> = {
       obj.frequencyPenalty = floatToJson(message.frequencyPenalty);
     }
     if (message.seed !== undefined) {
-      obj.seed = Math.round(message.seed);
+      obj.seed = globalThis.String(message.seed);
     }
     return obj;
   },
