@@ -21,6 +21,7 @@ parentPort.on('message', (m) => {
   if (m.kind === 'stop') process.exit(0);
   else if (m.kind === 'exit') process.exit(m.code);
   else if (m.kind === 'throw') throw new Error('boom');
+  else if (m.kind === 'block') { const end = Date.now() + m.ms; while (Date.now() < end); }
   else if (m.kind === 'job')
     setTimeout(() => parentPort.postMessage({
       kind: 'done', id: m.id, bytes: m.data?.byteLength ?? 0, first: m.data?.[0] ?? -1,
@@ -33,6 +34,7 @@ type Command =
   | { kind: 'exit'; code: number }
   | { kind: 'throw' }
   | { kind: 'hang' }
+  | { kind: 'block'; ms: number }
   | { kind: 'note' };
 type Message =
   | { kind: 'ready'; info: { name: string } }
@@ -234,5 +236,28 @@ describe('WorkerChannel: serving', () => {
     await expect(job(0)).rejects.toThrow('the test service is shutting down');
     await channel.ended;
     expect(deaths).toEqual([]);
+  });
+
+  it('close lets a thread busy in a run finish it and end by itself, not terminated', async () => {
+    const { channel, deaths } = open();
+    await channel.ready;
+    channel.post({ kind: 'block', ms: 300 });
+    const started = performance.now();
+    await channel.close();
+    // It ended once its "run" was over (STOP_WORKER is handled between runs); terminate()
+    // would have stopped the busy thread at once.
+    expect(performance.now() - started).toBeGreaterThanOrEqual(250);
+    await channel.ended;
+    expect(deaths).toEqual([]);
+  });
+
+  it('close terminates a thread that does not end within its wait', async () => {
+    const { channel } = open();
+    await channel.ready;
+    channel.post({ kind: 'block', ms: 3000 });
+    const started = performance.now();
+    await channel.close(100);
+    expect(performance.now() - started).toBeLessThan(2500);
+    await channel.ended;
   });
 });

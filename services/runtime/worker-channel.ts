@@ -15,7 +15,13 @@
 // copied: see wholeBuffers.
 import { Worker, type TransferListItem } from 'node:worker_threads';
 import { unavailable, type ServiceError } from './errors.js';
-import { WorkerWatch, type WorkerDeath } from './worker.js';
+import { STOP_WORKER, WorkerWatch, type WorkerDeath } from './worker.js';
+
+/**
+ * Longest close() waits for the thread to end after its current model run, ms: longer than a
+ * step or a batch normally takes, short enough for a shutdown grace period.
+ */
+const CLOSE_WAIT_MS = 10_000;
 
 /** The thread's first message: its model is loaded (with what the owner needs to know), or not. */
 export type StartMessage<Info> =
@@ -133,15 +139,26 @@ export class WorkerChannel<
   }
 
   /**
-   * Ends the thread (terminates it, unless it died: a dead one has ended, or was told to end
-   * after its run, see worker.ts). Work still waiting fails, and so does any sent later.
+   * Ends the thread: tells it to stop (STOP_WORKER), which it does between model runs, and
+   * terminates it only if it has not ended within `waitMs` — a thread terminated inside an
+   * ONNX Runtime run aborts the whole process when the run returns (worker.ts). A dead thread
+   * has ended, or was told to end after its run. Work still waiting fails, and so does any
+   * sent later.
    */
-  async close(): Promise<void> {
+  async close(waitMs = CLOSE_WAIT_MS): Promise<void> {
     this.#refusal ??= unavailable(`${this.#options.service} is shutting down`);
     const dead = this.#watch?.death !== undefined;
     this.#watch?.closing();
     this.#failAll(this.#refusal);
-    if (!dead) await this.#worker.terminate();
+    if (dead) return;
+    this.#worker.postMessage(STOP_WORKER);
+    let timer: NodeJS.Timeout | undefined;
+    const stopped = await Promise.race([
+      this.ended.then(() => true),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), waitMs))),
+    ]);
+    clearTimeout(timer);
+    if (!stopped) await this.#worker.terminate();
   }
 
   async #start(): Promise<Info> {
