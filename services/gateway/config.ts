@@ -72,8 +72,13 @@ export const gatewayEnvSchema = z.object({
   LOUPE_GATEWAY_MAX_IMAGE_BYTES: intVar(20 * 1024 * 1024, { min: 1, max: 1024 ** 3 }),
   /** Requests handled at once; beyond it 429. */
   LOUPE_GATEWAY_MAX_IN_FLIGHT: intVar(256, { min: 1, max: 100_000 }),
-  /** Requests one key (one client address without keys) may have in flight; 0 = no limit. */
-  LOUPE_GATEWAY_MAX_IN_FLIGHT_PER_KEY: intVar(32, { min: 0, max: 100_000 }),
+  /**
+   * Requests one key (one client address without keys) may have in flight; 0 = no limit. Keep
+   * it at most half the decoder slots the gateway reaches (LOUPE_DECODER_MAX_RUNNING × decoder
+   * replicas; the default 8 is half of one decoder's 16), so that no client holds every slot
+   * while another's request waits for one; raise it with the replicas.
+   */
+  LOUPE_GATEWAY_MAX_IN_FLIGHT_PER_KEY: intVar(8, { min: 0, max: 100_000 }),
   /** Failed authentications per client address per minute before 429s; 0 = no limit. */
   LOUPE_GATEWAY_AUTH_FAILURES_PER_MINUTE: intVar(30, { min: 0, max: 1_000_000 }),
   /**
