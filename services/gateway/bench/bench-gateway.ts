@@ -6,7 +6,11 @@
 // the encoder has cached, at concurrency 8; then a small text request's p50/p99 idle and
 // while one client sends maximal prompts back to back (as many characters as the gateway
 // admits; they are refused once tokenized, for overflowing the context), the goal being a p99
-// under attack within 1.5× of idle. BENCH_THREADS sets every session's threads.
+// under attack within 1.5× of idle; then the same under each of issue 18's hostile drills, one
+// phase each (attacks.ts: a cancel storm, oversized messages, costly decodes, gRPC inputs no
+// gateway sends, foreign hosts and bodies, slow readers), and a table of every phase.
+// BENCH_THREADS sets every session's threads; BENCH_SMALL_SAMPLES the small requests timed in
+// each phase (default 200).
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -27,11 +31,27 @@ import {
 } from '../../model/index.js';
 import sharp from 'sharp';
 import { packageRoot, startBenchService, type BenchService } from '../../runtime/index.js';
+import { gatewayEnvSchema } from '../config.js';
+import { preprocessorEnvSchema } from '../../preprocessor/config.js';
+import {
+  attacks as drills,
+  startAttack,
+  untilIdle,
+  type AttackName,
+  type Target,
+} from './attacks.js';
 
 const THREADS = String(Number(process.env.BENCH_THREADS ?? availableParallelism()));
 const IMAGE = 'webp-lossy-640x480.webp';
 const MAX_TOKENS = 16;
 const ITERATIONS = 5;
+// Small requests timed per phase: enough that p99 is not just the slowest one.
+const SMALL = Number(process.env.BENCH_SMALL_SAMPLES ?? 200);
+if (!Number.isSafeInteger(SMALL) || SMALL < 1)
+  throw new Error(`BENCH_SMALL_SAMPLES must be a positive integer, not ${String(SMALL)}`);
+// A hostile phase stops taking samples after this long (an attack may slow each to seconds).
+const PHASE_MAX_S = Number(process.env.BENCH_PHASE_MAX_S ?? 300);
+if (!(PHASE_MAX_S > 0)) throw new Error('BENCH_PHASE_MAX_S must be a positive number of seconds');
 const root = packageRoot();
 
 const start = startBenchService;
@@ -211,8 +231,6 @@ async function main(): Promise<void> {
     };
     const percentile = (xs: number[], p: number) =>
       [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil(p * xs.length) - 1)]!;
-    // Enough samples that p99 is not just the slowest one.
-    const SMALL = 200;
     for (let i = 0; i < 3; i++) await small();
     const idle: number[] = [];
     for (let i = 0; i < SMALL; i++) idle.push(await small());
@@ -221,6 +239,11 @@ async function main(): Promise<void> {
     let maximal = '';
     for (let i = 0; maximal.length < 16 * checkpoint.config.text.maxPositionEmbeddings - 8; i++)
       maximal += words[i % words.length];
+    const maximalBody = JSON.stringify({
+      model: 'small',
+      max_tokens: 1,
+      messages: [{ role: 'user', content: maximal }],
+    });
     let attacking = true;
     let attacks = 0;
     const attacker = (async () => {
@@ -228,11 +251,7 @@ async function main(): Promise<void> {
         const r = await fetch(url, {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({
-            model: 'small',
-            max_tokens: 1,
-            messages: [{ role: 'user', content: maximal }],
-          }),
+          body: maximalBody,
         });
         await r.text();
         attacks++;
@@ -257,6 +276,157 @@ async function main(): Promise<void> {
         `while one client sends ${maximal.length}-character prompts back to back (${attacks} sent): p50 ${p(attacked, 0.5)} ms, p99 ${p(attacked, 0.99)} ms\n` +
         `p99 under attack / idle: ${(percentile(attacked, 0.99) / percentile(idle, 0.99)).toFixed(2)}× (goal: at most 1.5×)\n`,
     );
+
+    // The same small request under each of issue 18's drills: an attack from another client
+    // (attacks.ts; in a thread of its own) runs through the whole phase, and is over, every
+    // connection closed and the stack idle again, before the next phase.
+    const address = (port: unknown) => `127.0.0.1:${String(port)}`;
+    const env = process.env;
+    const target: Target = {
+      gateway: address(gw.ready.httpPort),
+      metrics: {
+        gateway: address(gw.ready.metricsPort),
+        preprocessor: address(pre.ready.metricsPort),
+        encoder: address(enc.ready.metricsPort),
+        decoder: address(dec.ready.metricsPort),
+      },
+      preprocessor: address(pre.ready.grpcPort),
+      encoder: address(enc.ready.grpcPort),
+      decoder: address(dec.ready.grpcPort),
+      model: 'small',
+      imageTokenId: checkpoint.config.imageTokenId,
+      // The services read these from the same environment (startBenchService passes it on).
+      maxBodyBytes: gatewayEnvSchema.shape.LOUPE_GATEWAY_MAX_BODY_BYTES.parse(
+        env.LOUPE_GATEWAY_MAX_BODY_BYTES,
+      ),
+      maxInFlightPerClient: gatewayEnvSchema.shape.LOUPE_GATEWAY_MAX_IN_FLIGHT_PER_KEY.parse(
+        env.LOUPE_GATEWAY_MAX_IN_FLIGHT_PER_KEY,
+      ),
+      streamWriteTimeoutMs: gatewayEnvSchema.shape.LOUPE_GATEWAY_STREAM_WRITE_TIMEOUT_MS.parse(
+        env.LOUPE_GATEWAY_STREAM_WRITE_TIMEOUT_MS,
+      ),
+      maxImagePixels: preprocessorEnvSchema.shape.LOUPE_PREPROCESSOR_MAX_IMAGE_PIXELS.parse(
+        env.LOUPE_PREPROCESSOR_MAX_IMAGE_PIXELS,
+      ),
+    };
+    /** The small request, timed; or why it failed (a failure misses the goal). */
+    const probe = async (): Promise<number | string> => {
+      const t = performance.now();
+      try {
+        const r = await fetch(url, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({
+            model: 'small',
+            max_tokens: 1,
+            messages: [{ role: 'user', content: 'Hello, who are you?' }],
+          }),
+          signal: AbortSignal.timeout(60_000),
+        });
+        if (r.status !== 200) return `HTTP ${r.status} ${(await r.text()).slice(0, 200)}`;
+        await r.json();
+        return performance.now() - t;
+      } catch (error) {
+        return (error as Error).name === 'TimeoutError' ? 'no answer in 60 s' : String(error);
+      }
+    };
+    interface Phase {
+      name: string;
+      sent: string;
+      times: number[];
+      /** Small requests sent, and of them not answered with a 200. */
+      samples: number;
+      failed: number;
+    }
+    const idleP99 = percentile(idle, 0.99);
+    const ratio = (phase: Phase) =>
+      phase.times.length ? percentile(phase.times, 0.99) / idleP99 : Infinity;
+    const met = (phase: Phase) => phase.failed === 0 && ratio(phase) <= 1.5;
+    const mb = (bytes: number) =>
+      bytes < 1e6 ? `${(bytes / 1e3).toFixed(1)} kB` : `${(bytes / 1e6).toFixed(1)} MB`;
+    const tally = (counts: Record<string, number>) =>
+      Object.entries(counts)
+        .map(([what, n]) => `${what} ×${n}`)
+        .join(', ');
+    const phases: Phase[] = [
+      { name: 'idle', sent: '-', times: idle, samples: SMALL, failed: 0 },
+      {
+        name: 'maximal prompts',
+        sent: `${attacks}, ${mb(attacks * Buffer.byteLength(maximalBody))}`,
+        times: attacked,
+        samples: SMALL,
+        failed: 0,
+      },
+    ];
+    const names = Object.keys(drills) as AttackName[];
+    for (const [i, name] of names.entries()) {
+      const settled = await untilIdle(target);
+      const attack = await startAttack(name, target);
+      const began = performance.now();
+      const phase: Phase = { name, sent: '', times: [], samples: 0, failed: 0 };
+      const failures: Record<string, number> = {};
+      let k = 0;
+      for (; k < SMALL && performance.now() - began < PHASE_MAX_S * 1000; k++) {
+        const r = await probe();
+        if (typeof r === 'number') phase.times.push(r);
+        else failures[r] = (failures[r] ?? 0) + 1;
+      }
+      const report = await attack.stop();
+      const seconds = ((performance.now() - began) / 1000).toFixed(1);
+      phase.samples = k;
+      phase.failed = k - phase.times.length;
+      phase.sent = `${report.sent}, ${mb(report.bytes)}`;
+      phases.push(phase);
+      const latency = phase.times.length
+        ? `p50 ${p(phase.times, 0.5)} ms, p99 ${p(phase.times, 0.99)} ms; p99 / idle ${ratio(phase).toFixed(2)}×`
+        : 'none answered';
+      process.stdout.write(
+        `\nattack ${i + 1} of ${names.length}, ${name}: ${report.what}\n` +
+          (settled ? '' : '  (the stack was still busy 60 s after the previous phase)\n') +
+          `  sent ${report.sent} in ${seconds} s (${mb(report.bytes)}): ${tally(report.outcomes)}\n` +
+          (report.leftBehind
+            ? "  (the attack's thread still had work 10 s after it was stopped: terminated)\n"
+            : '') +
+          (k < SMALL
+            ? `  (sampling stopped at the phase's limit of ${PHASE_MAX_S} s: BENCH_PHASE_MAX_S)\n`
+            : '') +
+          `  small text request (1 token), ${phase.times.length} of ${k} answered` +
+          (phase.failed ? ` (${tally(failures)})` : '') +
+          `: ${latency} (goal: at most 1.5×, every one answered): ${met(phase) ? 'met' : 'missed'}\n`,
+      );
+    }
+
+    const row = (cells: string[]) =>
+      cells
+        .map((cell, i) => (i < 2 ? cell.padEnd([32, 22][i]!) : cell.padStart(i === 5 ? 9 : 8)))
+        .join(' ') + '\n';
+    process.stdout.write(
+      `\nsmall text request (1 token), ${SMALL} per phase; goal: p99 at most 1.5× idle's, every one answered\n` +
+        row([
+          'phase',
+          'attack sent (n, bytes)',
+          'p50 ms',
+          'p99 ms',
+          'answered',
+          'p99/idle',
+          'goal',
+        ]) +
+        phases
+          .map((phase, i) =>
+            row([
+              phase.name,
+              phase.sent,
+              phase.times.length ? p(phase.times, 0.5) : '-',
+              phase.times.length ? p(phase.times, 0.99) : '-',
+              `${phase.samples - phase.failed}/${phase.samples}`,
+              `${ratio(phase).toFixed(2)}×`,
+              i === 0 ? '-' : met(phase) ? 'met' : 'missed',
+            ]),
+          )
+          .join(''),
+    );
+    // The last attack's work (the slow readers' generations) ends before the stack is stopped.
+    await untilIdle(target);
   } finally {
     for (const r of running.reverse()) await r.stop();
     rmSync(dir, { recursive: true, force: true });
