@@ -2,12 +2,13 @@
 // hostile traffic to the stack on loopback, continuously, from one or a few clients, until it is
 // stopped; meanwhile the bench times another client's small request. startAttack runs one in a
 // worker thread of its own, so that its work neither waits on nor delays the event loop of the
-// measuring client. Its HTTP clients connect from 127.0.0.2 (loopback too): the gateway, keyless
+// measuring client, at nice 19 (see the end of the file). Its HTTP clients connect from 127.0.0.2 (loopback too): the gateway, keyless
 // here, keys its per-client limits by address, so the attacker is another client than the one
 // measured at 127.0.0.1. stop() ends every request, stream and connection the attack opened and
 // resolves with what it sent; then the thread exits, or stop() says that something was left.
 import { request as httpRequest, Agent, type ClientRequest, type IncomingMessage } from 'node:http';
 import { connect, constants as h2, type ClientHttp2Session } from 'node:http2';
+import { setPriority } from 'node:os';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { Client, credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import sharp from 'sharp';
@@ -732,9 +733,17 @@ export async function startAttack(name: AttackName, target: Target): Promise<Run
   };
 }
 
-// In an attack's thread: start it, report, stop it when told.
+// In an attack's thread: start it, report, stop it when told. The thread runs at the lowest
+// CPU priority (nice 19; per thread on Linux, pid 0 names the calling thread): the attacker
+// stands for clients on other machines, and on a machine of two cores its own work would
+// otherwise be taken from the stack it attacks, which measures the machine, not the stack.
 const job = workerData as { benchAttack?: AttackName; target: Target } | null;
 if (!isMainThread && parentPort && job?.benchAttack) {
+  try {
+    setPriority(0, 19);
+  } catch {
+    // not permitted here: the attack runs at normal priority
+  }
   const port = parentPort;
   const send = (message: FromThread) => port.postMessage(message);
   attacks[job.benchAttack](job.target).then(
