@@ -110,7 +110,12 @@ async function runInProcess(concurrency: number, rounds: number): Promise<Result
       : undefined;
   const one = (bytes: Buffer) =>
     pool
-      ? pool.run({ image: bytes, split: SPLIT, cost: 0, held: 0 }, new AbortController().signal)
+      ? // A copy per call, as a gRPC request brings: the pool moves it to its worker (forWorker
+        // in pool.ts), which would detach a buffer reused from one call to the next.
+        pool.run(
+          { image: new Uint8Array(bytes), split: SPLIT, cost: 0, held: 0 },
+          new AbortController().signal,
+        )
       : preprocessImage(bytes, {
           config: DEFAULT_IMAGE_PROCESSOR_CONFIG,
           split: SPLIT,
