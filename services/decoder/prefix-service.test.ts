@@ -87,7 +87,9 @@ async function session(client: DecoderClient, service: ServiceProcess) {
   const second = await run(request([...text, ...first, ...question]));
   await run(request([...text, ...first, ...question, ...second, ...question.slice(2)]));
   // Seeded sampling on a prefix the cache holds.
-  await run(request([...text, ...first], { sampling: { temperature: 1.1, topP: 0.9, seed: '31' } }));
+  await run(
+    request([...text, ...first], { sampling: { temperature: 1.1, topP: 0.9, seed: '31' } }),
+  );
   // An image, resent as is (the hit ends inside its run of image tokens), then with a
   // follow-up; then the same rows under a content hash, twice.
   const photo = 'tiny-one-image-split-on';

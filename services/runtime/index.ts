@@ -15,7 +15,6 @@ export * from './paths.js';
 export * from './proto-writer.js';
 export * from './shutdown.js';
 export * from './worker.js';
-export * from './bench-service.js';
 export * from './sub-images-hash.js';
 export * from './tensor-codec.js';
 export * from './cgroup.js';

@@ -1,4 +1,4 @@
-// `node dist/services/decoder/bench/bench-prefix-kv.js` (after a build): what a prefix hit costs
+// `node dist/bench/decoder/bench-prefix-kv.js` (after a build): what a prefix hit costs
 // with KV in slots of maximum context (ort-runner.ts), against what it saves and against the
 // alternative, a block table. On the `small` random checkpoint (8 layers, 2 KV heads of 64,
 // float32: 8 KiB of KV per token), with OrtModelRunner itself:
@@ -15,9 +15,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadTextModel, openCheckpoint, writeTinyModel } from '../../model/index.js';
-import { BLOCK_TOKENS, type BlockCopy, type RunnerStep } from '../model-runner.js';
-import { OrtModelRunner, kvBytesPerToken } from '../ort-runner.js';
+import { loadTextModel, openCheckpoint, writeTinyModel } from '../../services/model/index.js';
+import {
+  BLOCK_TOKENS,
+  type BlockCopy,
+  type RunnerStep,
+} from '../../services/decoder/model-runner.js';
+import { OrtModelRunner, kvBytesPerToken } from '../../services/decoder/ort-runner.js';
 
 const THREADS = Number(process.env.BENCH_THREADS ?? availableParallelism());
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 7);

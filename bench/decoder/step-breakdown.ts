@@ -7,13 +7,18 @@
 //   - bookkeeping: the rest of Engine.step (scheduling, assembly, events);
 // and beside it the step's arithmetic: its FLOPs (multiply-add = 2; the linear layers and
 // LM head of every row, and attention over each row's context) at the MatMul peak.
-import type { Checkpoint, TextAttention } from '../../model/index.js';
-import { loadTextModel, openCheckpoint, seededUniform, type TextModel } from '../../model/index.js';
-import { Engine } from '../engine.js';
-import type { ModelRunner, RunnerStep } from '../model-runner.js';
-import { OrtModelRunner } from '../ort-runner.js';
-import type { EngineRequest } from '../protocol.js';
-import { GREEDY } from '../sampler.js';
+import type { Checkpoint, TextAttention } from '../../services/model/index.js';
+import {
+  loadTextModel,
+  openCheckpoint,
+  seededUniform,
+  type TextModel,
+} from '../../services/model/index.js';
+import { Engine } from '../../services/decoder/engine.js';
+import type { ModelRunner, RunnerStep } from '../../services/decoder/model-runner.js';
+import { OrtModelRunner } from '../../services/decoder/ort-runner.js';
+import type { EngineRequest } from '../../services/decoder/protocol.js';
+import { GREEDY } from '../../services/decoder/sampler.js';
 
 /** Decode steps timed per configuration, after WARM_STEPS untimed ones. */
 const STEPS = 40;

@@ -28,11 +28,12 @@ import {
   openCheckpoint,
   preprocessImage,
   writeTinyModel,
-} from '../../model/index.js';
+} from '../../services/model/index.js';
 import sharp from 'sharp';
-import { packageRoot, startBenchService, type BenchService } from '../../runtime/index.js';
-import { gatewayEnvSchema } from '../config.js';
-import { preprocessorEnvSchema } from '../../preprocessor/config.js';
+import { packageRoot } from '../../services/runtime/index.js';
+import { startBenchService, type BenchService } from '../lib/bench-service.js';
+import { gatewayEnvSchema } from '../../services/gateway/config.js';
+import { preprocessorEnvSchema } from '../../services/preprocessor/config.js';
 import {
   attacks as drills,
   startAttack,

@@ -31,8 +31,8 @@ import {
   type Checkpoint,
   type SubImage,
   type TextModel,
-} from '../index.js';
-import { packageRoot } from '../../runtime/index.js';
+} from '../../services/model/index.js';
+import { packageRoot } from '../../services/runtime/index.js';
 
 const THREADS = Number(process.env.BENCH_THREADS ?? availableParallelism());
 if (!Number.isSafeInteger(THREADS) || THREADS < 1) {

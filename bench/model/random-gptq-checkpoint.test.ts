@@ -2,11 +2,15 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { expectedTensors } from '../checkpoint/index.js';
-import { parseIdefics2Config } from '../config/index.js';
-import { float16ToFloat32 } from '../convert/index.js';
-import { elementCount, readSafetensors, readSafetensorsHeader } from '../safetensors/index.js';
-import { loadTokenizer } from '../text-processor/index.js';
+import { expectedTensors } from '../../services/model/checkpoint/index.js';
+import { parseIdefics2Config } from '../../services/model/config/index.js';
+import { float16ToFloat32 } from '../../services/model/convert/index.js';
+import {
+  elementCount,
+  readSafetensors,
+  readSafetensorsHeader,
+} from '../../services/model/safetensors/index.js';
+import { loadTokenizer } from '../../services/model/text-processor/index.js';
 import {
   BENCH_MARKER_FILE,
   benchShapeConfig,
@@ -177,7 +181,7 @@ describe('writeRandomGptqCheckpoint', () => {
 describe('benchShapeConfig', () => {
   it('8b has the published idefics2-8b shapes', () => {
     const fixtures = JSON.parse(
-      readFileSync(new URL('../../../test/fixtures/config/resolved.json', import.meta.url), 'utf8'),
+      readFileSync(new URL('../../test/fixtures/config/resolved.json', import.meta.url), 'utf8'),
     ) as { cases: Record<string, { config: Record<string, unknown> }> };
     const published = expectedTensors(parseIdefics2Config(fixtures.cases['idefics2-8b']!.config));
     const ours = expectedTensors(parseIdefics2Config(benchShapeConfig('8b')));

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { PROFILES } from '../../load-tests/lib/profiles.js';
+import { PROFILES } from '../lib/profiles.js';
 import {
   chartSvg,
   checkThresholds,

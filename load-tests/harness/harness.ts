@@ -2,13 +2,7 @@
 // Node to a running stack. Requests arrive on the profile's schedule (open model: a slow
 // server does not slow the arrivals), each streamed, so time to first token is the arrival of
 // the first content chunk. Bounded: a total duration, a request cap and an in-flight cap.
-import {
-  PROFILES,
-  chatRequest,
-  pick,
-  type Profile,
-  type Stage,
-} from '../../load-tests/lib/profiles.js';
+import { PROFILES, chatRequest, pick, type Profile, type Stage } from '../lib/profiles.js';
 
 export interface HarnessOptions {
   url: string;

@@ -5,9 +5,9 @@
 // hash (the gateway passes the encoder's). Time to first token per turn is what the prefix
 // cache is for: with it, a later turn computes only what the last turn added.
 import { createHash } from 'node:crypto';
-import type { DecoderClient } from '../../../proto/gen/loupe/v1/decoder.js';
-import { Dtype } from '../../../proto/gen/loupe/v1/tensor.js';
-import { seededUniform } from '../../model/index.js';
+import type { DecoderClient } from '../../proto/gen/loupe/v1/decoder.js';
+import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
+import { seededUniform } from '../../services/model/index.js';
 import { benchRequest, generate } from './decoder-service.js';
 
 export const TURNS = 4;

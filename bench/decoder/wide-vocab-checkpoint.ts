@@ -2,7 +2,7 @@
 // layers of 512, 8 heads, 2 KV heads of 64) with idefics2-8b's real 32,003-token vocabulary,
 // so that the LM head and the sampler cost what they cost on the real model (the tiny
 // tokenizer's 461 tokens hide both). Written once under .loupe/ (about a second, 320 MB,
-// float32 weights drawn by services/model/bench/random-gptq-checkpoint.ts) and reused while
+// float32 weights drawn by bench/model/random-gptq-checkpoint.ts) and reused while
 // its marker says it is the current format.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -11,7 +11,7 @@ import {
   RANDOM_GPTQ_FORMAT_VERSION,
   readBenchMarker,
   writeRandomGptqCheckpoint,
-} from '../../model/bench/random-gptq-checkpoint.js';
+} from '../model/random-gptq-checkpoint.js';
 
 export const WIDE_VOCAB = 32_003;
 const SHAPE = 'small-32k';

@@ -3,7 +3,7 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { packageRoot } from './paths.js';
+import { packageRoot } from '../../services/runtime/paths.js';
 
 export interface BenchService {
   /** The ready line's fields: grpcPort, metricsPort, httpPort, ... */

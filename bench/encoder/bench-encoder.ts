@@ -13,10 +13,15 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { credentials, Metadata } from '@grpc/grpc-js';
-import { EncoderClient, type EncodeRequest } from '../../../proto/gen/loupe/v1/encoder.js';
-import { Dtype } from '../../../proto/gen/loupe/v1/tensor.js';
-import { loadImageProcessorConfig, preprocessImage, writeTinyModel } from '../../model/index.js';
-import { clientChannelOptions, packageRoot, startBenchService } from '../../runtime/index.js';
+import { EncoderClient, type EncodeRequest } from '../../proto/gen/loupe/v1/encoder.js';
+import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
+import {
+  loadImageProcessorConfig,
+  preprocessImage,
+  writeTinyModel,
+} from '../../services/model/index.js';
+import { clientChannelOptions, packageRoot } from '../../services/runtime/index.js';
+import { startBenchService } from '../lib/bench-service.js';
 
 const THREADS = Number(process.env.BENCH_THREADS ?? availableParallelism());
 const IMAGE = process.env.BENCH_IMAGE ?? 'webp-lossy-640x480.webp';

@@ -6,8 +6,8 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { PROFILES } from '../../load-tests/lib/profiles.js';
-import { packageRoot } from '../runtime/index.js';
+import { PROFILES } from '../lib/profiles.js';
+import { packageRoot } from '../../services/runtime/index.js';
 import { chartSvg, checkThresholds, runScenario } from './harness.js';
 
 function seconds(value: string): number {

@@ -8,8 +8,8 @@ import { execFileSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
-import { packageRoot } from '../../runtime/index.js';
-import { expectedTensors, parseIdefics2Config } from '../index.js';
+import { packageRoot } from '../../services/runtime/index.js';
+import { expectedTensors, parseIdefics2Config } from '../../services/model/index.js';
 import {
   benchShapeConfig,
   readBenchMarker,

@@ -29,17 +29,20 @@ import {
 } from 'node:fs';
 import { endianness } from 'node:os';
 import { join } from 'node:path';
-import { expectedTensors } from '../checkpoint/index.js';
-import { parseIdefics2Config } from '../config/index.js';
-import { float32ToFloat16 } from '../convert/index.js';
-import { DEFAULT_IMAGE_PROCESSOR_CONFIG, processorConfigFiles } from '../image/index.js';
+import { expectedTensors } from '../../services/model/checkpoint/index.js';
+import { parseIdefics2Config } from '../../services/model/config/index.js';
+import { float32ToFloat16 } from '../../services/model/convert/index.js';
+import {
+  DEFAULT_IMAGE_PROCESSOR_CONFIG,
+  processorConfigFiles,
+} from '../../services/model/image/index.js';
 import {
   elementCount,
   encodeSafetensorsLayout,
   SAFETENSORS_DTYPES as DTYPES,
   type SafetensorsDtype,
-} from '../safetensors/index.js';
-import { tinyModelConfig, tinyTokenizerDir } from '../tiny/index.js';
+} from '../../services/model/safetensors/index.js';
+import { tinyModelConfig, tinyTokenizerDir } from '../../services/model/tiny/index.js';
 
 /** Bumped whenever the files this writes change, so an old bench checkpoint is remade. */
 export const RANDOM_GPTQ_FORMAT_VERSION = 1;

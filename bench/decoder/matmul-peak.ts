@@ -4,7 +4,7 @@
 // MatMul peak, measured again here so that bench:decoder's "arithmetic share" divides by a
 // rate of the same machine, same threads, same minute.
 import { join } from 'node:path';
-import { createSession, GraphBuilder, makeTensor } from '../../model/index.js';
+import { createSession, GraphBuilder, makeTensor } from '../../services/model/index.js';
 
 const SHAPES: ReadonlyArray<readonly [number, number, number]> = [
   [512, 2048, 2048],

@@ -12,14 +12,14 @@ import { setPriority } from 'node:os';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { Client, credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import sharp from 'sharp';
-import { GenerateRequest } from '../../../proto/gen/loupe/v1/decoder.js';
+import { GenerateRequest } from '../../proto/gen/loupe/v1/decoder.js';
 import {
   EncodeRequest,
   EncoderClient,
   type EncoderInfo,
-} from '../../../proto/gen/loupe/v1/encoder.js';
-import { Dtype } from '../../../proto/gen/loupe/v1/tensor.js';
-import { subImagesHash } from '../../runtime/sub-images-hash.js';
+} from '../../proto/gen/loupe/v1/encoder.js';
+import { Dtype } from '../../proto/gen/loupe/v1/tensor.js';
+import { subImagesHash } from '../../services/runtime/sub-images-hash.js';
 
 /** Where the stack listens, and the limits the attacks aim at. */
 export interface Target {

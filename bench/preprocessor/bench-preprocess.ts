@@ -7,15 +7,11 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 import { credentials } from '@grpc/grpc-js';
-import { PreprocessorClient } from '../../../proto/gen/loupe/v1/preprocessor.js';
-import { DEFAULT_IMAGE_PROCESSOR_CONFIG, preprocessImage } from '../../model/index.js';
-import {
-  clientChannelOptions,
-  MemoryBudget,
-  packageRoot,
-  startBenchService,
-} from '../../runtime/index.js';
-import { PreprocessPool } from '../pool.js';
+import { PreprocessorClient } from '../../proto/gen/loupe/v1/preprocessor.js';
+import { DEFAULT_IMAGE_PROCESSOR_CONFIG, preprocessImage } from '../../services/model/index.js';
+import { clientChannelOptions, MemoryBudget, packageRoot } from '../../services/runtime/index.js';
+import { startBenchService } from '../lib/bench-service.js';
+import { PreprocessPool } from '../../services/preprocessor/pool.js';
 
 const IMAGES = [
   'jpeg-2400x1600.jpg',

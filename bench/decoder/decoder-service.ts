@@ -6,8 +6,9 @@ import {
   DecoderClient,
   GenerateRequest,
   type GenerateResponse,
-} from '../../../proto/gen/loupe/v1/decoder.js';
-import { clientChannelOptions, startBenchService } from '../../runtime/index.js';
+} from '../../proto/gen/loupe/v1/decoder.js';
+import { clientChannelOptions } from '../../services/runtime/index.js';
+import { startBenchService } from '../lib/bench-service.js';
 
 export interface DecoderProcess {
   client: DecoderClient;

@@ -32,13 +32,9 @@ import {
   DecoderClient,
   type GenerateRequest,
   type GenerateResponse,
-} from '../../../proto/gen/loupe/v1/decoder.js';
-import {
-  clientChannelOptions,
-  packageRoot,
-  startBenchService,
-  type BenchService,
-} from '../../runtime/index.js';
+} from '../../proto/gen/loupe/v1/decoder.js';
+import { clientChannelOptions, packageRoot } from '../../services/runtime/index.js';
+import { startBenchService, type BenchService } from '../lib/bench-service.js';
 import {
   convertCheckpoint,
   generateGreedy,
@@ -46,8 +42,8 @@ import {
   openCheckpoint,
   seededUniform,
   writeTinyModel,
-} from '../index.js';
-import { readSafetensorsHeader } from '../safetensors/index.js';
+} from '../../services/model/index.js';
+import { readSafetensorsHeader } from '../../services/model/safetensors/index.js';
 import {
   benchShapeConfig,
   readBenchMarker,
