@@ -14,7 +14,7 @@ import {
   buildVisionGraph,
   createSession,
   encodeImages,
-  float32ToFloat16,
+  float32sToFloat16,
   openCheckpoint,
   type ExecutionProvider,
   type SubImage,
@@ -56,13 +56,6 @@ export type RunnerMessage =
   | StartMessage<RunnerInfo>
   | { kind: 'done'; id: number; blocks: Uint8Array[]; computeMs: number }
   | { kind: 'error'; id: number; message: string };
-
-/** float32 -> float16 bits, round to nearest even, for a whole block. */
-function toFloat16(values: Float32Array): Uint16Array {
-  const out = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) out[i] = float32ToFloat16(values[i]!);
-  return out;
-}
 
 async function main(): Promise<void> {
   const port = parentPort!;
@@ -108,7 +101,7 @@ async function main(): Promise<void> {
         // Fresh buffers, one per block (not views of `data`): each moves to the parent whole.
         const blocks = request.dtypes.map((dtype, i) => {
           const rows = data.subarray(i * block, (i + 1) * block);
-          const out = dtype === 'float16' ? toFloat16(rows) : rows.slice();
+          const out = dtype === 'float16' ? float32sToFloat16(rows) : rows.slice();
           return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
         });
         const message: RunnerMessage = {

@@ -48,3 +48,10 @@ export function float32ToFloat16(value: number): number {
   if (rest > 0x1000 || (rest === 0x1000 && result & 1)) result++; // may carry into the exponent: correct
   return sign | result;
 }
+
+/** float32 values -> float16 bits, each rounded to nearest even (float32ToFloat16). */
+export function float32sToFloat16(values: ArrayLike<number>): Uint16Array {
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = float32ToFloat16(values[i]!);
+  return out;
+}

@@ -6,4 +6,9 @@ export {
   type QuantizeOptions,
   type TargetDtype,
 } from './convert-checkpoint.js';
-export { bfloat16ToFloat32, float16ToFloat32, float32ToFloat16 } from './half.js';
+export {
+  bfloat16ToFloat32,
+  float16ToFloat32,
+  float32ToFloat16,
+  float32sToFloat16,
+} from './half.js';

@@ -2,7 +2,7 @@
 // Shared by `loupe convert` and the packed weights of quantized checkpoints.
 import { readSync } from 'node:fs';
 import type { SafetensorsDtype } from '../safetensors/index.js';
-import { bfloat16ToFloat32, float16ToFloat32, float32ToFloat16 } from './half.js';
+import { bfloat16ToFloat32, float16ToFloat32, float32sToFloat16 } from './half.js';
 
 /**
  * `length` bytes at `offset` of `fd` into `buffer` (by default a new one, 8-byte aligned so
@@ -46,7 +46,5 @@ export function convertTensor(
   if (from === to) return source;
   const values = readFloats(source, from);
   if (to === 'F32') return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
-  const out = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) out[i] = float32ToFloat16(values[i]!);
-  return new Uint8Array(out.buffer);
+  return new Uint8Array(float32sToFloat16(values).buffer);
 }

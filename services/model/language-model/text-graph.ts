@@ -54,7 +54,7 @@
 // (cast at the end). The RMS norms keep their statistics in float32 (stash_type) and GQA
 // its softmax (docs/model.md §10 G1/G4).
 import type { Checkpoint } from '../checkpoint/index.js';
-import { float32ToFloat16 } from '../convert/index.js';
+import { float32sToFloat16 } from '../convert/index.js';
 import {
   type AttentionMasks,
   type AttentionShape,
@@ -258,8 +258,7 @@ export function buildTextGraph(
   const { cos, sin } = rotaryCaches(headDim, t.ropeTheta, t.maxPositionEmbeddings);
   const shape = [t.maxPositionEmbeddings, headDim / 2];
   // GQA takes the tables in the activations' type; HF too casts its float32 cos/sin to it.
-  const table = (values: Float32Array) =>
-    type === 'float16' ? Uint16Array.from(values, (v) => float32ToFloat16(v)) : values;
+  const table = (values: Float32Array) => (type === 'float16' ? float32sToFloat16(values) : values);
   const cosCache = g.initializer('cos_cache', type, shape, table(cos));
   const sinCache = g.initializer('sin_cache', type, shape, table(sin));
   const rope = (x: string, heads: number, output?: string) =>
