@@ -28,6 +28,7 @@ import { createLogger, createRegistry, subImagesHash } from '../runtime/index.js
 import { createGateway } from './app.js';
 import { loadGatewayConfig } from './config.js';
 import type { CallContext, StageClient } from './stage-client.js';
+import { parseSse } from '../../test/helpers/sse.js';
 
 const work = mkdtempSync(join(tmpdir(), 'loupe-app-'));
 const modelDir = join(work, 'tiny');
@@ -210,12 +211,8 @@ const image = (split?: boolean) => ({
   image_url: { url: dataUrl, ...(split === undefined ? {} : { split }) },
 });
 
-/** The data lines of an SSE body. */
-const events = (text: string) =>
-  text
-    .split('\n')
-    .filter((l) => l.startsWith('data: '))
-    .map((l) => l.slice('data: '.length));
+/** The events' data of an SSE body. */
+const events = parseSse;
 
 /** The ids the tiny tokenizer gives for a text (without its leading BOS), to script the decoder. */
 const idsOf = (text: string) => tokenizer.encode(text).slice(1);
