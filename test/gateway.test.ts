@@ -347,7 +347,7 @@ describe('the local load harness (npm run load)', () => {
   const load = (args: string[]) =>
     promisify(execFile)(
       process.execPath,
-      [join(repoRoot, 'dist', 'services', 'loadgen', 'main.js'), ...args],
+      [join(repoRoot, 'dist', 'load-tests', 'harness', 'main.js'), ...args],
       {
         env: { ...process.env, LOUPE_API_KEY: KEY },
       },

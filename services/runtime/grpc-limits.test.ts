@@ -241,9 +241,11 @@ describe('GrpcServer request limits', () => {
         stream.on('error', resolve);
         stream.on('end', () => resolve({ code: status.OK } as ServiceError));
       });
-    // prompt_token_ids [5]; sampling { seed: 2^64 - 1 }
-    const seed = Buffer.from([0x40, ...Array<number>(9).fill(0xff), 0x01]);
-    const request = Buffer.from([0x0a, 1, 5, 0x1a, seed.length, ...seed]);
+    // prompt_token_ids [5]; images [{ embeddings: { shape: [2^64 - 1] } }] (the seed takes
+    // any uint64 now: a decimal string in JavaScript; a tensor's shape does not)
+    const shape = Buffer.from([0x12, 10, ...Array<number>(9).fill(0xff), 0x01]);
+    const image = Buffer.from([0x0a, shape.length, ...shape]);
+    const request = Buffer.from([0x0a, 1, 5, 0x12, image.length, ...image]);
     const error = await generate(request);
     expect(error.code).toBe(status.INVALID_ARGUMENT);
     expect(reason(error)).toBe('integer_out_of_range');
