@@ -1,4 +1,4 @@
-// Model threads: starting one, noticing its death (a throw, an exit, a stall), and what the
+// Model threads: noticing a thread's death (a throw, an exit, a stall), and what the
 // process does then — on real worker threads, with exitForDeadWorker's exit taken over.
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
@@ -8,7 +8,6 @@ import { HealthRegistry, ServingStatus } from './health.js';
 import { createLogger } from './logger.js';
 import {
   exitForDeadWorker,
-  startWorker,
   STOP_WORKER,
   WORKER_DIED_EXIT_CODE,
   WorkerWatch,
@@ -29,14 +28,12 @@ afterEach(async () => {
   workers.clear();
 });
 
+/** A thread running `body` once it has said it is ready (starting one: worker-channel.test.ts). */
 async function serving(body: string): Promise<Worker> {
-  const { worker, info } = await startWorker<{ answer: number }>(
-    script(`${READY}\n${body}`),
-    undefined,
-    'the test thread',
-  );
-  expect(info).toEqual({ answer: 42 });
+  const worker = new Worker(script(`${READY}\n${body}`));
   workers.add(worker);
+  const first = await new Promise<unknown>((resolve) => worker.once('message', resolve));
+  expect(first).toEqual({ kind: 'ready', info: { answer: 42 } });
   return worker;
 }
 
@@ -63,23 +60,6 @@ function busy(ms: number): void {
   const until = performance.now() + ms;
   while (performance.now() < until);
 }
-
-describe('startWorker', () => {
-  it("resolves with the thread's info, and rejects with its failure", async () => {
-    await serving(SILENT);
-    await expect(
-      startWorker(
-        script(`import { parentPort } from 'node:worker_threads';
-parentPort.postMessage({ kind: 'failed', message: 'no model here' });`),
-        undefined,
-        'the test thread',
-      ),
-    ).rejects.toThrow('no model here');
-    await expect(
-      startWorker(script('process.exit(4)'), undefined, 'the test thread'),
-    ).rejects.toThrow('the test thread exited (code 4)');
-  });
-});
 
 describe('WorkerWatch', () => {
   it('a thread that throws is dead once, with its error', async () => {

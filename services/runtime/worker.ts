@@ -34,39 +34,9 @@ export const WORKER_DIED_EXIT_WITHIN_MS = 5_000;
 export const STOP_WORKER = { kind: 'stop' } as const;
 export type StopWorker = typeof STOP_WORKER;
 
-/** Starts `url` and waits for its first message; a failure terminates the thread and rejects. */
-export async function startWorker<Info>(
-  url: URL,
-  workerData: unknown,
-  what: string,
-): Promise<{ worker: Worker; info: Info }> {
-  const worker = new Worker(url, { workerData });
-  let onMessage: ((message: { kind: string; info?: Info; message?: string }) => void) | undefined;
-  let onError: ((error: Error) => void) | undefined;
-  let onExit: ((code: number) => void) | undefined;
-  try {
-    const info = await new Promise<Info>((resolve, reject) => {
-      onMessage = (message) => {
-        if (message.kind === 'ready') resolve(message.info as Info);
-        else if (message.kind === 'failed') reject(new Error(message.message));
-      };
-      onError = reject;
-      onExit = (code) => reject(new Error(`${what} exited (code ${code})`));
-      worker.on('message', onMessage).on('error', onError).on('exit', onExit);
-    });
-    return { worker, info };
-  } catch (error) {
-    await worker.terminate();
-    throw error;
-  } finally {
-    // Only these three: Worker keeps listeners of its own.
-    worker.off('message', onMessage!).off('error', onError!).off('exit', onExit!);
-  }
-}
-
 /** How a model thread ended without being asked to. */
 export interface WorkerDeath {
-  /** The thread, as named to startWorker ('the vision thread'). */
+  /** The thread, as its owner names it ('the vision thread'). */
   what: string;
   /** One line for logs and callers: "the vision thread exited (code 1)". */
   message: string;
