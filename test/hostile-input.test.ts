@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { Client, credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { patternJpeg } from '../bench/lib/images.js';
 import { DecoderClient, GenerateRequest } from '../proto/gen/loupe/v1/decoder.js';
 import { EncoderClient } from '../proto/gen/loupe/v1/encoder.js';
 import { PreprocessorClient } from '../proto/gen/loupe/v1/preprocessor.js';
@@ -35,19 +36,6 @@ import {
 } from './helpers/service-process.js';
 
 const MiB = 2 ** 20;
-
-/** A JPEG of a pattern (quick to make, unlike noise), width × height. */
-async function patternJpeg(width: number, height: number): Promise<Buffer> {
-  const data = Buffer.allocUnsafe(width * height * 3);
-  let i = 0;
-  for (let y = 0; y < height; y++)
-    for (let x = 0; x < width; x++)
-      for (let c = 0; c < 3; c++)
-        data[i++] = (x * (3 + c) + y * (5 + 2 * c) + ((x * y) >> 7)) & 255;
-  return sharp(data, { raw: { width, height, channels: 3 } })
-    .jpeg()
-    .toBuffer();
-}
 
 /** A JPEG of seeded noise (slow to decode, as photos are), width × height. */
 async function noiseJpeg(width: number, height: number): Promise<Buffer> {

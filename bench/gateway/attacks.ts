@@ -11,7 +11,7 @@ import { connect, constants as h2, type ClientHttp2Session } from 'node:http2';
 import { setPriority } from 'node:os';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { Client, credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
-import sharp from 'sharp';
+import { costlyImages, patternJpeg } from '../lib/images.js';
 import { GenerateRequest } from '../../proto/gen/loupe/v1/decoder.js';
 import {
   EncodeRequest,
@@ -202,70 +202,6 @@ const imageContent = (mime: string, image: Buffer, text = 'What is in this pictu
   { type: 'image_url', image_url: { url: `data:${mime};base64,${image.toString('base64')}` } },
   { type: 'text', text },
 ];
-
-// Image makers (from test/hostile-input.test.ts and services/preprocessor/decode-cost.test.ts;
-// bench code does not import test code).
-
-/** A JPEG of a busy pattern (quick to make, slow to decode like a photo), width × height. */
-async function patternJpeg(width: number, height: number): Promise<Buffer> {
-  const data = Buffer.allocUnsafe(width * height * 3);
-  let i = 0;
-  for (let y = 0; y < height; y++)
-    for (let x = 0; x < width; x++)
-      for (let c = 0; c < 3; c++)
-        data[i++] = (x * (3 + c) + y * (5 + 2 * c) + ((x * y) >> 7)) & 255;
-  return sharp(data, { raw: { width, height, channels: 3 } })
-    .jpeg()
-    .toBuffer();
-}
-
-/**
- * `side` × `side` images that cost far more to decode than their bytes or their RGB pixels:
- * a CMYK JPEG (4 bytes a pixel, then converted), a palette GIF (read as an RGBA frame) and a
- * 16-bit grey PNG (2 bytes a pixel, then RGB). Flat 64-pixel blocks, made at a tenth of the
- * size and enlarged, so that they are small in bytes and quick to make (converting a large
- * image to CMYK takes libvips tens of seconds).
- */
-async function costlyImages(side: number): Promise<Array<[string, string, Buffer]>> {
-  const small = Math.max(1, Math.round(side / 10));
-  const data = Buffer.allocUnsafe(small * small * 3);
-  let i = 0;
-  for (let y = 0; y < small; y++)
-    for (let x = 0; x < small; x++)
-      for (let c = 0; c < 3; c++) data[i++] = ((x >> 3) * (3 + c) + (y >> 3) * (5 + 2 * c)) & 255;
-  const raw = { raw: { width: small, height: small, channels: 3 as const } };
-  const enlarge = { kernel: 'nearest' as const };
-  const cmykSmall = await sharp(data, raw).toColourspace('cmyk').jpeg().toBuffer();
-  return [
-    [
-      'CMYK JPEG',
-      'image/jpeg',
-      await sharp(cmykSmall)
-        .pipelineColourspace('cmyk')
-        .resize(side, side, enlarge)
-        .toColourspace('cmyk')
-        .jpeg()
-        .toBuffer(),
-    ],
-    [
-      'palette GIF',
-      'image/gif',
-      await sharp(data, raw)
-        .resize(side, side, enlarge)
-        .gif({ effort: 1, colours: 16, dither: 0 })
-        .toBuffer(),
-    ],
-    [
-      '16-bit grey PNG',
-      'image/png',
-      await sharp(data, raw)
-        .resize(side, side, enlarge)
-        .toColourspace('grey16')
-        .png({ compressionLevel: 1 })
-        .toBuffer(),
-    ],
-  ];
-}
 
 /** The value of a metric at `address` (every series of it summed); NaN if absent. */
 export async function metricValue(address: string, name: string): Promise<number> {

@@ -1,0 +1,65 @@
+// Images that cost the preprocessor more than their bytes suggest, made on the spot (no
+// fixtures): the hostile-input drills (test/hostile-input.test.ts) and bench:gateway's attacks
+// (bench/gateway/attacks.ts) send them.
+import sharp from 'sharp';
+
+/** A JPEG of a busy pattern (quick to make, slow to decode like a photo), width × height. */
+export async function patternJpeg(width: number, height: number): Promise<Buffer> {
+  const data = Buffer.allocUnsafe(width * height * 3);
+  let i = 0;
+  for (let y = 0; y < height; y++)
+    for (let x = 0; x < width; x++)
+      for (let c = 0; c < 3; c++)
+        data[i++] = (x * (3 + c) + y * (5 + 2 * c) + ((x * y) >> 7)) & 255;
+  return sharp(data, { raw: { width, height, channels: 3 } })
+    .jpeg()
+    .toBuffer();
+}
+
+/**
+ * `side` × `side` images that cost far more to decode than their bytes or their RGB pixels:
+ * a CMYK JPEG (4 bytes a pixel, then converted), a palette GIF (read as an RGBA frame) and a
+ * 16-bit grey PNG (2 bytes a pixel, then RGB). Flat 64-pixel blocks, made at a tenth of the
+ * size and enlarged, so that they are small in bytes and quick to make (converting a large
+ * image to CMYK takes libvips tens of seconds).
+ */
+export async function costlyImages(side: number): Promise<Array<[string, string, Buffer]>> {
+  const small = Math.max(1, Math.round(side / 10));
+  const data = Buffer.allocUnsafe(small * small * 3);
+  let i = 0;
+  for (let y = 0; y < small; y++)
+    for (let x = 0; x < small; x++)
+      for (let c = 0; c < 3; c++) data[i++] = ((x >> 3) * (3 + c) + (y >> 3) * (5 + 2 * c)) & 255;
+  const raw = { raw: { width: small, height: small, channels: 3 as const } };
+  const enlarge = { kernel: 'nearest' as const };
+  const cmykSmall = await sharp(data, raw).toColourspace('cmyk').jpeg().toBuffer();
+  return [
+    [
+      'CMYK JPEG',
+      'image/jpeg',
+      await sharp(cmykSmall)
+        .pipelineColourspace('cmyk')
+        .resize(side, side, enlarge)
+        .toColourspace('cmyk')
+        .jpeg()
+        .toBuffer(),
+    ],
+    [
+      'palette GIF',
+      'image/gif',
+      await sharp(data, raw)
+        .resize(side, side, enlarge)
+        .gif({ effort: 1, colours: 16, dither: 0 })
+        .toBuffer(),
+    ],
+    [
+      '16-bit grey PNG',
+      'image/png',
+      await sharp(data, raw)
+        .resize(side, side, enlarge)
+        .toColourspace('grey16')
+        .png({ compressionLevel: 1 })
+        .toBuffer(),
+    ],
+  ];
+}
