@@ -45,6 +45,8 @@ export interface AttentionMasks {
   past: string;
   /** Additive float32 [G·S, S] over this step's own keys. */
   fresh: string;
+  /** P, the past's length, int64 [1] (every layer's past has it). */
+  pastLength: string;
 }
 
 const i64 = (g: GraphBuilder, name: string, values: readonly number[]) =>
@@ -152,6 +154,7 @@ export function attentionMasks(
       [1],
     ), // [B, 1, G·S or 1, P]
     fresh: tile(additive(visibleFresh), [groups, 1]), // [G·S, S]
+    pastLength: pastDim,
   };
 }
 
@@ -221,11 +224,7 @@ export function matmulAttention(
     ],
     attributes: { axis: attr.int(-1) },
   });
-  const pastDim = g.node1({
-    opType: 'Shape',
-    inputs: [pastKey],
-    attributes: { start: attr.int(2), end: attr.int(3) },
-  });
+  const pastDim = masks.pastLength;
   const last = i64(g, 'scores_axis', [-1]);
   const slice = (starts: string, ends: string) =>
     toFloat(g.node1({ opType: 'Slice', inputs: [probs, starts, ends, last] }), type);
