@@ -310,6 +310,29 @@ describe('the pipeline in-process, with scripted stages', () => {
     expect(text).toBe('late');
   });
 
+  it("lets one key hold 8 requests by default (half of one decoder's 16 slots): the 9th is a 429", async () => {
+    let release!: () => void;
+    const stages = new ScriptedStages({
+      tokens: idsOf('held'),
+      firstToken: new Promise<void>((r) => (release = r)),
+    });
+    const { post } = gateway(stages);
+    const held = Array.from({ length: 8 }, () =>
+      Promise.resolve(post(ask('hi', { stream: true }))),
+    );
+    while (stages.generated.length < 8) await new Promise((r) => setImmediate(r));
+    const ninth = await post(ask('hi', { stream: true }));
+    expect(ninth.status).toBe(429);
+    expect(((await ninth.json()) as { error: { code: string } }).error.code).toBe(
+      'too_many_concurrent_requests',
+    );
+    release();
+    for (const res of await Promise.all(held)) {
+      expect(res.status).toBe(200);
+      await res.text();
+    }
+  });
+
   it('answers a stream the decoder refuses with that HTTP status, not an error event', async () => {
     const stages = new ScriptedStages({
       generateFails: { code: status.RESOURCE_EXHAUSTED, details: 'queue full' },
