@@ -41,7 +41,14 @@ async function median(run: () => Promise<unknown>): Promise<number> {
 }
 
 // The whole context as span: the views this measures are of slots of maximum context.
-const empty: RunnerStep = { loads: [], prefill: [], decode: [], saves: [], span: CONTEXT };
+const empty: RunnerStep = {
+  loads: [],
+  prefill: [],
+  decode: [],
+  saves: [],
+  span: CONTEXT,
+  greedy: false,
+};
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'loupe-bench-prefix-kv-'));

@@ -173,6 +173,56 @@ describe('Engine: admission and limits', () => {
   });
 });
 
+describe('Engine: greedy steps', () => {
+  it('lets the runner pick the tokens only when every sampled row is plain greedy', async () => {
+    const prompt = text(20, 3);
+    const cases: Array<[string, Partial<EngineRequest>, boolean, { badWords?: boolean }?]> = [
+      ['greedy', {}, true],
+      ['logprobs', { logprobs: true }, false],
+      ['seeded sampling', { sampling: SEEDED }, false],
+      ['repetition penalty', { sampling: { ...GREEDY, repetitionPenalty: 1.3 } }, false],
+      ['presence penalty', { sampling: { ...GREEDY, presencePenalty: 0.5 } }, false],
+      ['logit bias', { logitBias: { ids: [7], bias: [2] } }, false],
+      ['bad words', {}, false, { badWords: true }],
+    ];
+    const run = async (
+      overrides: Partial<EngineRequest>,
+      greedyTokens: boolean,
+      badWords = false,
+    ) => {
+      const runner = new ScriptedRunner({ hidden: HIDDEN, imageTokenId: IMAGE, greedyTokens });
+      const engine = new Engine(runner, {
+        maxWaiting: 4,
+        maxPrefillTokens: 24,
+        eosTokenIds: [],
+        ...(badWords ? { badWordsIds: [[45]] } : {}),
+      });
+      engine.add({ ...request('r', prompt, { maxNewTokens: 6 }), ...overrides });
+      const done = await drain(engine);
+      return { tokens: done.tokens('r'), greedy: runner.steps.map((s) => s.greedy) };
+    };
+    for (const [name, overrides, greedy, options] of cases) {
+      const picked = await run(overrides, true, options?.badWords);
+      const sampled = await run(overrides, false, options?.badWords);
+      expect(picked.greedy, name).toEqual(new Array(picked.greedy.length).fill(greedy));
+      expect(picked.tokens, name).toHaveLength(6);
+      // The runner's tokens (with no logits beside them) are what the engine's argmax gives.
+      expect(picked.tokens, name).toEqual(sampled.tokens);
+    }
+    expect(cases).toHaveLength(7);
+  });
+
+  it('takes logits for a step that mixes a greedy row with one asking logprobs', async () => {
+    const { runner, engine } = setup({ greedyTokens: true });
+    engine.add(request('plain', text(10, 1), { maxNewTokens: 4 }));
+    engine.add(request('logprobs', text(10, 2), { maxNewTokens: 4, logprobs: true }));
+    const done = await drain(engine);
+    expect(done.tokens('plain')).toHaveLength(4);
+    expect(runner.steps.some((s) => s.greedy)).toBe(false);
+    expect(done.events.get('logprobs')!.every((e) => e.logprob! < 0)).toBe(true);
+  });
+});
+
 describe('Engine: cancellation and failures', () => {
   it('drops an aborted request, waiting or mid-step, and the others go on unchanged', async () => {
     const b = () => request('b', text(20, 5), { sampling: SEEDED, seed: 9n, maxNewTokens: 12 });

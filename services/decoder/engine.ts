@@ -257,6 +257,12 @@ export class Engine {
         details.set(id, { logprob: 0, top: [] });
         return;
       }
+      if (output.tokens) {
+        // A greedy step (#plainGreedy) whose runner chose the tokens itself.
+        sampled.set(id, output.tokens[b]!);
+        details.set(id, { logprob: 0, top: [] });
+        return;
+      }
       const logits = output.logits[b]!;
       if (r.logitBias) {
         const { ids, bias } = r.logitBias;
@@ -390,7 +396,34 @@ export class Engine {
     let span = this.kv.longest;
     for (const c of plan.prefill) span = Math.max(span, c.start + c.length);
     for (const r of plan.decode) span = Math.max(span, r.position + 1);
-    return { loads, prefill, decode, saves, span };
+    const sampledIds = [
+      ...plan.prefill.filter((c) => c.last).map((c) => c.id),
+      ...plan.decode.map((r) => r.id),
+    ];
+    const greedy =
+      sampledIds.length > 0 && sampledIds.every((id) => this.#plainGreedy(this.#states.get(id)!));
+    return { loads, prefill, decode, saves, span, greedy };
+  }
+
+  /**
+   * Whether `state`'s next token is the argmax of the raw logits, which a runner may then
+   * compute where the logits are (RunnerStep.greedy): temperature 0 and nothing that changes
+   * the logits or reads them besides.
+   */
+  #plainGreedy(state: SequenceState): boolean {
+    const r = state.request;
+    const p = r.sampling;
+    return (
+      p.temperature === 0 &&
+      p.repetitionPenalty === 1 &&
+      p.presencePenalty === 0 &&
+      p.frequencyPenalty === 0 &&
+      !r.logitBias &&
+      !r.logprobs &&
+      r.topLogprobs === 0 &&
+      !state.constraint &&
+      !this.options.badWordsIds?.length
+    );
   }
 
   /** One prompt chunk, with the loads of its prefix hit and the saves of the blocks it fills. */

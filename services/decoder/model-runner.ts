@@ -76,6 +76,13 @@ export interface RunnerStep {
    * many positions as it is handed).
    */
   span: number;
+  /**
+   * Every sampled row takes the most likely token of its raw logits (greedy, with nothing
+   * that changes or reads the logits: no penalty, bias, banned word, grammar or logprobs).
+   * A runner may then return `tokens` instead of `logits`, choosing where the logits are
+   * (in the graph, on the device) and sparing the copy and the scan.
+   */
+  greedy: boolean;
 }
 
 export interface RunnerOutput {
@@ -85,6 +92,11 @@ export interface RunnerOutput {
    * the memory; the engine samples every row before it runs again).
    */
   logits: Float32Array[];
+  /**
+   * Only for a `greedy` step, instead of `logits`: the most likely token of each sampled row,
+   * in the same order (the lowest id on a tie, as the engine's own argmax).
+   */
+  tokens?: Int32Array;
   /**
    * How long the prompt chunks and the decode rows took, ms, for a runner that runs them
    * apart: the engine's step-time budget learns each part's cost from it (step-budget.ts).

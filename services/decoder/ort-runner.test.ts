@@ -147,6 +147,66 @@ describe('OrtModelRunner', () => {
     },
   );
 
+  it("takes a greedy step's tokens from the graph's argmax: those of the logits", async () => {
+    // Greedy requests without logprobs, and one with (its steps fetch logits).
+    const generate = async (greedyInGraph: boolean) => {
+      const runner = new OrtModelRunner(
+        model,
+        { slots: 3, context: 600, cacheBlocks: 0 },
+        { greedyInGraph },
+      );
+      const kinds = { tokens: 0, logits: 0, greedySteps: 0 };
+      const engine = new Engine(
+        {
+          vocab: runner.vocab,
+          hidden: runner.hidden,
+          imageTokenId: runner.imageTokenId,
+          kv: runner.kv,
+          run: async (step: RunnerStep) => {
+            const out = await runner.run(step);
+            if (step.greedy) kinds.greedySteps++;
+            if (out.tokens) {
+              expect(out.logits).toEqual([]);
+              kinds.tokens += out.tokens.length;
+            } else kinds.logits += out.logits.length;
+            return out;
+          },
+          release: () => Promise.resolve(),
+        },
+        { maxWaiting: 8, maxPrefillTokens: 96, eosTokenIds: [] },
+      );
+      const greedy = (id: string, length: number, seed: number, news: number) => ({
+        ...request(id, length, seed * 2, news),
+        logprobs: false,
+        topLogprobs: 0,
+      });
+      engine.add(greedy('a', 40, 0, 30));
+      engine.add(greedy('b', 150, 1, 24));
+      const tokens = new Map<string, number[]>();
+      const drain = async () => {
+        while (engine.hasWork) {
+          for (const e of (await engine.step())?.events ?? []) {
+            tokens.set(e.id, [...(tokens.get(e.id) ?? []), e.token]);
+          }
+        }
+      };
+      await drain();
+      engine.add(greedy('c', 20, 2, 12));
+      engine.add(request('with-logprobs', 30, 4, 12));
+      await drain();
+      return { tokens, kinds };
+    };
+    const inGraph = await generate(true);
+    const onHost = await generate(false);
+    expect([...inGraph.tokens.keys()].sort()).toEqual(['a', 'b', 'c', 'with-logprobs']);
+    for (const [id, got] of onHost.tokens) expect(inGraph.tokens.get(id), id).toEqual(got);
+    // Every step of a and b alone was greedy; c beside with-logprobs fetched logits.
+    expect(inGraph.kinds.greedySteps).toBe(onHost.kinds.greedySteps);
+    expect(inGraph.kinds.tokens).toBeGreaterThanOrEqual(30 + 24);
+    expect(inGraph.kinds.logits).toBeGreaterThanOrEqual(12 * 2);
+    expect(onHost.kinds.tokens).toBe(0);
+  });
+
   it('runs the adaptive attention on CPU, GroupQueryAttention on CUDA', () => {
     expect(runnerAttention('cpu')).toBe('adaptive');
     expect(runnerAttention('cuda')).toBe('group-query');

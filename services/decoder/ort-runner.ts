@@ -83,6 +83,11 @@ export interface OrtRunnerOptions {
    * baseline that bench:decoder measures the stride against).
    */
   fullContextViews?: boolean;
+  /**
+   * Greedy steps fetch the graph's argmax (the default) or, false, the logits as any other
+   * step (the baseline bench:decoder measures the graph's argmax against).
+   */
+  greedyInGraph?: boolean;
 }
 
 /** The decode step's small inputs for a batch of n rows, reused from step to step. */
@@ -108,17 +113,20 @@ export class OrtModelRunner implements ModelRunner {
   readonly #slotViews = new Map<number, ort.Tensor[]>();
   readonly #decodeFeeds = new Map<number, DecodeFeeds>();
   readonly #fullContext: boolean;
+  /** Greedy steps fetch `greedy_tokens` (the graph has it, and the options allow it). */
+  readonly #hasGreedyTokens: boolean;
 
   constructor(
     private readonly model: TextModel,
     readonly kv: KvShape,
-    { fullContextViews = false }: OrtRunnerOptions = {},
+    { fullContextViews = false, greedyInGraph = true }: OrtRunnerOptions = {},
   ) {
     const { layers, kvHeads, headDim, cacheType, vocab, hidden } = model.graph;
     this.vocab = vocab;
     this.hidden = hidden;
     this.imageTokenId = model.imageTokenId;
     this.#fullContext = fullContextViews;
+    this.#hasGreedyTokens = greedyInGraph && model.session.outputNames.includes('greedy_tokens');
     this.#stride = fullContextViews ? kv.context : Math.min(kv.context, MIN_STRIDE);
     const make = (elements: number) =>
       cacheType === 'float16' ? new Uint16Array(elements) : new Float32Array(elements);
@@ -142,18 +150,28 @@ export class OrtModelRunner implements ModelRunner {
   async run(step: RunnerStep): Promise<RunnerOutput> {
     this.#restride(step.span);
     for (const load of step.loads) this.#copy(load, 'load');
+    // A greedy step fetches the graph's argmax (greedy_tokens) instead of the logits.
+    const greedy = step.greedy && this.#hasGreedyTokens;
     const logits: Float32Array[] = [];
+    const tokens: number[] = [];
     const prefillStarted = performance.now();
     for (const chunk of step.prefill) {
-      const out = await this.#prefill(chunk);
-      if (chunk.sample) logits.push(out);
+      const out = await this.#prefill(chunk, greedy);
+      if (!chunk.sample) continue;
+      if (typeof out === 'number') tokens.push(out);
+      else logits.push(out);
     }
     const decodeStarted = performance.now();
-    if (step.decode.length > 0) logits.push(...(await this.#decode(step)));
+    if (step.decode.length > 0) {
+      const out = await this.#decode(step, greedy);
+      if (out instanceof Int32Array) tokens.push(...out);
+      else logits.push(...out);
+    }
     const done = performance.now();
     for (const save of step.saves) this.#copy(save, 'save');
     return {
       logits,
+      ...(greedy ? { tokens: Int32Array.from(tokens) } : {}),
       timings: { prefillMs: decodeStarted - prefillStarted, decodeMs: done - decodeStarted },
     };
   }
@@ -162,8 +180,8 @@ export class OrtModelRunner implements ModelRunner {
     await this.model.release();
   }
 
-  /** Runs one chunk over its slot; returns the logits of its last token. */
-  async #prefill(chunk: PrefillChunk): Promise<Float32Array> {
+  /** Runs one chunk over its slot; returns the logits of its last token (greedy: its argmax). */
+  async #prefill(chunk: PrefillChunk, greedy: boolean): Promise<Float32Array | number> {
     const { hidden } = this;
     const length = chunk.tokens.length;
     const embeds = this.model.embeddings.embed(chunk.tokens);
@@ -183,14 +201,20 @@ export class OrtModelRunner implements ModelRunner {
         [1, length],
       ),
     };
-    const logits = await this.#runGraph(feeds, this.#slotView(chunk.slot), [
-      [chunk.slot, chunk.start, length],
-    ]);
-    return logits.subarray(0, this.vocab);
+    const out = await this.#runGraph(
+      feeds,
+      this.#slotView(chunk.slot),
+      [[chunk.slot, chunk.start, length]],
+      greedy,
+    );
+    return out instanceof Float32Array ? out.subarray(0, this.vocab) : Number(out[0]);
   }
 
-  /** Runs every decode row at once over slots 0 .. highest; returns logits in row order. */
-  async #decode(step: RunnerStep): Promise<Float32Array[]> {
+  /**
+   * Runs every decode row at once over slots 0 .. highest; returns logits in row order
+   * (greedy: the rows' argmax).
+   */
+  async #decode(step: RunnerStep, greedy: boolean): Promise<Float32Array[] | Int32Array> {
     const { hidden, vocab } = this;
     let n = 0;
     for (const row of step.decode) n = Math.max(n, row.slot + 1);
@@ -212,8 +236,11 @@ export class OrtModelRunner implements ModelRunner {
       total = Math.max(total, feeds.seqlens[b]! + 1);
     }
     feeds.total[0] = total;
-    const logits = await this.#runGraph({ ...feeds.tensors }, this.#prefixView(n), writes);
-    return step.decode.map((row) => logits.subarray(row.slot * vocab, (row.slot + 1) * vocab));
+    const out = await this.#runGraph({ ...feeds.tensors }, this.#prefixView(n), writes, greedy);
+    if (out instanceof BigInt64Array) {
+      return Int32Array.from(step.decode, (row) => Number(out[row.slot]));
+    }
+    return step.decode.map((row) => out.subarray(row.slot * vocab, (row.slot + 1) * vocab));
   }
 
   #decodeFeedsFor(n: number): DecodeFeeds {
@@ -243,19 +270,23 @@ export class OrtModelRunner implements ModelRunner {
 
   /**
    * Runs the graph with `views` as the past cache, writes each batch row's new keys and values
-   * into its slot ([slot, first position, tokens]; none for idle rows) and returns the logits.
+   * into its slot ([slot, first position, tokens]; none for idle rows) and returns the logits
+   * ([batch, keep, vocab]), or with `greedy` their argmax ([batch, keep]).
    */
   async #runGraph(
     feeds: Record<string, ort.Tensor>,
     views: ort.Tensor[],
     writes: ReadonlyArray<readonly [slot: number, position: number, tokens: number] | undefined>,
-  ): Promise<Float32Array> {
+    greedy: boolean,
+  ): Promise<Float32Array | BigInt64Array> {
     const { layers, kvHeads, headDim, cacheType, attention } = this.model.graph;
     if (attention === 'adaptive') {
       const [batch, seq] = feeds['inputs_embeds']!.dims as [number, number];
       feeds['group_query'] = useGroupQuery(batch, seq) ? GROUP_QUERY.yes : GROUP_QUERY.no;
     }
-    const fetches: Record<string, ort.Tensor | null> = { logits: null };
+    const fetches: Record<string, ort.Tensor | null> = greedy
+      ? { greedy_tokens: null }
+      : { logits: null };
     for (let l = 0; l < layers; l++) {
       const names = cacheNames(l);
       feeds[names.pastKey] = views[2 * l]!;
@@ -286,7 +317,9 @@ export class OrtModelRunner implements ModelRunner {
         });
       }
     }
-    return readOutput(out, 'logits', 'float32').data;
+    return greedy
+      ? readOutput(out, 'greedy_tokens', 'int64').data
+      : readOutput(out, 'logits', 'float32').data;
   }
 
   /**

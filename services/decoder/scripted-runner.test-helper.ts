@@ -40,6 +40,8 @@ export interface ScriptedRunnerOptions {
   vocab?: number;
   hidden?: number;
   imageTokenId?: number;
+  /** A greedy step (RunnerStep.greedy) returns each row's argmax as `tokens`, no logits. */
+  greedyTokens?: boolean;
 }
 
 function mix(a: number, b: number): number {
@@ -48,6 +50,13 @@ function mix(a: number, b: number): number {
   h = Math.imul(h, 0x85ebca77);
   h ^= h >>> 13;
   return h >>> 0;
+}
+
+/** The first index of the largest value. */
+function argmax(row: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if (row[i]! > row[best]!) best = i;
+  return best;
 }
 
 /** A fingerprint of one image row's float32 bits. */
@@ -79,6 +88,7 @@ export class ScriptedRunner implements ModelRunner {
 
   readonly #cost: ScriptedCost | undefined;
   readonly #clock: FakeClock | undefined;
+  readonly #greedyTokens: boolean;
 
   constructor({
     cost,
@@ -89,7 +99,9 @@ export class ScriptedRunner implements ModelRunner {
     vocab = 50,
     hidden = 4,
     imageTokenId = 49,
+    greedyTokens = false,
   }: ScriptedRunnerOptions = {}) {
+    this.#greedyTokens = greedyTokens;
     this.#cost = cost;
     this.#clock = clock;
     this.kv = { slots, context, cacheBlocks };
@@ -158,13 +170,17 @@ export class ScriptedRunner implements ModelRunner {
       this.#blocks[block]!.set(this.#slots[slot]!.subarray(position, position + BLOCK_TOKENS));
     }
     if (this.gate) await this.gate;
-    if (!this.#cost || !this.#clock) return { logits };
+    const out: RunnerOutput =
+      step.greedy && this.#greedyTokens
+        ? { logits: [], tokens: Int32Array.from(logits, argmax) }
+        : { logits };
+    if (!this.#cost || !this.#clock) return out;
     const c = this.#cost;
     const tokens = step.prefill.reduce((n, chunk) => n + chunk.tokens.length, 0);
     const prefillMs = tokens > 0 ? c.prefillBaseMs + c.tokenMs * tokens : 0;
     const decodeMs = step.decode.length > 0 ? c.decodeBaseMs + c.rowMs * step.decode.length : 0;
     this.#clock.ms += prefillMs + decodeMs;
-    return { logits, timings: { prefillMs, decodeMs } };
+    return { ...out, timings: { prefillMs, decodeMs } };
   }
 
   async release(): Promise<void> {}

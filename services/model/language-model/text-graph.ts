@@ -10,6 +10,9 @@
 //   past_key_L/past_value_L float32 [batch, kv_heads, past, head_dim]  (L = 0 .. layers-1)
 //   ->
 //   logits                 float32 [batch, keep, vocab]
+//   greedy_tokens          int64   [batch, keep]  the most likely token of each logits row
+//                                  (the first, on a tie): a host that samples greedily fetches
+//                                  these instead of the logits
 //   present_key_L/present_value_L float32 [batch, kv_heads, max(total, past), head_dim]
 //   new_key_L/new_value_L  float32 [batch, seq, kv_heads·head_dim]  this step's keys (rotated)
 //                                  and values, for a host that keeps the cache itself
@@ -375,6 +378,16 @@ export function buildTextGraph(
   const logits = linear(normed, head, type === 'float32' ? 'logits' : undefined);
   if (type === 'float16') cast(logits, 'float32', 'logits');
   g.output('logits', 'float32', ['batch', 'keep', t.vocabSize]);
+  // Greedy selection in the graph: a 16-row decode step of a 32k vocabulary otherwise copies
+  // 2 MB of logits into JavaScript and scans them there (docs/decoder-engine.md, "A step's
+  // host work").
+  g.node1({
+    opType: 'ArgMax',
+    inputs: ['logits'],
+    attributes: { axis: attr.int(-1), keepdims: attr.int(0), select_last_index: attr.int(0) },
+    output: 'greedy_tokens',
+  });
+  g.output('greedy_tokens', 'int64', ['batch', 'keep']);
 
   const name = `text graph of ${checkpoint.dir}`;
   return {
