@@ -37,6 +37,7 @@ import { packageRoot } from '../../services/runtime/index.js';
 import { benchRequest, generate, startDecoder } from './decoder-service.js';
 import { matmulPeak } from './matmul-peak.js';
 import { converse, IMAGE_TOKENS, TURNS, type Conversation } from './multi-turn.js';
+import { linearFloor } from './linear-floor.js';
 import { stepBreakdowns, type Breakdown } from './step-breakdown.js';
 import { WIDE_VOCAB, wideVocabCheckpoint } from './wide-vocab-checkpoint.js';
 
@@ -151,12 +152,13 @@ function referencePython(): string | undefined {
 }
 
 function printBreakdowns(rows: Breakdown[]): void {
-  const widths = [9, 13, 9, 9, 9, 9, 10, 13, 12, 12, 8];
+  const widths = [9, 13, 9, 8, 9, 9, 9, 10, 13, 12, 12, 8];
   const row = (cells: string[]) => out(pad(cells.map((c, i) => [c, widths[i]!])));
   row([
     'streams',
     'attention',
     'views',
+    'argmax',
     'step ms',
     'graph',
     'runner',
@@ -171,6 +173,7 @@ function printBreakdowns(rows: Breakdown[]): void {
       String(b.streams),
       b.attention,
       b.fullContextViews ? 'context' : 'span',
+      (b.greedyInGraph ?? true) ? 'graph' : 'host',
       b.stepMs.toFixed(2),
       b.graphMs.toFixed(2),
       b.runnerMs.toFixed(2),
@@ -226,17 +229,22 @@ async function main(): Promise<void> {
         { streams: 1, attention: 'group-query', fullContextViews: false },
         { streams: 16, attention: 'group-query', fullContextViews: false },
         { streams: 16, attention: 'group-query', fullContextViews: true },
+        { streams: 1, attention: 'adaptive', fullContextViews: false, greedyInGraph: false },
+        { streams: 16, attention: 'adaptive', fullContextViews: false, greedyInGraph: false },
       ],
     });
     printBreakdowns(breakdowns);
-    const [one, sixteen, , oneGqa, sixteenGqa, fullViews] = breakdowns as Breakdown[] as [
-      Breakdown,
-      Breakdown,
-      Breakdown,
-      Breakdown,
-      Breakdown,
-      Breakdown,
-    ];
+    const [one, sixteen, , oneGqa, sixteenGqa, fullViews, oneHost, sixteenHost] =
+      breakdowns as Breakdown[] as [
+        Breakdown,
+        Breakdown,
+        Breakdown,
+        Breakdown,
+        Breakdown,
+        Breakdown,
+        Breakdown,
+        Breakdown,
+      ];
     const decodeRatio = (16 * one.stepMs) / sixteen.stepMs;
     out(
       `   16 streams: adaptive attention vs GroupQueryAttention (baseline): ${(sixteen.stepMs / sixteenGqa.stepMs).toFixed(2)}× the step time; 1 stream: ${(one.stepMs / oneGqa.stepMs).toFixed(2)}×`,
@@ -245,7 +253,23 @@ async function main(): Promise<void> {
       `   GroupQueryAttention, 16 streams: views following the span vs as long as the context: ${(sixteenGqa.stepMs / fullViews.stepMs).toFixed(2)}× the step time`,
     );
     out(
+      `   greedy tokens from the graph's argmax vs the logits scanned on the host (baseline): ${(sixteen.stepMs / sixteenHost.stepMs).toFixed(2)}× the step time at 16 streams, ${(one.stepMs / oneHost.stepMs).toFixed(2)}× at 1`,
+    );
+    out(
       `   decode tokens/s, 16 streams vs 1: ${decodeRatio.toFixed(2)}× (goal ≥ ${GOALS.streams}×: ${meets(decodeRatio >= GOALS.streams)}; with GroupQueryAttention only ${((16 * oneGqa.stepMs) / sixteenGqa.stepMs).toFixed(2)}×); load ${load()}`,
+    );
+
+    out(
+      `\n2b. The floor under a step: its linear layers and LM head alone, one bare ONNX Runtime graph (linear-floor.ts; medians of 60 runs)`,
+    );
+    const floor = await linearFloor(openCheckpoint(checkpoint.dir), THREADS);
+    const floorShare = (16 * floor.rowFlops) / (peak.gflops * 1e6) / floor.sixteenRowsMs;
+    const floorRatio = (16 * one.stepMs) / floor.sixteenRowsMs;
+    out(
+      `   1 row ${floor.oneRowMs.toFixed(2)} ms, 16 rows ${floor.sixteenRowsMs.toFixed(2)} ms (${floor.layout} layout), against ${((16 * floor.rowFlops) / (peak.gflops * 1e6)).toFixed(2)} ms of arithmetic at the peak`,
+    );
+    out(
+      `   so on this machine a 16-stream step's arithmetic share is at most ${percent(floorShare)} (goal ≥ ${percent(GOALS.arithmetic)}), and decode steps at 16 streams reach at most ${floorRatio.toFixed(2)}× the 1-stream step of part 2 (everything but these products free); load ${load()}`,
     );
 
     out(
@@ -333,6 +357,27 @@ async function main(): Promise<void> {
     out(
       `   with prompts costing what the 1-stream TTFT says (${prefillMs.toFixed(0)} ms) and part 2's steps, 16 streams can reach ${implied.toFixed(2)}× one stream`,
     );
+    // The ceiling: every prompt's arithmetic at the MatMul peak (its tokens through the
+    // layers, the LM head once, which gives the first token) and each of the other tokens'
+    // decode steps at part 2b's floor.
+    const text = config.text;
+    const layerFlops =
+      2 *
+      text.numHiddenLayers *
+      (2 * text.hiddenSize * text.numAttentionHeads * text.headDim +
+        2 * text.hiddenSize * text.numKeyValueHeads * text.headDim +
+        3 * text.hiddenSize * text.intermediateSize);
+    const headFlops = 2 * text.vocabSize * text.hiddenSize;
+    const roundMs =
+      Array.from({ length: 16 }, (_, i) => ids[i % ids.length]!.length).reduce(
+        (ms, tokens) => ms + (tokens * layerFlops + headFlops) / (peak.gflops * 1e6),
+        0,
+      ) +
+      (MAX_NEW_TOKENS - 1) * floor.sixteenRowsMs;
+    const ceiling = (16 * MAX_NEW_TOKENS) / (roundMs / 1000) / levels[1]!.tokensPerS;
+    out(
+      `   with every prompt at the MatMul peak and every 16-row step at part 2b's floor (nothing else costing anything), 16 streams reach at most ${ceiling.toFixed(2)}× this 1-stream figure (goal ≥ ${GOALS.streams}×)`,
+    );
 
     out(
       `\n4. A conversation: ${IMAGE_TOKENS} image tokens and a question, then ${TURNS - 1} follow-ups, each resending the conversation (median of ${CONVERSATIONS})`,
@@ -398,12 +443,14 @@ async function main(): Promise<void> {
       `>= ${GOALS.streams}×`,
       meets(serviceRatio >= GOALS.streams),
     ]);
+    goalRow(['  its ceiling on this machine (part 3)', `${ceiling.toFixed(2)}×`, '', '']);
     goalRow([
       '16 streams vs 1, decode steps alone (part 2)',
       `${decodeRatio.toFixed(2)}×`,
       `>= ${GOALS.streams}×`,
       meets(decodeRatio >= GOALS.streams),
     ]);
+    goalRow(['  its ceiling on this machine (part 2b)', `${floorRatio.toFixed(2)}×`, '', '']);
     const share = sixteen.arithmeticMs / sixteen.stepMs;
     goalRow([
       'arithmetic share of a 16-stream step (part 2)',
@@ -411,6 +458,7 @@ async function main(): Promise<void> {
       `>= ${percent(GOALS.arithmetic)}`,
       meets(share >= GOALS.arithmetic),
     ]);
+    goalRow(['  its ceiling on this machine (part 2b)', percent(floorShare), '', '']);
     goalRow([
       'TTFT of turns 2-4 vs turn 1, prefix cache on (part 4)',
       laterTurns.map(percent).join(' '),

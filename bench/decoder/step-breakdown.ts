@@ -3,7 +3,7 @@
 // and prefilled, then decode-only steps are timed, each split into
 //   - graph: ONNX Runtime's session.run (the arithmetic and what the kernels do around it),
 //   - runner: the rest of runner.run (feeds, writing the new KV into the slots),
-//   - sampling: the sampler over every row of logits,
+//   - sampling: the sampler over every row of logits (greedy steps: taking the graph's argmax),
 //   - bookkeeping: the rest of Engine.step (scheduling, assembly, events);
 // and beside it the step's arithmetic: its FLOPs (multiply-add = 2; the linear layers and
 // LM head of every row, and attention over each row's context) at the MatMul peak.
@@ -30,6 +30,8 @@ export interface BreakdownCase {
   attention: TextAttention;
   /** The runner's views as long as the context (the baseline), or following the span. */
   fullContextViews: boolean;
+  /** Greedy steps take the graph's argmax (the default) or scan the logits on the host. */
+  greedyInGraph?: boolean;
 }
 
 export interface Breakdown extends BreakdownCase {
@@ -120,7 +122,7 @@ export async function stepBreakdowns(
     const runner = new OrtModelRunner(
       model,
       { slots: Math.max(c.streams, 1), context, cacheBlocks: 0 },
-      { fullContextViews: c.fullContextViews },
+      { fullContextViews: c.fullContextViews, greedyInGraph: c.greedyInGraph ?? true },
     );
     let stepGraphMs = 0;
     let stepFlops = 0;
