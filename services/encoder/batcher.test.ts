@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import type { SubImage } from '../model/index.js';
 import { QueueFullError } from '../runtime/index.js';
-import { Batcher, type BatcherOptions } from './batcher.js';
+import { Batcher, OverBudgetError, type BatcherOptions } from './batcher.js';
 import type { EmbeddingDtype, RunResult } from './runner.js';
 
 const sub = (width: number, height: number, tag: number): SubImage => ({
@@ -191,5 +191,68 @@ describe('Batcher', () => {
     r.open();
     await Promise.all([first, ...rest]);
     expect(r.batches).toEqual([[1], [2, 3, 4], [5], [6], [7]]);
+  });
+
+  it('takes sub-images only while the run’s estimated memory fits the budget; the run holds it', async () => {
+    const r = recorder({
+      maxBatch: 8,
+      maxPadding: 1,
+      memoryBudgetBytes: 250,
+      estimateRunBytes: (sizes) => 100 * sizes.length,
+    });
+    expect(r.batcher.memory).toMatchObject({ limit: 250, used: 0 });
+    r.hold();
+    const first = r.batcher.submit([sub(28, 28, 1)], 'float16', never);
+    expect(r.batcher.memory.used).toBe(100); // the running batch's estimate
+    const rest = [
+      r.batcher.submit([sub(28, 28, 2), sub(28, 28, 3), sub(28, 28, 4)], 'float16', never),
+      r.batcher.submit([sub(28, 28, 5), sub(28, 28, 6)], 'float16', never),
+    ];
+    r.open();
+    await Promise.all([first, ...rest]);
+    expect(r.batches).toEqual([[1], [2, 3], [4, 5], [6]]);
+    expect(r.batcher.memory.used).toBe(0);
+  });
+
+  it('prices the batch as a whole, padding included, and lets a smaller later sub-image in', async () => {
+    // Bytes = padded pixels: two 28×28 fit, a 56×56 pads whatever it joins to 56×56.
+    const r = recorder({
+      maxBatch: 8,
+      maxPadding: 1,
+      memoryBudgetBytes: 2 * 56 * 56,
+      estimateRunBytes: (sizes) =>
+        sizes.length *
+        Math.max(...sizes.map((s) => s.height)) *
+        Math.max(...sizes.map((s) => s.width)),
+    });
+    r.hold();
+    const first = r.batcher.submit([sub(28, 28, 1)], 'float16', never);
+    const rest = [2, 3, 4, 5].map((tag) =>
+      r.batcher.submit([tag === 3 ? sub(56, 56, tag) : sub(28, 28, tag)], 'float16', never),
+    );
+    r.open();
+    await Promise.all([first, ...rest]);
+    // [2, 3] is 2 × 56² (fits); 4 would make 3 × 56². Then [4, 5]: 2 × 28².
+    expect(r.batches).toEqual([[1], [2, 3], [4, 5]]);
+  });
+
+  it('refuses a request with a sub-image whose run alone exceeds the whole budget', async () => {
+    const r = recorder({
+      memoryBudgetBytes: 28 * 28,
+      estimateRunBytes: (sizes) => sizes.length * sizes[0]!.height * sizes[0]!.width,
+    });
+    const refused = r.batcher.submit([sub(28, 28, 1), sub(56, 28, 2)], 'float16', never);
+    await expect(refused).rejects.toThrow(OverBudgetError);
+    await expect(refused).rejects.toThrow(
+      /sub-image 1 \(56x28\) needs about 0\.0 MiB \(estimated\), more than the whole memory budget of 0\.0 MiB/,
+    );
+    expect(r.batcher.queueDepth).toBe(0);
+    expect(r.batches).toEqual([]);
+    await r.batcher.submit([sub(28, 28, 3)], 'float16', never);
+    expect(r.batches).toEqual([[3]]);
+  });
+
+  it('has no memory bound without a budget', () => {
+    expect(recorder().batcher.memory).toMatchObject({ limit: Infinity, used: 0 });
   });
 });

@@ -3,6 +3,7 @@ import { z } from 'zod';
 import {
   commonEnvSchema,
   commonLayout,
+  defaultMemoryBudget,
   enumVar,
   intVar,
   loadConfig,
@@ -32,10 +33,19 @@ export const encoderEnvSchema = z.object({
   /** Longest a sub-image waits for others before a partial batch runs, ms. */
   LOUPE_ENCODER_MAX_WAIT_MS: intVar(5, { min: 0, max: 10_000 }),
   /**
-   * Most padded pixels in one model run (sub-images × the batch's height × width): the model's
-   * input and activations grow with them, so this bounds a run's memory. 0: what
-   * LOUPE_ENCODER_MAX_BATCH sub-images of the largest size make (no bound beyond the count).
-   * At least one largest sub-image (the model's maximum side, squared).
+   * Bytes one model run (a batch) may add at its peak, estimated from the batch's shape before
+   * it runs (run-memory.ts): a batch takes only the sub-images whose run fits, the rest wait
+   * for the next. 0: 75% of the container's memory limit (cgroup; else 3/8 of the machine's
+   * memory) less what the process holds once the model is loaded (resident memory) and
+   * LOUPE_ENCODER_CACHE_BYTES; with cuda, where the activations are in GPU memory, no bound.
+   * Must fit one sub-image of the model's largest size, or the encoder does not start.
+   */
+  LOUPE_ENCODER_MEMORY_BUDGET_BYTES: intVar(0, { min: 0, max: 2 ** 50 }),
+  /**
+   * Most padded pixels in one model run (sub-images × the batch's height × width), a bound on
+   * top of the memory budget. 0: as many sub-images of the largest size as the memory budget
+   * admits in one run, at most LOUPE_ENCODER_MAX_BATCH. At least one largest sub-image (the
+   * model's maximum side, squared).
    */
   LOUPE_ENCODER_MAX_BATCH_PIXELS: intVar(0, { min: 0, max: 2 ** 40 }),
   /** Largest share of a batch's pixels that may be padding, percent (0: equal sizes only). */
@@ -78,6 +88,7 @@ export const encoderLayout = {
   threads: 'LOUPE_ENCODER_THREADS',
   maxBatch: 'LOUPE_ENCODER_MAX_BATCH',
   maxWaitMs: 'LOUPE_ENCODER_MAX_WAIT_MS',
+  memoryBudgetBytes: 'LOUPE_ENCODER_MEMORY_BUDGET_BYTES',
   maxBatchPixels: 'LOUPE_ENCODER_MAX_BATCH_PIXELS',
   maxPaddingPercent: 'LOUPE_ENCODER_MAX_PADDING_PERCENT',
   maxQueue: 'LOUPE_ENCODER_MAX_QUEUE',
@@ -92,3 +103,35 @@ export type EncoderConfig = ConfigOf<z.infer<typeof encoderEnvSchema>, typeof en
 
 export const loadEncoderConfig = (env: Env = process.env): EncoderConfig =>
   loadConfig(encoderEnvSchema, encoderLayout, env);
+
+/** The share of the container's memory limit the model, the cache and the runs may take. */
+export const MEMORY_LIMIT_SHARE = 0.75;
+
+export interface EncoderMemoryBudget {
+  /** Bytes a run may add; Infinity when there is no bound (cuda, by default). */
+  bytes: number;
+  /** How it was arrived at, for messages and the start-up log. */
+  source: string;
+}
+
+/**
+ * The run memory budget: LOUPE_ENCODER_MEMORY_BUDGET_BYTES, or by default
+ * MEMORY_LIMIT_SHARE of the container's memory limit (defaultMemoryBudget) less
+ * `residentBytes`, what the process holds with the model loaded, and the embedding cache's
+ * bytes. With cuda the activations live in GPU memory, which that limit does not cover: no
+ * bound by default.
+ */
+export function encoderMemoryBudget(
+  config: EncoderConfig,
+  residentBytes: number,
+  limitShare = defaultMemoryBudget(MEMORY_LIMIT_SHARE),
+): EncoderMemoryBudget {
+  if (config.memoryBudgetBytes > 0)
+    return { bytes: config.memoryBudgetBytes, source: 'LOUPE_ENCODER_MEMORY_BUDGET_BYTES' };
+  if (config.executionProvider === 'cuda')
+    return { bytes: Infinity, source: 'none (cuda: the activations are in GPU memory)' };
+  return {
+    bytes: Math.max(0, limitShare - residentBytes - config.cacheBytes),
+    source: `the default: ${MEMORY_LIMIT_SHARE * 100}% of the memory limit (${limitShare} bytes) less the process's resident memory with the model loaded (${residentBytes}) and LOUPE_ENCODER_CACHE_BYTES (${config.cacheBytes})`,
+  };
+}

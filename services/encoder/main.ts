@@ -3,8 +3,9 @@ import { basename, resolve } from 'node:path';
 import { ConfigError, createRegistry, runService } from '../runtime/index.js';
 import { Batcher } from './batcher.js';
 import { EmbeddingCache } from './cache.js';
-import { loadEncoderConfig } from './config.js';
+import { encoderMemoryBudget, loadEncoderConfig } from './config.js';
 import { createEncoderMetrics } from './metrics.js';
+import { estimateRunBytes, largestRunBytes } from './run-memory.js';
 import { VisionRunner } from './runner.js';
 import { registerEncoder } from './server.js';
 
@@ -30,6 +31,10 @@ runService({
     );
     // Without its model thread the service cannot serve: NOT_SERVING, and exit to be restarted.
     runner.onDeath = exitOnDeath(runner, 'LOUPE_ENCODER_RUN_TIMEOUT_MS');
+    // What the process holds with the model loaded (runtime, weights, session): the default
+    // memory budget for runs is what the container's limit leaves beside it.
+    const residentBytes = process.memoryUsage.rss();
+    const { memory: memoryModel, ...modelInfo } = runner.info;
     logger.info(
       {
         event: 'model_loaded',
@@ -37,19 +42,51 @@ runService({
         modelId,
         executionProvider: config.executionProvider,
         ms: Math.round(performance.now() - loadStarted),
-        ...runner.info,
+        residentBytes,
+        ...modelInfo,
       },
       `vision model ${modelId} loaded: ${runner.info.weightFormat}, ${(runner.info.weightBytes / 2 ** 20).toFixed(1)} MiB of weights`,
     );
 
-    // A run of the largest sub-image alone must be allowed, or such requests could never run.
-    const largest = runner.info.maxSide ** 2;
-    const maxBatchPixels = config.maxBatchPixels || config.maxBatch * largest;
-    if (maxBatchPixels < largest) {
+    // A run of the largest sub-image alone must fit the memory budget and the pixel bound, or
+    // such requests could never run.
+    const { maxSide } = runner.info;
+    const largest = maxSide ** 2;
+    const largestBytes = largestRunBytes(memoryModel, maxSide);
+    const budget = encoderMemoryBudget(config, residentBytes);
+    if (budget.bytes < largestBytes) {
       throw new ConfigError(
-        `invalid configuration:\n  LOUPE_ENCODER_MAX_BATCH_PIXELS: must be at least ${largest} (one ${runner.info.maxSide}×${runner.info.maxSide} sub-image, the model's largest) (got "${config.maxBatchPixels}")`,
+        `invalid configuration:\n  LOUPE_ENCODER_MEMORY_BUDGET_BYTES: must be at least ${largestBytes} (the estimated memory of one ${maxSide}×${maxSide} sub-image's run, the model's largest) (got ${budget.bytes}, ${budget.source})${config.memoryBudgetBytes > 0 ? '' : ': raise the memory limit, lower LOUPE_ENCODER_CACHE_BYTES, or set LOUPE_ENCODER_MEMORY_BUDGET_BYTES'}`,
       );
     }
+    // By default, as many largest sub-images as the budget admits in one run, up to maxBatch.
+    let fitting = 1;
+    while (
+      fitting < config.maxBatch &&
+      estimateRunBytes(
+        memoryModel,
+        Array.from({ length: fitting + 1 }, () => ({ height: maxSide, width: maxSide })),
+      ) <= budget.bytes
+    )
+      fitting++;
+    const maxBatchPixels = config.maxBatchPixels || fitting * largest;
+    if (maxBatchPixels < largest) {
+      throw new ConfigError(
+        `invalid configuration:\n  LOUPE_ENCODER_MAX_BATCH_PIXELS: must be at least ${largest} (one ${maxSide}×${maxSide} sub-image, the model's largest) (got "${config.maxBatchPixels}")`,
+      );
+    }
+    logger.info(
+      {
+        event: 'capacity',
+        memoryBudgetBytes: Number.isFinite(budget.bytes) ? budget.bytes : null,
+        memoryBudgetSource: budget.source,
+        largestRunBytes: largestBytes,
+        maxBatchPixels,
+      },
+      Number.isFinite(budget.bytes)
+        ? `a memory budget of ${(budget.bytes / 2 ** 20).toFixed(0)} MiB for model runs (one ${maxSide}×${maxSide} sub-image: about ${(largestBytes / 2 ** 20).toFixed(0)} MiB)`
+        : 'no memory budget for model runs (cuda)',
+    );
 
     const registry = createRegistry(NAME, modelId);
     // The cache and the batcher report into the metrics, and the metrics read them back; every
@@ -64,6 +101,8 @@ runService({
       maxQueue: config.maxQueue,
       maxPadding: config.maxPaddingPercent / 100,
       maxPixels: maxBatchPixels,
+      memoryBudgetBytes: budget.bytes,
+      estimateRunBytes: (sizes) => estimateRunBytes(memoryModel, sizes),
       run: (subImages, dtypes) => runner.run(subImages, dtypes),
       onBatch: ({ size, waitsMs, computeMs }) => {
         metrics.batchSize.observe(size);
@@ -75,6 +114,7 @@ runService({
       queueDepth: () => batcher.queueDepth,
       cacheBytes: () => cache?.bytes ?? 0,
       cacheEntries: () => cache?.size ?? 0,
+      memoryBudget: () => batcher.memory,
     });
     metrics.weightBytes.set({ format: runner.info.weightFormat }, runner.info.weightBytes);
     const limits = {

@@ -18,6 +18,8 @@ export interface EncoderGauges {
   queueDepth(): number;
   cacheBytes(): number;
   cacheEntries(): number;
+  /** The run memory budget: its limit (Infinity: none) and what the running batch holds. */
+  memoryBudget(): { readonly limit: number; readonly used: number };
 }
 
 const SECONDS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -46,6 +48,17 @@ export function createEncoderMetrics(registry: Registry, gauges: EncoderGauges):
     registers,
     collect() {
       this.set(gauges.cacheEntries());
+    },
+  });
+  new Gauge({
+    name: 'loupe_encoder_memory_budget_bytes',
+    help: 'The memory budget for model runs (state="limit", 0 when there is none) and the estimate of the running batch held against it (state="reserved"), bytes.',
+    labelNames: ['state'],
+    registers,
+    collect() {
+      const { limit, used } = gauges.memoryBudget();
+      this.set({ state: 'limit' }, Number.isFinite(limit) ? limit : 0);
+      this.set({ state: 'reserved' }, used);
     },
   });
   return {

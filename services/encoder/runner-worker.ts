@@ -21,6 +21,7 @@ import {
 } from '../model/index.js';
 import type { StopWorker } from '../runtime/index.js';
 import type { StartMessage } from '../runtime/worker-channel.js';
+import { runMemoryModel, type RunMemoryModel } from './run-memory.js';
 
 export interface RunnerSetup {
   modelDir: string;
@@ -40,6 +41,8 @@ export interface RunnerInfo {
   weightFormat: string;
   /** Bytes of the vision tower's and connector's weights. */
   weightBytes: number;
+  /** The sizes a run's memory estimate needs (run-memory.ts). */
+  memory: RunMemoryModel;
 }
 
 export type EmbeddingDtype = 'float16' | 'float32';
@@ -80,6 +83,7 @@ async function main(): Promise<void> {
       maxSide: geometry.patchSize * geometry.numPatchesPerSide,
       weightFormat: graph.weightFormat ?? 'float32',
       weightBytes: graph.weightBytes ?? 0,
+      memory: runMemoryModel(checkpoint.config),
     };
     port.postMessage({ kind: 'ready', info } satisfies RunnerMessage);
   } catch (error) {

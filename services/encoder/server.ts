@@ -27,7 +27,7 @@ import {
   failureReason,
   subImagesHash,
 } from '../runtime/index.js';
-import type { Batcher } from './batcher.js';
+import { OverBudgetError, type Batcher } from './batcher.js';
 import { EmbeddingCache, type CachedEmbeddings } from './cache.js';
 import type { EncoderMetrics } from './metrics.js';
 import type { EmbeddingDtype, RunnerInfo } from './runner.js';
@@ -246,6 +246,12 @@ export function registerEncoder(server: GrpcServer, options: EncoderHandlersOpti
         entry = await await_(shared, ctx.signal);
       } catch (error) {
         if (error instanceof QueueFullError) throw queueFull(error.message);
+        if (error instanceof OverBudgetError) {
+          throw invalidArgument(
+            `${error.message} (LOUPE_ENCODER_MEMORY_BUDGET_BYTES): send smaller sub-images`,
+            'over_memory_budget',
+          );
+        }
         if (ctx.signal.aborted) throw ctx.signal.reason;
         if (error instanceof ServiceError) throw error;
         ctx.logger.error({ err: error }, 'vision run failed');

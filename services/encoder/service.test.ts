@@ -47,6 +47,7 @@ import {
   writeTinyModel,
   type SubImage,
 } from '../model/index.js';
+import { estimateRunBytes, largestRunBytes, runMemoryModel } from './run-memory.js';
 
 const script = builtService('encoder');
 const work = mkdtempSync(join(tmpdir(), 'loupe-encoder-'));
@@ -524,6 +525,85 @@ describe('encoder batching, limits and shutdown', () => {
       encoder.close();
       expect(await service.stop()).toBe(0);
     }
+  });
+
+  it('keeps each run within LOUPE_ENCODER_MEMORY_BUDGET_BYTES: concurrent calls wait their turn', async () => {
+    // The smallest budget allowed: one 980×980 sub-image's run. Padded pairs of sub-images
+    // (s×s and (s−14)×s: the masked attention's scores) whose runs fit it two at a time, not
+    // three, while four of them are well within the pixel bound that budget gives (980²).
+    const model = runMemoryModel(openCheckpoint(modelDir).config);
+    const budget = largestRunBytes(model, 980);
+    const sizesOf = (side: number) =>
+      [side, side - 14, side, side - 14].map((height) => ({ height, width: side }));
+    let side = 0;
+    for (let s = 28; 4 * s * s <= 980 * 980; s += 14) {
+      const sizes = sizesOf(s);
+      if (
+        estimateRunBytes(model, sizes.slice(0, 2)) <= budget &&
+        estimateRunBytes(model, sizes.slice(0, 3)) > budget
+      )
+        side = s;
+    }
+    expect(side).toBeGreaterThan(0);
+    const service = await startServiceProcess(script, {
+      ...ephemeralPorts('ENCODER'),
+      LOUPE_MODEL_DIR: modelDir,
+      LOUPE_ENCODER_THREADS: '1',
+      LOUPE_ENCODER_MAX_BATCH: '4',
+      LOUPE_ENCODER_MAX_WAIT_MS: '1000',
+      LOUPE_ENCODER_MEMORY_BUDGET_BYTES: String(budget),
+    });
+    const encoder = client(service.grpcAddress);
+    try {
+      const capacity = await service.waitForLog((e) => e.event === 'capacity');
+      expect(capacity).toMatchObject({
+        memoryBudgetBytes: budget,
+        largestRunBytes: budget,
+        maxBatchPixels: 980 * 980, // the default: as many 980×980 sub-images as fit, one
+      });
+      const before = await scrapeMetrics(service);
+      expect(before.value('loupe_encoder_memory_budget_bytes', { state: 'limit' })).toBe(budget);
+      expect(before.value('loupe_encoder_memory_budget_bytes', { state: 'reserved' })).toBe(0);
+
+      const images = sizesOf(side).map(({ height, width }, i) => noise(width, height, 40 + i));
+      const results = await Promise.all(
+        images.map((image) => call(encoder, encoder.encode, request([image]))),
+      );
+      for (const r of results) expect(r.embeddings!.shape).toEqual([1, 64, 64]);
+
+      const after = await scrapeMetrics(service);
+      // Without the budget the four would make one batch (LOUPE_ENCODER_MAX_BATCH 4); with it
+      // no batch holds more than two.
+      const batches = after.value('loupe_encoder_batch_size_count')!;
+      expect(after.value('loupe_encoder_batch_size_sum')).toBe(4);
+      expect(batches).toBeGreaterThanOrEqual(2);
+      expect(after.value('loupe_encoder_batch_size_bucket', { le: '2' })).toBe(batches);
+      expect(after.value('loupe_encoder_memory_budget_bytes', { state: 'reserved' })).toBe(0);
+      expect(after.value('loupe_encoder_sub_images_total')).toBe(4);
+    } finally {
+      encoder.close();
+      expect(await service.stop()).toBe(0);
+    }
+  });
+
+  it('exits 2 when one largest sub-image’s run does not fit LOUPE_ENCODER_MEMORY_BUDGET_BYTES', async () => {
+    const largest = largestRunBytes(runMemoryModel(openCheckpoint(modelDir).config), 980);
+    const result = await promisify(execFile)(process.execPath, [script], {
+      env: {
+        ...process.env,
+        ...ephemeralPorts('ENCODER'),
+        LOUPE_MODEL_DIR: modelDir,
+        LOUPE_ENCODER_THREADS: '1',
+        LOUPE_ENCODER_MEMORY_BUDGET_BYTES: String(largest - 1),
+      },
+    }).then(
+      () => ({ code: 0, stderr: '' }),
+      (error: { code: number; stderr: string }) => error,
+    );
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain(
+      `invalid configuration:\n  LOUPE_ENCODER_MEMORY_BUDGET_BYTES: must be at least ${largest} (the estimated memory of one 980×980 sub-image's run, the model's largest) (got ${largest - 1}, LOUPE_ENCODER_MEMORY_BUDGET_BYTES)`,
+    );
   });
 
   it('drains the work in flight on SIGTERM, then exits 0', async () => {
