@@ -11,17 +11,16 @@
 // values as new_* rows, which are written into the slots here: fetching `present` would copy
 // the whole cache into JavaScript every step (onnxruntime-node 1.30 copies every output).
 //
-// The stride: every view is read to its full length each layer and step, whatever the
-// sequences' lengths — by the `matmul` attention this runner uses on CPU (runnerAttention:
-// it multiplies each slot's whole view and masks what lies past the sequence), and worse by
-// ONNX Runtime 1.30's CPU GroupQueryAttention, which given a past it does not share with its
-// present first zero-fills a present of [batch, kv heads, past length, head dim] and copies
-// each sequence's valid past into it (once per query head). So views as long as the
-// configured context (2,048 by default) would cost the whole context every layer and step.
-// The stride follows the step's `span` instead — a quarter above it in multiples of 64, up
-// to the context, grown when a sequence outgrows it and shrunk (with hysteresis) when the
-// long ones end — and the buffers are repacked in place when it changes, which is rare
-// (docs/decoder-engine.md, "A step's host work").
+// The stride: every view is read to its full length each layer and step, whatever the sequences'
+// lengths — by the `matmul` attention this runner uses for decode batches on CPU (runnerAttention:
+// it multiplies each slot's whole view and masks what lies past the sequence), and worse by ONNX
+// Runtime 1.30's CPU GroupQueryAttention, which given a past it does not share with its present
+// first zero-fills a present of [batch, kv heads, past length, head dim] and copies each
+// sequence's valid past into it (once per query head). So views as long as the configured context
+// (2,048 by default) would cost the whole context every layer and step. The stride follows the
+// step's `span` instead — a quarter above it in multiples of 64, up to the context, grown when a
+// sequence outgrows it and shrunk (with hysteresis) when the long ones end — and the buffers are
+// repacked in place when it changes, which is rare (docs/decoder-engine.md, "A step's host work").
 //
 // Prefix hits copy a block's rows into the new slot (a load) rather than pointing the slot at
 // shared blocks: both attentions read each sequence's past as one contiguous buffer, so a
@@ -60,12 +59,14 @@ const GROUP_QUERY = {
 const MIN_STRIDE = 64;
 
 /**
- * The text graph's attention for this runner. On CPU `adaptive`: the matmul attention, which
- * reads the slots in place (matmul-attention.ts) where GroupQueryAttention would clear and
- * copy each sequence's past every layer and step, except for decode batches of a row or two,
- * where GroupQueryAttention's one kernel is cheaper than the matmul's two dozen small nodes
- * (useGroupQuery). On CUDA GroupQueryAttention, whose kernels are the GPU's own (the GPU
- * runner of docs/decoder-engine.md keeps the cache on the device instead).
+ * The text graph's attention for this runner. On CPU `adaptive`: for decode batches of more
+ * than a few rows the matmul attention, which reads the slots in place (matmul-attention.ts)
+ * where GroupQueryAttention would clear and copy every sequence's past every layer and step;
+ * for small decode batches and prompt chunks (one sequence per run) GroupQueryAttention, whose
+ * one kernel is cheaper there than the matmul's two dozen small nodes and, over a chunk,
+ * attends only the valid past with one copy of the scores (useGroupQuery). On CUDA
+ * GroupQueryAttention, whose kernels are the GPU's own (the GPU runner of
+ * docs/decoder-engine.md keeps the cache on the device instead).
  */
 export function runnerAttention(executionProvider: ExecutionProvider): TextAttention {
   return executionProvider === 'cpu' ? 'adaptive' : 'group-query';

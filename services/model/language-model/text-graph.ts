@@ -119,8 +119,9 @@ export interface TextGraphOptions {
    * nodes over the past as given (matmul-attention.ts), with no present_* outputs: the form for
    * a host that keeps the cache itself and writes new_* into it; `adaptive`: either of the
    * two per run, chosen by a bool input `group_query` (one If node per layer), also without
-   * present_* — the decoder engine's on CPU, GroupQueryAttention for small decode batches
-   * (its one kernel beats matmul's two dozen nodes there) and matmul for the rest.
+   * present_* — the decoder engine's on CPU: GroupQueryAttention for prompt chunks and small
+   * decode batches (its one kernel beats matmul's two dozen nodes there, and over a chunk it
+   * attends only the valid past, with one copy of the scores), matmul for larger decode batches.
    */
   attention?: TextAttention;
 }
@@ -128,15 +129,15 @@ export interface TextGraphOptions {
 export type TextAttention = 'group-query' | 'matmul' | 'adaptive';
 
 /**
- * Decode batches up to this many rows run GroupQueryAttention in an `adaptive` graph; larger
- * ones, and every step of several tokens, the matmul attention (measured on the 2-core
- * development machine: docs/decoder-engine.md, "Attention on CPU").
+ * Decode batches up to this many rows, and every step of several tokens (prompt chunks), run
+ * GroupQueryAttention in an `adaptive` graph; larger decode batches the matmul attention
+ * (measured on the 2-core development machine: docs/decoder-engine.md, "Attention on CPU").
  */
 export const GROUP_QUERY_MAX_DECODE_ROWS = 4;
 
 /** The `group_query` input of an `adaptive` graph for a step of `batch` × `seq` tokens. */
 export function useGroupQuery(batch: number, seq: number): boolean {
-  return seq === 1 && batch <= GROUP_QUERY_MAX_DECODE_ROWS;
+  return seq > 1 || batch <= GROUP_QUERY_MAX_DECODE_ROWS;
 }
 
 /** Names of the cache inputs and outputs of layer `layer`. */
