@@ -14,6 +14,8 @@ import { BLOCK_TOKENS } from './model-runner.js';
 export interface KvSettings {
   maxRunning: number;
   maxContext: number;
+  /** Most prompt tokens in one step (LOUPE_DECODER_MAX_PREFILL_TOKENS): the largest chunk. */
+  maxPrefillTokens: number;
   prefixCacheBytes: number;
   executionProvider: ExecutionProvider;
 }
@@ -27,6 +29,11 @@ export interface KvPlan {
   slotBytes: number;
   prefixCacheBlocks: number;
   prefixCacheBytes: number;
+  /**
+   * What the largest step adds while it runs (activationBytes): 0 on CUDA, where the
+   * activations are in device memory.
+   */
+  activationBytes: number;
 }
 
 /** Where the machine's memory ends: the container's limit when there is one. */
@@ -65,7 +72,33 @@ export function planKv(checkpoint: Checkpoint, settings: KvSettings): KvPlan {
     slotBytes: settings.maxRunning * settings.maxContext * bytesPerToken,
     prefixCacheBlocks,
     prefixCacheBytes: prefixCacheBlocks * blockBytes,
+    activationBytes:
+      settings.executionProvider === 'cpu' ? activationBytes(checkpoint, settings) : 0,
   };
+}
+
+/**
+ * An upper estimate of the host memory the largest step adds while it runs on CPU
+ * (docs/decoder-engine.md, "Checked at start"), float32 throughout: the larger of
+ *   - a prompt chunk of S = LOUPE_DECODER_MAX_PREFILL_TOKENS tokens at the end of a context of
+ *     C = LOUPE_DECODER_MAX_CONTEXT: GroupQueryAttention's scores, heads × S × C (measured up to
+ *     about twice that at the peak), and the chunk's linear activations,
+ *     S × (3 × intermediate + 6 × hidden);
+ *   - a decode step of every slot (LOUPE_DECODER_MAX_RUNNING rows) with the matmul attention,
+ *     whose scores over the views (at most C) are materialised about three times, and the
+ *     rows' logits, taken twice (the graph's and the binding's copy).
+ * Checked against measured peaks in capacity.test.ts.
+ */
+function activationBytes(checkpoint: Checkpoint, settings: KvSettings): number {
+  const t = checkpoint.config.text;
+  const chunk = Math.min(settings.maxPrefillTokens, settings.maxContext);
+  const prefill =
+    2 * t.numAttentionHeads * chunk * settings.maxContext +
+    chunk * (3 * t.intermediateSize + 6 * t.hiddenSize);
+  const decode =
+    3 * t.numAttentionHeads * settings.maxRunning * settings.maxContext +
+    2 * settings.maxRunning * t.vocabSize;
+  return 4 * Math.max(prefill, decode);
 }
 
 /** Bytes of the text model's weights as stored (what loading them takes, roughly). */
@@ -99,10 +132,10 @@ export function checkKvCapacity(
   }
   const plan = planKv(checkpoint, settings);
   const weights = textWeightBytes(checkpoint);
-  const total = plan.slotBytes + plan.prefixCacheBytes + weights;
+  const total = plan.slotBytes + plan.prefixCacheBytes + weights + plan.activationBytes;
   if (total > memory.bytes) {
     throw new ConfigError(
-      `the decoder needs ${gib(total)} and ${memory.what} is ${gib(memory.bytes)}: KV slots ${gib(plan.slotBytes)} (LOUPE_DECODER_MAX_RUNNING ${settings.maxRunning} × LOUPE_DECODER_MAX_CONTEXT ${settings.maxContext} tokens × ${plan.bytesPerToken} bytes of ${plan.cacheType} KV per token), prefix cache ${gib(plan.prefixCacheBytes)} (LOUPE_DECODER_PREFIX_CACHE_BYTES), text weights ${gib(weights)}; lower LOUPE_DECODER_MAX_RUNNING, LOUPE_DECODER_MAX_CONTEXT or LOUPE_DECODER_PREFIX_CACHE_BYTES`,
+      `the decoder needs ${gib(total)} and ${memory.what} is ${gib(memory.bytes)}: KV slots ${gib(plan.slotBytes)} (LOUPE_DECODER_MAX_RUNNING ${settings.maxRunning} × LOUPE_DECODER_MAX_CONTEXT ${settings.maxContext} tokens × ${plan.bytesPerToken} bytes of ${plan.cacheType} KV per token), prefix cache ${gib(plan.prefixCacheBytes)} (LOUPE_DECODER_PREFIX_CACHE_BYTES), text weights ${gib(weights)}, the largest step's activations ${gib(plan.activationBytes)} (LOUPE_DECODER_MAX_PREFILL_TOKENS ${settings.maxPrefillTokens} against the context, or every slot decoding); lower LOUPE_DECODER_MAX_RUNNING, LOUPE_DECODER_MAX_CONTEXT, LOUPE_DECODER_PREFIX_CACHE_BYTES or LOUPE_DECODER_MAX_PREFILL_TOKENS`,
     );
   }
   // One buffer per layer and kind holds every slot (and one every prefix block): each must be

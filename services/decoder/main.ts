@@ -22,6 +22,7 @@ runService({
     const kv = checkKvCapacity(openCheckpoint(modelDir), {
       maxRunning: config.maxRunning,
       maxContext: config.maxContext,
+      maxPrefillTokens: config.maxPrefillTokens,
       prefixCacheBytes: config.prefixCacheBytes,
       executionProvider: config.executionProvider,
     });
