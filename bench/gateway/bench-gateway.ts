@@ -10,7 +10,9 @@
 // phase each (attacks.ts: a cancel storm, oversized messages, costly decodes, gRPC inputs no
 // gateway sends, foreign hosts and bodies, slow readers), and a table of every phase.
 // BENCH_THREADS sets every session's threads; BENCH_SMALL_SAMPLES the small requests timed in
-// each phase (default 200).
+// each phase (default 200). BENCH_LAYOUT=pods runs the stages as a deployment places them,
+// on CPUs of their own (see LAYOUT below); the default, `shared`, as `npm start` does.
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -42,7 +44,28 @@ import {
   type Target,
 } from './attacks.js';
 
-const THREADS = String(Number(process.env.BENCH_THREADS ?? availableParallelism()));
+// Where the processes run. `shared`: every stage and the bench's clients on every CPU, as
+// `npm start` runs them. `pods`: as the chart deploys them, each stage with CPUs of its own,
+// which one machine imitates by affinity — the text path (gateway, decoder) on the first
+// half of the CPUs; the image stages (preprocessor, encoder) and the bench's own clients
+// (the measured one, and the attackers, which stand for other machines) on the second half.
+// On two cores that is one core each side, so every session then runs one thread.
+const LAYOUT = process.env.BENCH_LAYOUT ?? 'shared';
+if (LAYOUT !== 'shared' && LAYOUT !== 'pods')
+  throw new Error(`BENCH_LAYOUT must be shared or pods, not ${LAYOUT}`);
+const CPUS = availableParallelism();
+if (LAYOUT === 'pods' && CPUS < 2) throw new Error('BENCH_LAYOUT=pods needs at least 2 CPUs');
+const half = Math.floor(CPUS / 2);
+const range = (from: number, to: number) => (to - from === 1 ? `${from}` : `${from}-${to - 1}`);
+const TEXT_CPUS = range(0, half);
+const IMAGE_CPUS = range(half, CPUS);
+const cpusOf = (stage: string): { cpus?: string } =>
+  LAYOUT === 'shared'
+    ? {}
+    : { cpus: stage === 'gateway' || stage === 'decoder' ? TEXT_CPUS : IMAGE_CPUS };
+const THREADS = String(
+  Number(process.env.BENCH_THREADS ?? (LAYOUT === 'pods' ? half : availableParallelism())),
+);
 const IMAGE = 'webp-lossy-640x480.webp';
 const MAX_TOKENS = 16;
 const ITERATIONS = 5;
@@ -55,12 +78,22 @@ const PHASE_MAX_S = Number(process.env.BENCH_PHASE_MAX_S ?? 300);
 if (!(PHASE_MAX_S > 0)) throw new Error('BENCH_PHASE_MAX_S must be a positive number of seconds');
 const root = packageRoot();
 
-const start = startBenchService;
+const start = (name: string, env: Record<string, string>) =>
+  startBenchService(name, env, cpusOf(name));
 type Running = BenchService;
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 async function main(): Promise<void> {
+  if (LAYOUT === 'pods') {
+    // This process (its threads now, and those it makes later) on the image stages' side.
+    execFileSync('taskset', ['-a', '-p', '-c', IMAGE_CPUS, String(process.pid)], {
+      stdio: 'ignore',
+    });
+  }
+  process.stdout.write(
+    `layout: ${LAYOUT === 'pods' ? `pods (gateway and decoder on CPUs ${TEXT_CPUS}; preprocessor, encoder and the clients on ${IMAGE_CPUS}; ${THREADS} thread(s) per session)` : `shared (every process on all ${CPUS} CPUs, ${THREADS} thread(s) per session)`}\n`,
+  );
   const dir = mkdtempSync(join(tmpdir(), 'loupe-bench-gateway-'));
   const running: Running[] = [];
   try {

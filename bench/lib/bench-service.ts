@@ -11,13 +11,19 @@ export interface BenchService {
   stop(): Promise<void>;
 }
 
+/**
+ * Starts `dist/services/<name>/main.js`; with `cpus` (a taskset list, e.g. "0" or "0-3") the
+ * process and every thread it makes run on those CPUs only.
+ */
 export async function startBenchService(
   name: string,
   env: Record<string, string>,
+  { cpus }: { cpus?: string } = {},
 ): Promise<BenchService> {
+  const main = join(packageRoot(), 'dist', 'services', name, 'main.js');
   const child = spawn(
-    process.execPath,
-    [join(packageRoot(), 'dist', 'services', name, 'main.js')],
+    cpus === undefined ? process.execPath : 'taskset',
+    cpus === undefined ? [main] : ['-c', cpus, process.execPath, main],
     {
       // The ready line is logged at info level.
       env: { ...process.env, ...env, LOUPE_LOG_LEVEL: 'info' },
