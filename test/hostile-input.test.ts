@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Client, credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { patternJpeg } from '../bench/lib/images.js';
+import { declaredImageFrameHead, patternJpeg } from '../bench/lib/images.js';
 import { DecoderClient, GenerateRequest } from '../proto/gen/loupe/v1/decoder.js';
 import { EncoderClient } from '../proto/gen/loupe/v1/encoder.js';
 import { PreprocessorClient } from '../proto/gen/loupe/v1/preprocessor.js';
@@ -199,17 +199,7 @@ describe('preprocessor under hostile load', () => {
         }),
       );
       const ended = new Promise((resolve) => stream.once('close', resolve));
-      // The image field: its tag, its length (a 4-byte varint), then the bytes.
-      const field = Buffer.from([
-        0x0a,
-        0x80 | (declared & 0x7f),
-        0x80 | ((declared >> 7) & 0x7f),
-        0x80 | ((declared >> 14) & 0x7f),
-        (declared >> 21) & 0x7f,
-      ]);
-      const prefix = Buffer.alloc(5);
-      prefix.writeUInt32BE(field.length + declared, 1);
-      stream.write(Buffer.concat([prefix, field]));
+      stream.write(declaredImageFrameHead(declared));
       for (let sent = 0; sent < declared && !answered && !stream.destroyed; sent += chunk.length) {
         if (!stream.write(chunk.subarray(0, Math.min(chunk.length, declared - sent))))
           await Promise.race([

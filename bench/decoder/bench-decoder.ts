@@ -37,7 +37,7 @@ import { packageRoot } from '../../services/runtime/index.js';
 import { benchRequest, generate, startDecoder } from './decoder-service.js';
 import { matmulPeak } from './matmul-peak.js';
 import { converse, IMAGE_TOKENS, TURNS, type Conversation } from './multi-turn.js';
-import { linearFloor } from './linear-floor.js';
+import { linearFloor, linearFlops } from './linear-floor.js';
 import { stepBreakdowns, type Breakdown } from './step-breakdown.js';
 import { WIDE_VOCAB, wideVocabCheckpoint } from './wide-vocab-checkpoint.js';
 
@@ -372,14 +372,7 @@ async function main(): Promise<void> {
     // The ceiling: every prompt's arithmetic at the MatMul peak (its tokens through the
     // layers, the LM head once, which gives the first token) and each of the other tokens'
     // decode steps at part 2b's floor.
-    const text = config.text;
-    const layerFlops =
-      2 *
-      text.numHiddenLayers *
-      (2 * text.hiddenSize * text.numAttentionHeads * text.headDim +
-        2 * text.hiddenSize * text.numKeyValueHeads * text.headDim +
-        3 * text.hiddenSize * text.intermediateSize);
-    const headFlops = 2 * text.vocabSize * text.hiddenSize;
+    const { layers: layerFlops, head: headFlops } = linearFlops(config.text);
     const roundMs =
       Array.from({ length: 16 }, (_, i) => ids[i % ids.length]!.length).reduce(
         (ms, tokens) => ms + (tokens * layerFlops + headFlops) / (peak.gflops * 1e6),

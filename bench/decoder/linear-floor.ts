@@ -21,6 +21,23 @@ import {
 const ITERATIONS = 60;
 const WARM = 10;
 
+/**
+ * FLOPs (multiply-add = 2) of one token through the text model's linear projections: every
+ * layer's q, k, v, o, gate, up and down (`layers`), and the LM head (`head`).
+ */
+export function linearFlops(text: Checkpoint['config']['text']): { layers: number; head: number } {
+  const width = text.numAttentionHeads * text.headDim;
+  const kvWidth = text.numKeyValueHeads * text.headDim;
+  const perLayer =
+    2 * text.hiddenSize * width +
+    2 * text.hiddenSize * kvWidth +
+    3 * text.hiddenSize * text.intermediateSize;
+  return {
+    layers: 2 * text.numHiddenLayers * perLayer,
+    head: 2 * text.vocabSize * text.hiddenSize,
+  };
+}
+
 export interface LinearFloor {
   /** Median ms of a run at 1 row and at 16 rows, of the faster layout. */
   oneRowMs: number;
@@ -112,15 +129,8 @@ async function medianMs(
 
 export async function linearFloor(checkpoint: Checkpoint, threads: number): Promise<LinearFloor> {
   const text = checkpoint.config.text;
-  const width = text.numAttentionHeads * text.headDim;
-  const kvWidth = text.numKeyValueHeads * text.headDim;
-  const rowFlops =
-    2 *
-    (text.numHiddenLayers *
-      (2 * text.hiddenSize * width +
-        2 * text.hiddenSize * kvWidth +
-        3 * text.hiddenSize * text.intermediateSize) +
-      text.vocabSize * text.hiddenSize);
+  const flops = linearFlops(text);
+  const rowFlops = flops.layers + flops.head;
   let best: LinearFloor | undefined;
   for (const layout of ['transB', 'plain'] as const) {
     const session = await createSession(

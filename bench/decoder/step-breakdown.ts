@@ -17,6 +17,7 @@ import {
 import { Engine } from '../../services/decoder/engine.js';
 import type { ModelRunner, RunnerStep } from '../../services/decoder/model-runner.js';
 import { OrtModelRunner } from '../../services/decoder/ort-runner.js';
+import { linearFlops } from './linear-floor.js';
 import type { EngineRequest } from '../../services/decoder/protocol.js';
 import { GREEDY } from '../../services/decoder/sampler.js';
 
@@ -58,12 +59,8 @@ function trimmedMean(values: number[]): number {
 /** FLOPs of one decode row at `position` (its context is position + 1 tokens). */
 function rowFlops(checkpoint: Checkpoint, position: number): number {
   const t = checkpoint.config.text;
-  const width = t.numAttentionHeads * t.headDim;
-  const kvWidth = t.numKeyValueHeads * t.headDim;
-  const perLayer =
-    2 * t.hiddenSize * width + 2 * t.hiddenSize * kvWidth + 3 * t.hiddenSize * t.intermediateSize;
-  const linear = t.numHiddenLayers * perLayer + t.vocabSize * t.hiddenSize;
-  return 2 * linear + t.numHiddenLayers * 4 * width * (position + 1);
+  const { layers, head } = linearFlops(t);
+  return layers + head + t.numHiddenLayers * 4 * t.numAttentionHeads * t.headDim * (position + 1);
 }
 
 export async function stepBreakdowns(

@@ -11,7 +11,7 @@ import { connect, constants as h2, type ClientHttp2Session } from 'node:http2';
 import { setPriority } from 'node:os';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { Client, credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
-import { costlyImages, patternJpeg } from '../lib/images.js';
+import { costlyImages, declaredImageFrameHead, patternJpeg } from '../lib/images.js';
 import { GenerateRequest } from '../../proto/gen/loupe/v1/decoder.js';
 import {
   EncodeRequest,
@@ -309,19 +309,10 @@ async function oversized(target: Target): Promise<RunningAttack> {
     stream.resume();
     const closed = new Promise<void>((resolve) => stream.once('close', resolve));
     const answered = new Promise<void>((resolve) => stream.once('response', () => resolve()));
-    // The image field: its tag, its length (a 4-byte varint), then the bytes.
-    const field = Buffer.from([
-      0x0a,
-      0x80 | (declared & 0x7f),
-      0x80 | ((declared >> 7) & 0x7f),
-      0x80 | ((declared >> 14) & 0x7f),
-      (declared >> 21) & 0x7f,
-    ]);
-    const prefix = Buffer.alloc(5);
-    prefix.writeUInt32BE(field.length + declared, 1);
+    const head = declaredImageFrameHead(declared);
     run.sent++;
-    run.bytes += prefix.length + field.length;
-    stream.write(Buffer.concat([prefix, field]));
+    run.bytes += head.length;
+    stream.write(head);
     await pump(
       run,
       stream,

@@ -247,21 +247,32 @@ async function main(): Promise<void> {
     );
     const cachedPerS = n / ((performance.now() - t0) / 1000);
 
-    // A small request's latency, idle and under attack.
-    const small = async () => {
+    // A small request's latency, idle and under attack: timed, or why it failed (in a hostile
+    // phase a failure misses the goal; before them it stops the bench).
+    const probe = async (): Promise<number | string> => {
       const t = performance.now();
-      const r = await fetch(url, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({
-          model: 'small',
-          max_tokens: 1,
-          messages: [{ role: 'user', content: 'Hello, who are you?' }],
-        }),
-      });
-      if (r.status !== 200) throw new Error(`gateway answered ${r.status}: ${await r.text()}`);
-      await r.json();
-      return performance.now() - t;
+      try {
+        const r = await fetch(url, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({
+            model: 'small',
+            max_tokens: 1,
+            messages: [{ role: 'user', content: 'Hello, who are you?' }],
+          }),
+          signal: AbortSignal.timeout(60_000),
+        });
+        if (r.status !== 200) return `HTTP ${r.status} ${(await r.text()).slice(0, 200)}`;
+        await r.json();
+        return performance.now() - t;
+      } catch (error) {
+        return (error as Error).name === 'TimeoutError' ? 'no answer in 60 s' : String(error);
+      }
+    };
+    const small = async () => {
+      const r = await probe();
+      if (typeof r === 'string') throw new Error(`the small request failed: ${r}`);
+      return r;
     };
     const percentile = (xs: number[], p: number) =>
       [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil(p * xs.length) - 1)]!;
@@ -342,27 +353,6 @@ async function main(): Promise<void> {
       maxImagePixels: preprocessorEnvSchema.shape.LOUPE_PREPROCESSOR_MAX_IMAGE_PIXELS.parse(
         env.LOUPE_PREPROCESSOR_MAX_IMAGE_PIXELS,
       ),
-    };
-    /** The small request, timed; or why it failed (a failure misses the goal). */
-    const probe = async (): Promise<number | string> => {
-      const t = performance.now();
-      try {
-        const r = await fetch(url, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({
-            model: 'small',
-            max_tokens: 1,
-            messages: [{ role: 'user', content: 'Hello, who are you?' }],
-          }),
-          signal: AbortSignal.timeout(60_000),
-        });
-        if (r.status !== 200) return `HTTP ${r.status} ${(await r.text()).slice(0, 200)}`;
-        await r.json();
-        return performance.now() - t;
-      } catch (error) {
-        return (error as Error).name === 'TimeoutError' ? 'no answer in 60 s' : String(error);
-      }
     };
     interface Phase {
       name: string;

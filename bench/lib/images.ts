@@ -1,5 +1,6 @@
 // Images that cost the preprocessor more than their bytes suggest, made on the spot (no
-// fixtures): the hostile-input drills (test/hostile-input.test.ts) and bench:gateway's attacks
+// fixtures), and the head of a gRPC message declaring an image larger than any limit: the
+// hostile-input drills (test/hostile-input.test.ts) and bench:gateway's attacks
 // (bench/gateway/attacks.ts) send them.
 import sharp from 'sharp';
 
@@ -62,4 +63,23 @@ export async function costlyImages(side: number): Promise<Array<[string, string,
         .toBuffer(),
     ],
   ];
+}
+
+/**
+ * The start of a gRPC Preprocess request (one uncompressed message) declaring an image of
+ * `declared` bytes (< 2^28) that has not been sent yet: the 5-byte message prefix, then the
+ * image field's tag and its length as a 4-byte varint. What follows it should be the image's
+ * bytes; an oversized-message drill sends as many as the server takes before it answers.
+ */
+export function declaredImageFrameHead(declared: number): Buffer {
+  const field = Buffer.from([
+    0x0a,
+    0x80 | (declared & 0x7f),
+    0x80 | ((declared >> 7) & 0x7f),
+    0x80 | ((declared >> 14) & 0x7f),
+    (declared >> 21) & 0x7f,
+  ]);
+  const prefix = Buffer.alloc(5);
+  prefix.writeUInt32BE(field.length + declared, 1);
+  return Buffer.concat([prefix, field]);
 }

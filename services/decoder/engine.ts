@@ -212,13 +212,18 @@ export class Engine {
       return null;
     }
     const started = this.#now();
+    // Sampled rows, in the runner's order: the chunks that end a prompt, then the decode rows.
+    const rows = [
+      ...plan.prefill.filter((c) => c.last).map((c) => c.id),
+      ...plan.decode.map((r) => r.id),
+    ];
     /** Blocks this step saves into: cached once it succeeds, free again if it fails. */
     const saved: number[] = [];
     const saving = new Set<SequenceState>();
     let output: Awaited<ReturnType<ModelRunner['run']>>;
     let runMs: number;
     try {
-      const step = this.#assemble(plan, matched, saved, saving);
+      const step = this.#assemble(plan, matched, saved, saving, rows);
       const runStarted = this.#now();
       output = await this.runner.run(step);
       runMs = this.#now() - runStarted;
@@ -231,12 +236,7 @@ export class Engine {
     this.prefixCache.commit(saved);
     for (const state of saving) this.prefixCache.touch(state.keys.keys(state.cachedBlocks));
 
-    // Sampled rows, in the runner's order: the chunks that end a prompt, then the decode rows.
     const sampleStarted = this.#now();
-    const rows = [
-      ...plan.prefill.filter((c) => c.last).map((c) => c.id),
-      ...plan.decode.map((r) => r.id),
-    ];
     const sampled = new Map<string, number>();
     const details = new Map<string, { logprob: number; top: TokenEvent['top'] }>();
     // The grammar's masks first (xgrammar's mask call is async), then one pass of sampling.
@@ -372,14 +372,15 @@ export class Engine {
   }
 
   /**
-   * The runner's form of `plan`; adds the blocks it saves into to `saved`, and the sequences
-   * saving to `saving`.
+   * The runner's form of `plan` (`sampled`: its sampled rows' sequences, in order); adds the
+   * blocks it saves into to `saved`, and the sequences saving to `saving`.
    */
   #assemble(
     plan: StepPlan,
     matched: ReadonlyMap<string, number[]>,
     saved: number[],
     saving: Set<SequenceState>,
+    sampled: readonly string[],
   ): RunnerStep {
     const loads: BlockCopy[] = [];
     const saves: BlockCopy[] = [];
@@ -396,12 +397,8 @@ export class Engine {
     let span = this.kv.longest;
     for (const c of plan.prefill) span = Math.max(span, c.start + c.length);
     for (const r of plan.decode) span = Math.max(span, r.position + 1);
-    const sampledIds = [
-      ...plan.prefill.filter((c) => c.last).map((c) => c.id),
-      ...plan.decode.map((r) => r.id),
-    ];
     const greedy =
-      sampledIds.length > 0 && sampledIds.every((id) => this.#plainGreedy(this.#states.get(id)!));
+      sampled.length > 0 && sampled.every((id) => this.#plainGreedy(this.#states.get(id)!));
     return { loads, prefill, decode, saves, span, greedy };
   }
 
