@@ -345,9 +345,12 @@ beforeAll(async () => {
     10_000,
   );
   const loaded = Date.now() / 1000;
+  // And every target scraped once more: a series that first appeared at the end of the load
+  // (an image request that finished last) then has the two samples a rate() needs.
   await until(
-    'every rule evaluated after the load',
+    'every rule evaluated and every target scraped after the load',
     async () => {
+      if (!(value(await prom.query('min(timestamp(up))')) > loaded)) return false;
       const data = await prom.api<{
         groups: Array<{ rules: Array<{ lastEvaluation: string }> }>;
       }>('/api/v1/rules');
